@@ -1,0 +1,624 @@
+//! [`Cluster`]: the handle through which a node uses the replicated log.
+//!
+//! Starting a cluster opens the redb stores, starts the libp2p swarm and openraft, and spawns
+//! the node's background work: bootstrap or join, registration and heartbeats, learner
+//! promotion on the leader, and the dispatcher that answers peers. Any node accepts an
+//! [`Op`]: the leader carries it out, every other node forwards it to the leader and relays
+//! the answer. Reads are made linearizable by asking the leader for a read index and waiting
+//! until this node has applied it.
+//!
+//! - `identity`: `node.key` and the cluster key file.
+//! - `bootstrap`: forming a new cluster from `bootstrap_expect` nodes, or joining one.
+//! - `inbound`: answering peers' requests.
+//! - `upkeep`: registration, heartbeats, learner promotion.
+
+mod bootstrap;
+mod identity;
+mod inbound;
+mod upkeep;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use identity::{load_or_create_keypair, read_cluster_key};
+
+use crate::command::{Command, NodeInfo, Outcome, Proposal};
+use crate::log_store::LogStore;
+use crate::network::protocol::{Request, Response};
+use crate::network::raft_network::{Network, peer_location};
+use crate::network::{NetError, NetHandle, NetworkConfig};
+use crate::state_store::{StateStore, StateView};
+use crate::types::{NodeAddr, NodeId, Raft, node_id_of};
+
+/// How long an operation keeps retrying while there is no leader or the leader moves.
+const OP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one forwarded operation may take on the leader (a join waits for catch-up).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Entries between snapshots; the log behind a snapshot is purged.
+const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
+/// Entries kept behind a snapshot so slow followers catch up from the log, not a snapshot.
+const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
+/// Largest snapshot chunk sent in one message.
+const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
+/// Most entries in one AppendEntries message (openraft splits larger ones further on
+/// `PayloadTooLarge`).
+const APPEND_ENTRIES_MAX: u64 = 256;
+
+/// Everything a node needs to take part in the cluster. Built from the node's config.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Holds `node.key`, `raft-log.redb`, `state.redb` and `snapshots/`.
+    pub data_dir: PathBuf,
+    pub node_name: String,
+    /// Base URL of this node's HTTP API, announced to peers.
+    pub http_url: String,
+    pub p2p_listen: Multiaddr,
+    /// Other nodes to contact when this node has no cluster yet.
+    pub seeds: Vec<Multiaddr>,
+    /// Nodes (this one included) that must be seen before a new cluster is formed.
+    pub bootstrap_expect: usize,
+    /// File holding the pre-shared key; `None` means an open network.
+    pub cluster_key_file: Option<PathBuf>,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
+    /// Learners are promoted to voters while there are fewer voters than this.
+    pub voters_max: usize,
+    /// A node silent this long loses its claims; it heartbeats every quarter of it.
+    pub lease_ms: u64,
+    pub slots: u32,
+    pub executor: String,
+}
+
+/// A cluster operation that only the leader can carry out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Op {
+    Write(Command),
+    Join { node_id: NodeId, addr: NodeAddr },
+    Remove { node_id: NodeId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum OpResult {
+    Written(Outcome),
+    /// The node is a learner; the leader promotes it while voters are below `voters_max`.
+    Joined,
+    Removed,
+}
+
+/// Why an operation did not take place, as sent between nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, thiserror::Error)]
+pub enum OpError {
+    #[error("this node is not the leader")]
+    NotLeader { leader: Option<(NodeId, NodeAddr)> },
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no leader could be reached within {0:?}")]
+    NoLeader(Duration),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("failed: {0}")]
+    Failed(String),
+    #[error("cannot use identity {path}: {reason}")]
+    Identity { path: PathBuf, reason: String },
+    #[error("cannot use cluster key {path}: {reason}")]
+    ClusterKey { path: PathBuf, reason: String },
+    #[error("cannot open {path}: {reason}")]
+    Storage { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Network(#[from] NetError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// A member's role in the Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Voter,
+    Learner,
+}
+
+/// One member as `GET /v1/cluster` shows it: membership plus registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub node_id: NodeId,
+    pub addr: NodeAddr,
+    pub role: Role,
+    pub is_leader: bool,
+    pub slots: Option<u32>,
+    pub running: Option<u32>,
+    pub executor: Option<String>,
+    pub last_heartbeat_ms: Option<u64>,
+    pub draining: bool,
+}
+
+/// The cluster as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub cluster_id: Option<String>,
+    pub node_id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub server_state: String,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub members: Vec<MemberStatus>,
+}
+
+/// This node's part in the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    raft: Raft,
+    net: NetHandle,
+    view: StateView,
+    node_id: NodeId,
+    addr: NodeAddr,
+    config: ClusterConfig,
+    /// Attempts running on this node, reported in heartbeats (set by the worker).
+    running: AtomicU32,
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    stop: watch::Sender<bool>,
+}
+
+fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, ClusterError> {
+    let raft_config = openraft::Config {
+        cluster_name: "shoal".to_string(),
+        heartbeat_interval: config.heartbeat_ms,
+        election_timeout_min: config.election_timeout_ms.0,
+        election_timeout_max: config.election_timeout_ms.1,
+        max_payload_entries: APPEND_ENTRIES_MAX,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
+        max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        ..Default::default()
+    };
+    raft_config
+        .validate()
+        .map_err(|e| ClusterError::Raft(e.to_string()))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Cluster {
+    /// Opens the stores, starts the network and Raft, and spawns the background work.
+    pub async fn start(config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        let storage_error = |path: PathBuf, reason: String| ClusterError::Storage { path, reason };
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| storage_error(config.data_dir.clone(), e.to_string()))?;
+        let keypair = load_or_create_keypair(&config.data_dir.join("node.key"))?;
+        let cluster_key = config
+            .cluster_key_file
+            .as_deref()
+            .map(read_cluster_key)
+            .transpose()?;
+        let peer_id = keypair.public().to_peer_id();
+        let node_id = node_id_of(&peer_id);
+
+        let log_path = config.data_dir.join("raft-log.redb");
+        let log_store = LogStore::open(&log_path)
+            .map_err(|e| storage_error(log_path.clone(), e.to_string()))?;
+        let state_path = config.data_dir.join("state.redb");
+        let (state_store, view) = StateStore::open(&state_path, &config.data_dir.join("snapshots"))
+            .map_err(|reason| storage_error(state_path.clone(), reason))?;
+
+        let network_config = NetworkConfig {
+            keypair,
+            listen: config.p2p_listen.clone(),
+            cluster_key,
+        };
+        let (net, inbound) = crate::network::swarm::start(network_config).await?;
+        let addr = NodeAddr {
+            name: config.node_name.clone(),
+            peer_id: peer_id.to_string(),
+            p2p_addrs: net.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            http_url: config.http_url.clone(),
+        };
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config(&config)?),
+            Network::new(net.clone()),
+            log_store,
+            state_store,
+        )
+        .await
+        .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        tracing::info!(node_id = %crate::format_node_id(node_id), %peer_id, p2p = ?addr.p2p_addrs, "raft started");
+
+        let (stop, _) = watch::channel(false);
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                raft,
+                net,
+                view,
+                node_id,
+                addr,
+                config,
+                running: AtomicU32::new(0),
+                tasks: std::sync::Mutex::new(Vec::new()),
+                stop,
+            }),
+        };
+        cluster.spawn(inbound::serve(cluster.clone(), inbound));
+        cluster.spawn(bootstrap::run(cluster.clone()));
+        cluster.spawn(upkeep::register_and_heartbeat(cluster.clone()));
+        cluster.spawn(upkeep::promote_learners(cluster.clone()));
+        Ok(cluster)
+    }
+
+    fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut stop = self.inner.stop.subscribe();
+        let handle = tokio::spawn(async move {
+            tokio::select! {
+                () = work => {}
+                _ = stop.wait_for(|stopped| *stopped) => {}
+            }
+        });
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    pub fn addr(&self) -> &NodeAddr {
+        &self.inner.addr
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// The applied state on this node (possibly behind the leader; see [`Cluster::linearize`]).
+    pub fn view(&self) -> &StateView {
+        &self.inner.view
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.inner.raft
+    }
+
+    pub(crate) fn net(&self) -> &NetHandle {
+        &self.inner.net
+    }
+
+    /// Tells heartbeats how many attempts this node runs.
+    pub fn set_running(&self, running: u32) {
+        self.inner.running.store(running, Ordering::Relaxed);
+    }
+
+    pub(crate) fn running(&self) -> u32 {
+        self.inner.running.load(Ordering::Relaxed)
+    }
+
+    /// What this node reports about itself in the registry.
+    pub(crate) fn node_info(&self) -> NodeInfo {
+        let addr = &self.inner.addr;
+        NodeInfo {
+            name: addr.name.clone(),
+            peer_id: addr.peer_id.clone(),
+            http_url: addr.http_url.clone(),
+            p2p_addrs: addr.p2p_addrs.clone(),
+            slots: self.inner.config.slots,
+            executor: self.inner.config.executor.clone(),
+        }
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, NodeAddr)> {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let leader = metrics.current_leader?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, addr))
+    }
+
+    /// Whether this node belongs to a cluster with a known leader (`/readyz`).
+    pub fn is_ready(&self) -> bool {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&self.inner.node_id)
+            .is_some();
+        member && metrics.current_leader.is_some() && metrics.running_state.is_ok()
+    }
+
+    /// Whether this node's state is the leader's.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Proposes `command` through the leader and returns its outcome once applied there.
+    pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
+        match self.execute(Op::Write(command)).await? {
+            OpResult::Written(outcome) => Ok(outcome),
+            other => Err(ClusterError::Failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// Carries out `op` on the leader, wherever it is, retrying while leadership moves.
+    pub async fn execute(&self, op: Op) -> Result<OpResult, ClusterError> {
+        let deadline = Instant::now() + OP_DEADLINE;
+        loop {
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.inner.node_id => {
+                    self.execute_local(op.clone()).await
+                }
+                Some((_, addr)) => self
+                    .forward(&addr, Request::Forward(op.clone()))
+                    .await
+                    .and_then(|r| match r {
+                        Response::Forward(result) => result,
+                        other => Err(OpError::Failed(format!("unexpected answer {other:?}"))),
+                    }),
+                None => Err(OpError::NotLeader { leader: None }),
+            };
+            match attempt {
+                Ok(result) => return Ok(result),
+                Err(OpError::Refused(reason)) => return Err(ClusterError::Refused(reason)),
+                Err(OpError::Failed(reason)) if !reason.starts_with(UNREACHABLE) => {
+                    return Err(ClusterError::Failed(reason));
+                }
+                Err(error) if Instant::now() >= deadline => {
+                    tracing::debug!(%error, "giving up on an operation");
+                    return Err(ClusterError::NoLeader(OP_DEADLINE));
+                }
+                Err(_) => self.wait_for_leader_change().await,
+            }
+        }
+    }
+
+    /// Waits briefly for news of a (new) leader before an operation is retried.
+    async fn wait_for_leader_change(&self) {
+        let mut metrics = self.inner.raft.metrics();
+        let before = metrics.borrow().current_leader;
+        let changed =
+            metrics.wait_for(|m| m.current_leader.is_some() && m.current_leader != before);
+        let _ = tokio::time::timeout(
+            Duration::from_millis(self.inner.config.heartbeat_ms * 2),
+            changed,
+        )
+        .await;
+    }
+
+    async fn forward(&self, leader: &NodeAddr, request: Request) -> Result<Response, OpError> {
+        let Some((peer, addrs)) = peer_location(leader) else {
+            return Err(OpError::Failed(format!(
+                "leader {leader} has no valid peer id"
+            )));
+        };
+        self.inner
+            .net
+            .request(peer, addrs, request, FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| OpError::Failed(format!("{UNREACHABLE}{e}")))
+    }
+
+    /// Carries out `op` on this node, which must be the leader.
+    pub(crate) async fn execute_local(&self, op: Op) -> Result<OpResult, OpError> {
+        let raft = &self.inner.raft;
+        match op {
+            Op::Write(command) => {
+                let proposal = Proposal {
+                    time_ms: now_ms(),
+                    command,
+                };
+                let response = raft.client_write(proposal).await.map_err(write_error)?;
+                Ok(OpResult::Written(response.data))
+            }
+            Op::Join { node_id, addr } => self.join_local(node_id, addr).await,
+            Op::Remove { node_id } => self.remove_local(node_id).await,
+        }
+    }
+
+    async fn join_local(&self, node_id: NodeId, addr: NodeAddr) -> Result<OpResult, OpError> {
+        let raft = &self.inner.raft;
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        if let Some(known) = membership.get_node(&node_id) {
+            if known.peer_id != addr.peer_id {
+                return Err(OpError::Refused(format!(
+                    "node id {} of {} collides with member {known}",
+                    crate::format_node_id(node_id),
+                    addr
+                )));
+            }
+            return Ok(OpResult::Joined);
+        }
+        tracing::info!(node = %addr, "adding learner");
+        raft.add_learner(node_id, addr, true)
+            .await
+            .map_err(write_error)?;
+        Ok(OpResult::Joined)
+    }
+
+    async fn remove_local(&self, node_id: NodeId) -> Result<OpResult, OpError> {
+        let raft = &self.inner.raft;
+        let membership = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let ids = BTreeSet::from([node_id]);
+        if voters.contains(&node_id) {
+            if voters.len() == 1 {
+                return Err(OpError::Refused("cannot remove the last voter".to_string()));
+            }
+            raft.change_membership(ChangeMembers::RemoveVoters(ids), false)
+                .await
+                .map_err(write_error)?;
+        } else if membership.get_node(&node_id).is_some() {
+            raft.change_membership(ChangeMembers::RemoveNodes(ids), false)
+                .await
+                .map_err(write_error)?;
+        } else if !self.inner.view.read().nodes.contains_key(&node_id) {
+            return Err(OpError::Refused(format!(
+                "node {} is not a member",
+                crate::format_node_id(node_id)
+            )));
+        }
+        let proposal = Proposal {
+            time_ms: now_ms(),
+            command: Command::RemoveNode { node_id },
+        };
+        raft.client_write(proposal).await.map_err(write_error)?;
+        Ok(OpResult::Removed)
+    }
+
+    /// Waits until this node has applied every write acknowledged before the call began.
+    pub async fn linearize(&self) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + OP_DEADLINE;
+        loop {
+            let index = match self.leader() {
+                Some((leader, _)) if leader == self.inner.node_id => self.read_index_local().await,
+                Some((_, addr)) => {
+                    self.forward(&addr, Request::ReadIndex)
+                        .await
+                        .and_then(|r| match r {
+                            Response::ReadIndex(result) => result,
+                            other => Err(OpError::Failed(format!("unexpected answer {other:?}"))),
+                        })
+                }
+                None => Err(OpError::NotLeader { leader: None }),
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match index {
+                Ok(index) => {
+                    return self
+                        .inner
+                        .raft
+                        .wait(Some(remaining))
+                        .applied_index_at_least(Some(index), "linearizable read")
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| ClusterError::NoLeader(OP_DEADLINE));
+                }
+                Err(_) if remaining.is_zero() => return Err(ClusterError::NoLeader(OP_DEADLINE)),
+                Err(_) => self.wait_for_leader_change().await,
+            }
+        }
+    }
+
+    /// Confirms leadership with a quorum and returns the index reads must wait for.
+    pub(crate) async fn read_index_local(&self) -> Result<u64, OpError> {
+        let (read_log_id, _) =
+            self.inner
+                .raft
+                .get_read_log_id()
+                .await
+                .map_err(|error| match error {
+                    RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                        _,
+                    )) => OpError::NotLeader { leader: None },
+                    other => OpError::Failed(other.to_string()),
+                })?;
+        Ok(read_log_id.map(|id| id.index).unwrap_or(0))
+    }
+
+    /// The cluster as this node sees it: membership, leader, and the registry's records.
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let state = self.inner.view.read();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(&node_id, addr)| {
+                let record = state.nodes.get(&node_id);
+                MemberStatus {
+                    node_id,
+                    addr: addr.clone(),
+                    role: if voters.contains(&node_id) {
+                        Role::Voter
+                    } else {
+                        Role::Learner
+                    },
+                    is_leader: metrics.current_leader == Some(node_id),
+                    slots: record.map(|r| r.info.slots),
+                    running: record.map(|r| r.running),
+                    executor: record.map(|r| r.info.executor.clone()),
+                    last_heartbeat_ms: record.map(|r| r.last_heartbeat_ms),
+                    draining: record.is_some_and(|r| r.draining),
+                }
+            })
+            .collect();
+        ClusterStatus {
+            cluster_id: state.cluster_id.clone(),
+            node_id: self.inner.node_id,
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            server_state: format!("{:?}", metrics.state),
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|id| id.index),
+            members,
+        }
+    }
+
+    /// Stops background work and Raft. Idempotent.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let tasks =
+            std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Err(error) = self.inner.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+    }
+}
+
+/// Marks a forwarding failure caused by not reaching the leader, which is worth a retry.
+const UNREACHABLE: &str = "leader unreachable: ";
+
+fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> OpError {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => OpError::NotLeader {
+            leader: forward.leader_id.zip(forward.leader_node),
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
+            OpError::Refused(error.to_string())
+        }
+        RaftError::Fatal(error) => OpError::Failed(error.to_string()),
+    }
+}

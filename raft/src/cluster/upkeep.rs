@@ -1,0 +1,111 @@
+//! A node's standing chores: register itself and heartbeat through the log, name the cluster
+//! if nobody has yet, and — on the leader — promote caught-up learners while there are fewer
+//! voters than `voters_max`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::ChangeMembers;
+use sha2::{Digest, Sha256};
+
+use super::Cluster;
+use crate::command::Command;
+
+/// How often the leader looks for learners to promote.
+const PROMOTION_ROUND: Duration = Duration::from_millis(500);
+/// A learner this many entries or fewer behind the leader counts as caught up.
+const CAUGHT_UP_LAG_ENTRIES: u64 = 100;
+
+pub(super) async fn register_and_heartbeat(cluster: Cluster) {
+    let period = Duration::from_millis((cluster.config().lease_ms / 4).max(50));
+    let mut round = tokio::time::interval(period);
+    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        round.tick().await;
+        if !cluster.is_ready() {
+            continue;
+        }
+        let (named, registered) = {
+            let state = cluster.view().read();
+            let info = cluster.node_info();
+            let registered = state
+                .nodes
+                .get(&cluster.node_id())
+                .is_some_and(|r| r.info == info);
+            (state.cluster_id.is_some(), registered)
+        };
+        if !named {
+            let command = Command::InitCluster {
+                cluster_id: new_cluster_id(&cluster),
+            };
+            if let Err(error) = cluster.write(command).await {
+                tracing::debug!(%error, "naming the cluster failed");
+            }
+        }
+        let command = if registered {
+            Command::Heartbeat {
+                node_id: cluster.node_id(),
+                running: cluster.running(),
+            }
+        } else {
+            Command::RegisterNode {
+                node_id: cluster.node_id(),
+                info: cluster.node_info(),
+            }
+        };
+        if let Err(error) = cluster.write(command).await {
+            tracing::debug!(%error, "heartbeat failed");
+        }
+    }
+}
+
+fn new_cluster_id(cluster: &Cluster) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let digest = Sha256::digest(format!("{}:{nanos}", cluster.node_id()));
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub(super) async fn promote_learners(cluster: Cluster) {
+    let mut round = tokio::time::interval(PROMOTION_ROUND);
+    loop {
+        round.tick().await;
+        let metrics = cluster.raft().metrics().borrow().clone();
+        let Some(replication) = metrics.replication.as_ref() else {
+            continue;
+        };
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<_> = membership.voter_ids().collect();
+        let room = cluster.config().voters_max.saturating_sub(voters.len());
+        if room == 0 {
+            continue;
+        }
+        let last = metrics.last_log_index.unwrap_or(0);
+        let ready: BTreeSet<_> = membership
+            .learner_ids()
+            .filter(|id| {
+                let matched = replication
+                    .get(id)
+                    .copied()
+                    .flatten()
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                matched + CAUGHT_UP_LAG_ENTRIES >= last
+            })
+            .take(room)
+            .collect();
+        if ready.is_empty() {
+            continue;
+        }
+        tracing::info!(learners = ?ready, "promoting learners to voters");
+        if let Err(error) = cluster
+            .raft()
+            .change_membership(ChangeMembers::AddVoterIds(ready), true)
+            .await
+        {
+            tracing::debug!(%error, "promotion failed");
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! shoal's replicated log: one Raft group (openraft) whose log and state live in redb and whose
+//! nodes talk over libp2p.
+//!
+//! Layout:
+//! - [`codec`]: the one encoding (serde + bincode 2, versioned) for everything stored or sent.
+//! - [`types`]: the openraft type configuration, [`NodeId`] and [`NodeAddr`].
+//! - [`command`]: [`Proposal`], [`Command`], [`Outcome`] — what the log carries.
+//! - [`state`]: [`State`] and its pure `apply`.
+//! - [`log_store`] / [`state_store`]: the redb stores (`raft-log.redb`, `state.redb`) and
+//!   file-streamed snapshots.
+//! - [`network`]: the libp2p swarm task, its wire protocol and the openraft network on top.
+//! - [`cluster`]: [`Cluster`], the handle the rest of shoal uses — start, bootstrap and join,
+//!   writes from any node, linearizable reads, membership changes.
+
+pub mod cluster;
+pub mod codec;
+pub mod command;
+pub mod log_store;
+pub mod network;
+pub mod state;
+pub mod state_store;
+pub mod types;
+
+pub use cluster::{Cluster, ClusterConfig, ClusterError, ClusterStatus, MemberStatus, Role};
+pub use command::{Command, NodeInfo, Outcome, Proposal};
+pub use state::{NodeRecord, State};
+pub use state_store::StateView;
+pub use types::{NodeAddr, NodeId, TypeConfig, format_node_id, node_id_of, parse_node_id};

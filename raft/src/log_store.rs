@@ -1,0 +1,239 @@
+//! The Raft log on redb: `raft-log.redb` holds entries, the vote, the committed id and the
+//! last purged id.
+//!
+//! Every redb call runs on the blocking pool, never on the async reactor; `append` tells
+//! openraft an entry is flushed only after the redb transaction holding it has committed
+//! (and so fsynced). A batch of entries is one transaction, one fsync.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, StorageIOError, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+const ENTRIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("entries");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+
+/// The log store; cheap to clone (the reader openraft asks for is a clone).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+fn log_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError {
+    move |error| {
+        StorageIOError::new(ErrorSubject::Logs, verb, openraft::AnyError::error(error)).into()
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) `raft-log.redb` at `path`.
+    pub fn open(path: &Path) -> Result<LogStore, redb::Error> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(ENTRIES)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(LogStore { db: Arc::new(db) })
+    }
+
+    /// Runs `work` against the database on the blocking pool.
+    async fn blocking<T, F>(&self, verb: ErrorVerb, work: F) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, String> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || work(&db))
+            .await
+            .map_err(|join| log_error(verb)(&join))?
+            .map_err(|message| log_error(verb)(&message))
+    }
+
+    async fn read_meta<T: DeserializeOwned + Send + 'static>(
+        &self,
+        key: &'static str,
+    ) -> Result<Option<T>, StorageError> {
+        self.blocking(ErrorVerb::Read, move |db| {
+            let txn = db.begin_read().map_err(|e| e.to_string())?;
+            let table = txn.open_table(META).map_err(|e| e.to_string())?;
+            let Some(value) = table.get(key).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            codec::decode(value.value())
+                .map(Some)
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), StorageError> {
+        let bytes = codec::encode(value).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
+        self.blocking(ErrorVerb::Write, move |db| {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = txn.open_table(META).map_err(|e| e.to_string())?;
+                table
+                    .insert(key, bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+}
+
+fn read_range(db: &Database, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+    let mut entries = Vec::new();
+    for item in table
+        .range::<u64>((start, end))
+        .map_err(|e| e.to_string())?
+    {
+        let (_, value) = item.map_err(|e| e.to_string())?;
+        entries.push(codec::decode(value.value()).map_err(|e| e.to_string())?);
+    }
+    Ok(entries)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = range.start_bound().cloned();
+        let end = range.end_bound().cloned();
+        self.blocking(ErrorVerb::Read, move |db| read_range(db, start, end))
+            .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED).await?;
+        let last = self
+            .blocking(ErrorVerb::Read, |db| {
+                let txn = db.begin_read().map_err(|e| e.to_string())?;
+                let table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                let Some((_, value)) = table.last().map_err(|e| e.to_string())? else {
+                    return Ok(None);
+                };
+                let entry: Entry = codec::decode(value.value()).map_err(|e| e.to_string())?;
+                Ok(Some(entry.log_id))
+            })
+            .await?;
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogStore {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.read_meta(KEY_VOTE).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_meta(KEY_COMMITTED, &committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self
+            .read_meta::<Option<LogId>>(KEY_COMMITTED)
+            .await?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut encoded = Vec::new();
+        for entry in entries {
+            let bytes = codec::encode(&entry).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
+            encoded.push((entry.log_id.index, bytes));
+        }
+        let result = self
+            .blocking(ErrorVerb::Write, move |db| {
+                let txn = db.begin_write().map_err(|e| e.to_string())?;
+                {
+                    let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                    for (index, bytes) in &encoded {
+                        table
+                            .insert(index, bytes.as_slice())
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                txn.commit().map_err(|e| e.to_string())
+            })
+            .await;
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.blocking(ErrorVerb::Delete, move |db| {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let purged = codec::encode(&log_id).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
+        self.blocking(ErrorVerb::Delete, move |db| {
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+                meta.insert(KEY_LAST_PURGED, purged.as_slice())
+                    .map_err(|e| e.to_string())?;
+                let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())
+        })
+        .await
+    }
+}

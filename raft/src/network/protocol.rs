@@ -1,0 +1,157 @@
+//! The wire protocol between nodes: one request/response protocol carrying Raft RPCs,
+//! forwarded cluster operations, read-index requests and the bootstrap hello.
+//!
+//! Frames are a 4-byte big-endian length and a body encoded by `codec`; a frame longer than
+//! [`FRAME_BYTES_MAX`] is refused before it is read, so a peer cannot make us allocate more.
+
+use std::io;
+
+use futures::prelude::*;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Op, OpError, OpResult};
+use crate::codec;
+use crate::types::{NodeAddr, NodeId, TypeConfig};
+
+/// The libp2p protocol name; the version changes with incompatible message changes.
+pub const PROTOCOL: &str = "/shoal/raft/1";
+
+/// Largest frame either side reads. AppendEntries bigger than this are split by openraft
+/// (the network answers `PayloadTooLarge`), snapshot chunks are kept well below it.
+pub const FRAME_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// Who are you, and are you in a cluster? Used by bootstrap.
+    Hello,
+    /// Carry out a cluster operation; sent to the node believed to be leader.
+    Forward(Op),
+    /// Confirm leadership and return the log index a linearizable read must wait for.
+    ReadIndex,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Response {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    Hello(Hello),
+    Forward(Result<OpResult, OpError>),
+    ReadIndex(Result<u64, OpError>),
+}
+
+/// A node's answer to [`Request::Hello`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    pub node_id: NodeId,
+    pub addr: NodeAddr,
+    /// True once the node holds Raft state (it belongs, or belonged, to a cluster).
+    pub initialized: bool,
+    /// The leader this node knows of, if any.
+    pub leader: Option<(NodeId, NodeAddr)>,
+}
+
+/// The request/response codec: length-prefixed frames through `codec`.
+#[derive(Debug, Clone, Default)]
+pub struct FrameCodec;
+
+async fn read_frame<T, M>(io: &mut T) -> io::Result<M>
+where
+    T: AsyncRead + Unpin + Send,
+    M: DeserializeOwned,
+{
+    let mut len = [0_u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes exceeds the limit of {FRAME_BYTES_MAX}"),
+        ));
+    }
+    let mut body = vec![0_u8; len];
+    io.read_exact(&mut body).await?;
+    codec::decode(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Encodes a message into a frame body, refusing one over the limit.
+pub fn encode_frame<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
+    let body = codec::encode(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if body.len() > FRAME_BYTES_MAX {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "message of {} bytes exceeds the limit of {FRAME_BYTES_MAX}",
+                body.len()
+            ),
+        ));
+    }
+    Ok(body)
+}
+
+async fn write_frame<T, M>(io: &mut T, message: &M) -> io::Result<()>
+where
+    T: AsyncWrite + Unpin + Send,
+    M: Serialize,
+{
+    let body = encode_frame(message)?;
+    let len = u32::try_from(body.len()).map_err(io::Error::other)?;
+    io.write_all(&len.to_be_bytes()).await?;
+    io.write_all(&body).await?;
+    io.close().await
+}
+
+impl libp2p::request_response::Codec for FrameCodec {
+    type Protocol = libp2p::StreamProtocol;
+    type Request = Request;
+    type Response = Response;
+
+    async fn read_request<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Request>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn read_response<T>(&mut self, _: &Self::Protocol, io: &mut T) -> io::Result<Response>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        read_frame(io).await
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        req: Request,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &req).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &Self::Protocol,
+        io: &mut T,
+        res: Response,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        write_frame(io, &res).await
+    }
+}

@@ -1,0 +1,402 @@
+//! The libp2p swarm and the one task that owns it.
+//!
+//! Transport: TCP, then the pre-shared-key handshake (pnet) when a cluster key is set, then
+//! noise and yamux. Behaviours: `request_response` with [`FrameCodec`] for everything shoal
+//! says between nodes, `identify` to learn peers' listen addresses. Other code talks to the
+//! task through [`NetHandle`]: a bounded command channel with oneshot replies. Inbound
+//! requests come out of the receiver returned by [`start`], each with the channel to answer on.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::transport::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, tcp, yamux};
+use tokio::sync::{mpsc, oneshot};
+
+use super::protocol::{FrameCodec, PROTOCOL, Request, Response};
+
+/// Commands queued for the swarm task before callers wait.
+const COMMAND_QUEUE_MAX: usize = 1024;
+/// Inbound requests queued for the dispatcher; beyond this a peer's request times out.
+const INBOUND_QUEUE_MAX: usize = 1024;
+/// How long a request may wait for its answer at the protocol level; callers use less.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections are kept this long without traffic (Raft heartbeats keep them busy anyway).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("cannot build the libp2p transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    rpc: request_response::Behaviour<FrameCodec>,
+    identify: identify::Behaviour,
+}
+
+/// A request received from a peer, to be answered with [`NetHandle::respond`].
+pub struct Inbound {
+    pub peer: PeerId,
+    pub request: Request,
+    pub channel: ResponseChannel<Response>,
+}
+
+enum NetCommand {
+    Request {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, NetError>>,
+    },
+    Respond {
+        channel: ResponseChannel<Response>,
+        response: Response,
+    },
+    Dial {
+        addrs: Vec<Multiaddr>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
+}
+
+/// Talks to the swarm task. Cheap to clone.
+#[derive(Clone)]
+pub struct NetHandle {
+    commands: mpsc::Sender<NetCommand>,
+    local_peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+pub struct NetworkConfig {
+    pub keypair: Keypair,
+    pub listen: Multiaddr,
+    /// Pre-shared key: peers without the same key cannot complete a connection.
+    pub cluster_key: Option<PreSharedKey>,
+}
+
+fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
+    let transport_error = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
+    let make_behaviour = |key: &Keypair| {
+        let protocols = [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)];
+        let rpc_config = request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT);
+        Behaviour {
+            rpc: request_response::Behaviour::with_codec(FrameCodec, protocols, rpc_config),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/shoal/id/1".to_string(),
+                key.public(),
+            )),
+        }
+    };
+    let swarm_config =
+        |c: libp2p::swarm::Config| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT);
+    let builder = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone()).with_tokio();
+    let swarm = match config.cluster_key {
+        None => builder
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_error(&e))?
+            .with_behaviour(make_behaviour)
+            .map_err(|e| transport_error(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+        Some(psk) => builder
+            .with_other_transport(
+                |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    let noise = noise::Config::new(key)?;
+                    Ok(tcp::tokio::Transport::new(tcp::Config::default())
+                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                        .upgrade(Version::V1)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default()))
+                },
+            )
+            .map_err(|e| transport_error(&e))?
+            .with_behaviour(make_behaviour)
+            .map_err(|e| transport_error(&e))?
+            .with_swarm_config(swarm_config)
+            .build(),
+    };
+    Ok(swarm)
+}
+
+/// Starts listening and spawns the swarm task. Returns once the listen address is bound.
+pub async fn start(
+    config: NetworkConfig,
+) -> Result<(NetHandle, mpsc::Receiver<Inbound>), NetError> {
+    let mut swarm = build_swarm(&config)?;
+    let listen_error = |reason: String| NetError::Listen {
+        addr: config.listen.clone(),
+        reason,
+    };
+    swarm
+        .listen_on(config.listen.clone())
+        .map_err(|e| listen_error(e.to_string()))?;
+    let mut listen_addrs = Vec::new();
+    // Wait for the bind so the addresses we announce are real (port 0 resolved).
+    while listen_addrs.is_empty() {
+        match swarm.select_next_some().await {
+            SwarmEvent::NewListenAddr { address, .. } => listen_addrs.push(address),
+            SwarmEvent::ListenerError { error, .. } => return Err(listen_error(error.to_string())),
+            SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(listen_error(error.to_string()));
+            }
+            _ => {}
+        }
+    }
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let local_peer_id = *swarm.local_peer_id();
+    let task = SwarmTask {
+        swarm,
+        commands: commands_rx,
+        inbound: inbound_tx,
+        pending: HashMap::new(),
+        own_addrs: listen_addrs.iter().cloned().collect(),
+        dialled: HashMap::new(),
+    };
+    tokio::spawn(task.run());
+    let handle = NetHandle {
+        commands: commands_tx,
+        local_peer_id,
+        listen_addrs,
+    };
+    Ok((handle, inbound_rx))
+}
+
+impl NetHandle {
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    /// The addresses the swarm listens on (as bound, port 0 resolved).
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    /// Sends `request` to `peer` (dialling one of `addrs` if not connected) and waits for the
+    /// answer at most `timeout`.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, NetError> {
+        let (reply, answer) = oneshot::channel();
+        let command = NetCommand::Request {
+            peer,
+            addrs,
+            request,
+            reply,
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(NetError::Stopped),
+            Err(_) => Err(NetError::Request {
+                peer,
+                reason: format!("no answer within {timeout:?}"),
+            }),
+        }
+    }
+
+    /// Answers an inbound request.
+    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
+        let _ = self
+            .commands
+            .send(NetCommand::Respond { channel, response })
+            .await;
+    }
+
+    /// Dials addresses whose peer is not known yet (seeds).
+    pub async fn dial(&self, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        self.commands
+            .send(NetCommand::Dial { addrs })
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Peers with an open connection right now.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(NetCommand::ConnectedPeers { reply })
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+}
+
+struct SwarmTask {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<NetCommand>,
+    inbound: mpsc::Sender<Inbound>,
+    pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
+    own_addrs: HashSet<Multiaddr>,
+    /// Addresses we dialled that have a live connection, so seeds are not dialled twice.
+    dialled: HashMap<Multiaddr, PeerId>,
+}
+
+impl SwarmTask {
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_event(event),
+            }
+        }
+        tracing::debug!("network task stopped");
+    }
+
+    fn on_command(&mut self, command: NetCommand) {
+        match command {
+            NetCommand::Request {
+                peer,
+                addrs,
+                request,
+                reply,
+            } => {
+                for addr in addrs {
+                    self.swarm.add_peer_address(peer, addr);
+                }
+                let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
+                self.pending.insert(id, reply);
+            }
+            NetCommand::Respond { channel, response } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    tracing::debug!("peer went away before its answer was sent");
+                }
+            }
+            NetCommand::Dial { addrs } => {
+                let fresh =
+                    |a: &Multiaddr| !self.own_addrs.contains(a) && !self.dialled.contains_key(a);
+                let fresh: Vec<Multiaddr> = addrs.into_iter().filter(fresh).collect();
+                for addr in fresh {
+                    if let Err(error) = self.swarm.dial(addr.clone()) {
+                        tracing::debug!(%addr, %error, "dial failed");
+                    }
+                }
+            }
+            NetCommand::ConnectedPeers { reply } => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.on_rpc_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.add_peer_address(peer_id, addr);
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::debug!(%peer_id, "connected");
+                if endpoint.is_dialer() {
+                    self.dialled
+                        .insert(endpoint.get_remote_address().clone(), peer_id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.dialled.retain(|_, peer| *peer != peer_id);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, %error, "incoming connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rpc_event(&mut self, event: request_response::Event<Request, Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let inbound = Inbound {
+                        peer,
+                        request,
+                        channel,
+                    };
+                    if self.inbound.try_send(inbound).is_err() {
+                        tracing::warn!(%peer, "inbound queue full; dropping a request");
+                    }
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(reply) = self.pending.remove(&request_id) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request {
+                        peer,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}

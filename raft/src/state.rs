@@ -1,0 +1,315 @@
+//! The replicated state and the pure function that applies log entries to it.
+//!
+//! [`State::apply`] does no IO and reads no clock: the time comes in the entry. Every change
+//! marks the rows it touched, so the store can persist exactly those rows in the same redb
+//! transaction as the applied log id ([`State::take_dirty`], [`State::row`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+use crate::command::{Command, NodeInfo, Outcome, Proposal};
+use crate::types::NodeId;
+
+/// A node as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub node_id: NodeId,
+    pub info: NodeInfo,
+    /// Attempts running on the node, as of its last heartbeat.
+    pub running: u32,
+    /// Leader time of the node's last heartbeat or registration.
+    pub last_heartbeat_ms: u64,
+    pub registered_ms: u64,
+    /// A draining node claims no new work.
+    pub draining: bool,
+}
+
+/// The key of one persisted row. Encoded as a tag byte and the big-endian key, so rows of
+/// one table sort together and a snapshot can stream the whole table in key order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RowKey {
+    ClusterId,
+    Node(NodeId),
+}
+
+const TAG_CLUSTER_ID: u8 = 0;
+const TAG_NODE: u8 = 1;
+
+impl RowKey {
+    pub fn to_bytes(self) -> Vec<u8> {
+        match self {
+            RowKey::ClusterId => vec![TAG_CLUSTER_ID],
+            RowKey::Node(node_id) => {
+                let mut bytes = vec![TAG_NODE];
+                bytes.extend_from_slice(&node_id.to_be_bytes());
+                bytes
+            }
+        }
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<RowKey> {
+        match bytes.split_first()? {
+            (&TAG_CLUSTER_ID, []) => Some(RowKey::ClusterId),
+            (&TAG_NODE, rest) => Some(RowKey::Node(u64::from_be_bytes(rest.try_into().ok()?))),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RowError {
+    #[error("state row has an unknown key {0:?}")]
+    UnknownKey(Vec<u8>),
+    #[error("state row {key:?} cannot be decoded: {source}")]
+    Decode { key: RowKey, source: CodecError },
+}
+
+/// Everything the log decides. Held in memory on every node and persisted row by row.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct State {
+    pub cluster_id: Option<String>,
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Rows changed since the last [`State::take_dirty`]; not part of the state's value.
+    dirty: BTreeSet<RowKey>,
+}
+
+impl State {
+    /// Applies one entry. Deterministic: the same state and proposal give the same result.
+    pub fn apply(&mut self, proposal: &Proposal) -> Outcome {
+        let now_ms = proposal.time_ms;
+        match &proposal.command {
+            Command::InitCluster { cluster_id } => {
+                if self.cluster_id.is_none() {
+                    self.cluster_id = Some(cluster_id.clone());
+                    self.dirty.insert(RowKey::ClusterId);
+                }
+                Outcome::Applied
+            }
+            Command::RegisterNode { node_id, info } => {
+                let record = self.nodes.entry(*node_id).or_insert_with(|| NodeRecord {
+                    node_id: *node_id,
+                    info: info.clone(),
+                    running: 0,
+                    last_heartbeat_ms: now_ms,
+                    registered_ms: now_ms,
+                    draining: false,
+                });
+                record.info = info.clone();
+                record.last_heartbeat_ms = now_ms;
+                self.dirty.insert(RowKey::Node(*node_id));
+                Outcome::Applied
+            }
+            Command::Heartbeat { node_id, running } => self.update_node(*node_id, |record| {
+                record.running = *running;
+                record.last_heartbeat_ms = now_ms;
+            }),
+            Command::DrainNode { node_id, draining } => {
+                self.update_node(*node_id, |record| record.draining = *draining)
+            }
+            Command::RemoveNode { node_id } => {
+                if self.nodes.remove(node_id).is_none() {
+                    return Outcome::UnknownNode { node_id: *node_id };
+                }
+                self.dirty.insert(RowKey::Node(*node_id));
+                Outcome::Applied
+            }
+        }
+    }
+
+    fn update_node(&mut self, node_id: NodeId, change: impl FnOnce(&mut NodeRecord)) -> Outcome {
+        let Some(record) = self.nodes.get_mut(&node_id) else {
+            return Outcome::UnknownNode { node_id };
+        };
+        change(record);
+        self.dirty.insert(RowKey::Node(node_id));
+        Outcome::Applied
+    }
+
+    /// The rows changed since the last call, in key order.
+    pub fn take_dirty(&mut self) -> BTreeSet<RowKey> {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// The encoded value of a row, or `None` when the row no longer exists.
+    pub fn row(&self, key: RowKey) -> Result<Option<Vec<u8>>, CodecError> {
+        match key {
+            RowKey::ClusterId => self.cluster_id.as_ref().map(codec::encode).transpose(),
+            RowKey::Node(node_id) => self.nodes.get(&node_id).map(codec::encode).transpose(),
+        }
+    }
+
+    /// Rebuilds the state from persisted rows (any order).
+    pub fn from_rows<'a>(
+        rows: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Result<State, RowError> {
+        let mut state = State::default();
+        for (key_bytes, value) in rows {
+            state.load_row(key_bytes, value)?;
+        }
+        Ok(state)
+    }
+
+    /// Loads one persisted row into the state without marking it dirty.
+    pub fn load_row(&mut self, key_bytes: &[u8], value: &[u8]) -> Result<(), RowError> {
+        let key = RowKey::from_bytes(key_bytes)
+            .ok_or_else(|| RowError::UnknownKey(key_bytes.to_vec()))?;
+        let decode_error = |source| RowError::Decode { key, source };
+        match key {
+            RowKey::ClusterId => {
+                self.cluster_id = Some(codec::decode(value).map_err(decode_error)?)
+            }
+            RowKey::Node(node_id) => {
+                self.nodes
+                    .insert(node_id, codec::decode(value).map_err(decode_error)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.to_string(),
+            peer_id: format!("peer-{name}"),
+            http_url: "http://127.0.0.1:8000".to_string(),
+            p2p_addrs: vec!["/ip4/127.0.0.1/tcp/7000".to_string()],
+            slots: 2,
+            executor: "process".to_string(),
+        }
+    }
+
+    fn at(time_ms: u64, command: Command) -> Proposal {
+        Proposal { time_ms, command }
+    }
+
+    #[test]
+    fn register_heartbeat_drain_remove_walk_a_node_through_the_registry() {
+        let mut state = State::default();
+        let register = Command::RegisterNode {
+            node_id: 7,
+            info: info("n1"),
+        };
+        assert_eq!(state.apply(&at(100, register)), Outcome::Applied);
+        assert_eq!(state.nodes[&7].registered_ms, 100);
+
+        let beat = Command::Heartbeat {
+            node_id: 7,
+            running: 3,
+        };
+        assert_eq!(state.apply(&at(250, beat)), Outcome::Applied);
+        assert_eq!(
+            (state.nodes[&7].running, state.nodes[&7].last_heartbeat_ms),
+            (3, 250)
+        );
+
+        let drain = Command::DrainNode {
+            node_id: 7,
+            draining: true,
+        };
+        assert_eq!(state.apply(&at(260, drain)), Outcome::Applied);
+        assert!(state.nodes[&7].draining);
+
+        // Re-registering (a restart) keeps the drain flag and the first registration time.
+        let again = Command::RegisterNode {
+            node_id: 7,
+            info: info("n1"),
+        };
+        state.apply(&at(300, again));
+        assert!(state.nodes[&7].draining);
+        assert_eq!(state.nodes[&7].registered_ms, 100);
+
+        assert_eq!(
+            state.apply(&at(400, Command::RemoveNode { node_id: 7 })),
+            Outcome::Applied
+        );
+        assert!(state.nodes.is_empty());
+    }
+
+    #[test]
+    fn commands_for_unknown_nodes_are_refused_and_change_nothing() {
+        let mut state = State::default();
+        for command in [
+            Command::Heartbeat {
+                node_id: 9,
+                running: 1,
+            },
+            Command::DrainNode {
+                node_id: 9,
+                draining: true,
+            },
+            Command::RemoveNode { node_id: 9 },
+        ] {
+            assert_eq!(
+                state.apply(&at(1, command)),
+                Outcome::UnknownNode { node_id: 9 }
+            );
+        }
+        assert_eq!(state, State::default());
+        assert!(state.take_dirty().is_empty());
+    }
+
+    #[test]
+    fn only_the_first_cluster_id_counts() {
+        let mut state = State::default();
+        state.apply(&at(
+            1,
+            Command::InitCluster {
+                cluster_id: "a".into(),
+            },
+        ));
+        state.apply(&at(
+            2,
+            Command::InitCluster {
+                cluster_id: "b".into(),
+            },
+        ));
+        assert_eq!(state.cluster_id.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn dirty_rows_rebuild_an_equal_state() {
+        let mut state = State::default();
+        state.apply(&at(
+            1,
+            Command::InitCluster {
+                cluster_id: "c1".into(),
+            },
+        ));
+        state.apply(&at(
+            2,
+            Command::RegisterNode {
+                node_id: 1,
+                info: info("a"),
+            },
+        ));
+        state.apply(&at(
+            3,
+            Command::RegisterNode {
+                node_id: 2,
+                info: info("b"),
+            },
+        ));
+        state.apply(&at(4, Command::RemoveNode { node_id: 1 }));
+
+        let dirty = state.take_dirty();
+        assert_eq!(dirty.len(), 3, "cluster id and two node rows were touched");
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = dirty
+            .into_iter()
+            .filter_map(|key| {
+                state
+                    .row(key)
+                    .expect("encode")
+                    .map(|value| (key.to_bytes(), value))
+            })
+            .collect();
+        let rebuilt =
+            State::from_rows(rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).expect("rows");
+        assert_eq!(rebuilt, state);
+    }
+}

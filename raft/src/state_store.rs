@@ -1,0 +1,492 @@
+//! The state machine on redb: `state.redb` holds the state rows, the last applied log id and
+//! the membership; snapshots are files streamed from and into those rows.
+//!
+//! The live [`State`] is kept in memory on every node (readers share it through
+//! [`StateView`]); each applied batch writes exactly the rows it changed, with the applied log
+//! id, in one redb transaction. A snapshot is the row table written record by record to a file
+//! under `snapshots/`, so building, sending and installing one never holds it whole in memory.
+
+use std::fs;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::watch;
+
+use crate::codec;
+use crate::command::Outcome;
+use crate::state::{RowKey, State};
+use crate::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const ROWS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("rows");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+const KEY_APPLIED: &str = "last_applied";
+const KEY_MEMBERSHIP: &str = "membership";
+const KEY_SNAPSHOT: &str = "snapshot_meta";
+
+const SNAPSHOT_FILE: &str = "current.snap";
+/// A snapshot record longer than this is corruption, not data.
+const SNAPSHOT_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Read access to the applied state, shared by everything on the node that reads it.
+#[derive(Clone)]
+pub struct StateView {
+    state: Arc<RwLock<State>>,
+    applied: watch::Receiver<Option<LogId>>,
+}
+
+impl StateView {
+    /// Reads the state. Hold the guard briefly: applying waits for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes each time entries are applied: the log id of the last one.
+    pub fn applied(&self) -> watch::Receiver<Option<LogId>> {
+        self.applied.clone()
+    }
+}
+
+/// The openraft state machine.
+pub struct StateStore {
+    db: Arc<Database>,
+    snapshot_dir: PathBuf,
+    state: Arc<RwLock<State>>,
+    applied_tx: watch::Sender<Option<LogId>>,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+fn sm_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError {
+    move |error| {
+        StorageIOError::new(
+            ErrorSubject::StateMachine,
+            verb,
+            openraft::AnyError::error(error),
+        )
+        .into()
+    }
+}
+
+fn snapshot_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError {
+    move |error| {
+        StorageIOError::new(
+            ErrorSubject::Snapshot(None),
+            verb,
+            openraft::AnyError::error(error),
+        )
+        .into()
+    }
+}
+
+/// What `state.redb` says on open.
+struct Loaded {
+    state: State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+fn load(db: &Database) -> Result<Loaded, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let rows = txn.open_table(ROWS).map_err(|e| e.to_string())?;
+    let mut state = State::default();
+    for item in rows.iter().map_err(|e| e.to_string())? {
+        let (key, value) = item.map_err(|e| e.to_string())?;
+        state
+            .load_row(key.value(), value.value())
+            .map_err(|e| e.to_string())?;
+    }
+    let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+    let last_applied = read_meta(&meta, KEY_APPLIED)?.flatten();
+    let membership = read_meta(&meta, KEY_MEMBERSHIP)?.unwrap_or_default();
+    Ok(Loaded {
+        state,
+        last_applied,
+        membership,
+    })
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, String> {
+    match table.get(key).map_err(|e| e.to_string())? {
+        Some(value) => codec::decode(value.value())
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => Ok(None),
+    }
+}
+
+impl StateStore {
+    /// Opens (or creates) `state.redb` at `path`, with snapshots kept in `snapshot_dir`.
+    pub fn open(path: &Path, snapshot_dir: &Path) -> Result<(StateStore, StateView), String> {
+        fs::create_dir_all(snapshot_dir)
+            .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
+        remove_partial_snapshots(snapshot_dir);
+        let db = Database::create(path).map_err(|e| e.to_string())?;
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(ROWS).map_err(|e| e.to_string())?;
+        txn.open_table(META).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+        let loaded = load(&db)?;
+        let state = Arc::new(RwLock::new(loaded.state));
+        let (applied_tx, applied_rx) = watch::channel(loaded.last_applied);
+        let store = StateStore {
+            db: Arc::new(db),
+            snapshot_dir: snapshot_dir.to_path_buf(),
+            state: state.clone(),
+            applied_tx,
+            last_applied: loaded.last_applied,
+            membership: loaded.membership,
+        };
+        Ok((
+            store,
+            StateView {
+                state,
+                applied: applied_rx,
+            },
+        ))
+    }
+
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Persists the rows changed since the last call, with the applied id and membership.
+    async fn persist_dirty(&self) -> Result<(), StorageError> {
+        let changes = {
+            let mut state = self.write_state();
+            let dirty = state.take_dirty();
+            let mut changes = Vec::with_capacity(dirty.len());
+            for key in dirty {
+                let value = state.row(key).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
+                changes.push((key.to_bytes(), value));
+            }
+            changes
+        };
+        let applied =
+            codec::encode(&self.last_applied).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
+        let membership =
+            codec::encode(&self.membership).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut rows = txn.open_table(ROWS)?;
+                for (key, value) in &changes {
+                    match value {
+                        Some(value) => rows.insert(key.as_slice(), value.as_slice())?,
+                        None => rows.remove(key.as_slice())?,
+                    };
+                }
+                let mut meta = txn.open_table(META)?;
+                meta.insert(KEY_APPLIED, applied.as_slice())?;
+                meta.insert(KEY_MEMBERSHIP, membership.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| sm_error(ErrorVerb::Write)(&e))?
+        .map_err(|e| sm_error(ErrorVerb::Write)(&e))
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.snapshot_dir.join(SNAPSHOT_FILE)
+    }
+}
+
+/// Removes files left by a build or receive that a crash interrupted.
+fn remove_partial_snapshots(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name() != SNAPSHOT_FILE {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn write_record(out: &mut impl Write, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+    for part in [key, value] {
+        let len = u32::try_from(part.len()).map_err(std::io::Error::other)?;
+        out.write_all(&len.to_be_bytes())?;
+        out.write_all(part)?;
+    }
+    Ok(())
+}
+
+/// Reads one length-prefixed part; `None` at a clean end of file.
+fn read_part(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = [0_u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > SNAPSHOT_RECORD_BYTES_MAX {
+        return Err(std::io::Error::other(format!(
+            "snapshot record of {len} bytes is too long"
+        )));
+    }
+    let mut part = vec![0_u8; len];
+    input.read_exact(&mut part)?;
+    Ok(Some(part))
+}
+
+fn read_record(input: &mut impl Read) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let Some(key) = read_part(input)? else {
+        return Ok(None);
+    };
+    let value =
+        read_part(input)?.ok_or_else(|| std::io::Error::other("snapshot ends inside a record"))?;
+    Ok(Some((key, value)))
+}
+
+/// Builds snapshots from a consistent read of `state.redb`.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    snapshot_dir: PathBuf,
+}
+
+/// Streams the row table into `path` and returns the metadata of what was written.
+fn write_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotMeta, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+    let last_log_id: Option<LogId> = read_meta(&meta, KEY_APPLIED)?.flatten();
+    let last_membership: StoredMembership = read_meta(&meta, KEY_MEMBERSHIP)?.unwrap_or_default();
+    let rows = txn.open_table(ROWS).map_err(|e| e.to_string())?;
+    let file = fs::File::create(path).map_err(|e| e.to_string())?;
+    let mut out = BufWriter::new(file);
+    for item in rows.iter().map_err(|e| e.to_string())? {
+        let (key, value) = item.map_err(|e| e.to_string())?;
+        write_record(&mut out, key.value(), value.value()).map_err(|e| e.to_string())?;
+    }
+    let file = out.into_inner().map_err(|e| e.to_string())?;
+    file.sync_all().map_err(|e| e.to_string())?;
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let snapshot_id = match last_log_id {
+        Some(id) => format!("{}-{}-{unique}", id.leader_id.term, id.index),
+        None => format!("0-0-{unique}"),
+    };
+    Ok(SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id,
+    })
+}
+
+fn save_snapshot_meta(db: &Database, meta: &SnapshotMeta) -> Result<(), String> {
+    let bytes = codec::encode(meta).map_err(|e| e.to_string())?;
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = txn.open_table(META).map_err(|e| e.to_string())?;
+        table
+            .insert(KEY_SNAPSHOT, bytes.as_slice())
+            .map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, String> {
+            let building = dir.join("building.tmp");
+            let meta = write_snapshot_file(&db, &building)?;
+            fs::rename(&building, dir.join(SNAPSHOT_FILE)).map_err(|e| e.to_string())?;
+            save_snapshot_meta(&db, &meta)?;
+            Ok(meta)
+        })
+        .await
+        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
+        tracing::debug!(snapshot_id = %meta.snapshot_id, "built snapshot");
+        let file = tokio::fs::File::open(self.snapshot_dir.join(SNAPSHOT_FILE))
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+/// Replaces every row with the snapshot's, copying the snapshot into `copy_to` as it goes.
+fn install_rows(
+    db: &Database,
+    input: fs::File,
+    copy_to: &Path,
+    meta: &SnapshotMeta,
+) -> Result<(), String> {
+    let encode_error = |e: codec::CodecError| e.to_string();
+    let meta_rows = [
+        (
+            KEY_APPLIED,
+            codec::encode(&meta.last_log_id).map_err(encode_error)?,
+        ),
+        (
+            KEY_MEMBERSHIP,
+            codec::encode(&meta.last_membership).map_err(encode_error)?,
+        ),
+        (KEY_SNAPSHOT, codec::encode(meta).map_err(encode_error)?),
+    ];
+    let mut input = BufReader::new(input);
+    let mut copy = BufWriter::new(fs::File::create(copy_to).map_err(|e| e.to_string())?);
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut rows = txn.open_table(ROWS).map_err(|e| e.to_string())?;
+        rows.retain(|_, _| false).map_err(|e| e.to_string())?;
+        while let Some((key, value)) = read_record(&mut input).map_err(|e| e.to_string())? {
+            RowKey::from_bytes(&key).ok_or("snapshot has a row with an unknown key")?;
+            rows.insert(key.as_slice(), value.as_slice())
+                .map_err(|e| e.to_string())?;
+            write_record(&mut copy, &key, &value).map_err(|e| e.to_string())?;
+        }
+        let mut table = txn.open_table(META).map_err(|e| e.to_string())?;
+        for (key, value) in meta_rows {
+            table
+                .insert(key, value.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let copy = copy.into_inner().map_err(|e| e.to_string())?;
+    copy.sync_all().map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())
+}
+
+impl RaftStateMachine<TypeConfig> for StateStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = crate::types::Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut outcomes = Vec::new();
+        {
+            let shared = self.state.clone();
+            let mut state = shared
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                let outcome = match entry.payload {
+                    EntryPayload::Blank => Outcome::Applied,
+                    EntryPayload::Normal(proposal) => state.apply(&proposal),
+                    EntryPayload::Membership(membership) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Outcome::Applied
+                    }
+                };
+                outcomes.push(outcome);
+            }
+        }
+        self.persist_dirty().await?;
+        self.applied_tx.send_replace(self.last_applied);
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshot_dir: self.snapshot_dir.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let unique = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = self.snapshot_dir.join(format!("receiving-{unique}.tmp"));
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        use tokio::io::AsyncSeekExt;
+        let mut snapshot = *snapshot;
+        snapshot
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
+        let input = snapshot.into_std().await;
+        let db = self.db.clone();
+        let dir = self.snapshot_dir.clone();
+        let meta_owned = meta.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let installing = dir.join("installing.tmp");
+            install_rows(&db, input, &installing, &meta_owned)?;
+            fs::rename(&installing, dir.join(SNAPSHOT_FILE)).map_err(|e| e.to_string())?;
+            remove_partial_snapshots(&dir);
+            Ok(())
+        })
+        .await
+        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
+
+        let loaded = {
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || load(&db))
+                .await
+                .map_err(|e| sm_error(ErrorVerb::Read)(&e))?
+                .map_err(|e| sm_error(ErrorVerb::Read)(&e))?
+        };
+        *self.write_state() = loaded.state;
+        self.last_applied = loaded.last_applied;
+        self.membership = loaded.membership;
+        self.applied_tx.send_replace(self.last_applied);
+        tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let db = self.db.clone();
+        let meta = tokio::task::spawn_blocking(move || -> Result<Option<SnapshotMeta>, String> {
+            let txn = db.begin_read().map_err(|e| e.to_string())?;
+            let table = txn.open_table(META).map_err(|e| e.to_string())?;
+            read_meta(&table, KEY_SNAPSHOT)
+        })
+        .await
+        .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
+        let Some(meta) = meta else { return Ok(None) };
+        let file = tokio::fs::File::open(self.snapshot_path())
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(file),
+        }))
+    }
+}

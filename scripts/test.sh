@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs what the tests need, starts the
+# services they use on loopback, runs cargo nextest, and stops everything it started.
+#
+#   scripts/test.sh            # every test, the slow fault-injection group included
+#   scripts/test.sh --fast     # skip the slow group
+#
+# Services started here (each on 127.0.0.1, on a free port, stopped on exit):
+#   - moto_server: a real S3-compatible server (PyPI `moto[server]`), in .venv/
+# Exported to the tests: SHOAL_BIN, SHOAL_TEST_S3_ENDPOINT, SHOAL_TEST_S3_KEY, SHOAL_TEST_S3_SECRET.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+profile="default"
+if [ "${1:-}" = "--fast" ]; then profile="fast"; fi
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT INT TERM
+
+# --- tools ---------------------------------------------------------------------------------
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+fi
+
+# --- python venv with moto (S3) ------------------------------------------------------------
+venv="$root/.venv"
+if [ ! -x "$venv/bin/moto_server" ]; then
+  log "creating $venv with moto[server]"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*'
+fi
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() { # url, seconds
+  local deadline=$((SECONDS + $2))
+  until curl -s -o /dev/null "$1"; do
+    if [ $SECONDS -ge $deadline ]; then log "timed out waiting for $1"; return 1; fi
+    sleep 0.2
+  done
+}
+
+s3_port=$(free_port)
+log "starting moto_server on 127.0.0.1:$s3_port"
+"$venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"${TMPDIR:-/tmp}/shoal-moto-$s3_port.log" 2>&1 &
+pids+=($!)
+wait_http "http://127.0.0.1:$s3_port/" 30
+export SHOAL_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
+export SHOAL_TEST_S3_KEY="shoal-test"
+export SHOAL_TEST_S3_SECRET="shoal-test-secret"
+
+# --- build once, then test ------------------------------------------------------------------
+log "building"
+cargo build --workspace --bins
+export SHOAL_BIN="$root/target/debug/shoal"
+
+log "running tests (profile: $profile)"
+cargo nextest run --workspace --profile "$profile" --no-fail-fast

@@ -1,0 +1,1 @@
+//! Fault-injection scenarios (slow): filled in with the harness.
