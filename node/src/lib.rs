@@ -1,1 +1,113 @@
-//! placeholder
+//! The `shoal` binary's library: one node's wiring, the HTTP API and the CLI.
+//!
+//! Layout:
+//! - [`config`]: [`Config`] — the TOML file, defaults and validation.
+//! - [`api`]: JSON shapes of shoal's own HTTP API, shared by server and CLI.
+//! - [`http`]: the axum router and handlers.
+//! - [`cli`]: the clap command tree and every client command; `dev-cluster`.
+//! - [`run`]: starts a node and serves until `shutdown` resolves — used by `shoal node` and by
+//!   tests alike.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod http;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use libp2p::Multiaddr;
+use shoal_raft::{Cluster, ClusterConfig};
+
+pub use config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    HttpListen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cluster(#[from] shoal_raft::ClusterError),
+    #[error("HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+fn cluster_config(config: &Config, http_url: String) -> Result<ClusterConfig, NodeError> {
+    let parse = |key: &'static str, text: &str| {
+        Multiaddr::from_str(text).map_err(|e| config::ConfigError::Invalid {
+            key,
+            reason: format!("{text}: {e}"),
+        })
+    };
+    let seeds = config
+        .p2p
+        .seeds
+        .iter()
+        .map(|s| parse("p2p.seeds", s))
+        .collect::<Result<_, _>>()?;
+    let key_file = &config.p2p.cluster_key_file;
+    Ok(ClusterConfig {
+        data_dir: config.data_dir.clone(),
+        node_name: config.node_name(),
+        http_url,
+        p2p_listen: parse("p2p.listen", &config.p2p.listen)?,
+        seeds,
+        bootstrap_expect: config.p2p.bootstrap_expect,
+        cluster_key_file: (!key_file.is_empty()).then(|| PathBuf::from(key_file)),
+        heartbeat_ms: config.raft.heartbeat_ms,
+        election_timeout_ms: (
+            config.raft.election_timeout_ms[0],
+            config.raft.election_timeout_ms[1],
+        ),
+        voters_max: config.raft.voters_max,
+        lease_ms: config.worker.lease_ms,
+        slots: config.slots(),
+        executor: config.worker.executor.clone(),
+    })
+}
+
+/// Runs one node until `shutdown` resolves, then stops serving and leaves Raft cleanly.
+/// `insecure` allows HTTP beyond loopback without tokens.
+pub async fn run(
+    config: Config,
+    insecure: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    config.validate(insecure)?;
+    let listen = config.http_listen()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| NodeError::HttpListen {
+            addr: config.http.listen.clone(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(NodeError::Serve)?;
+    let http_url = if config.http.advertise_url.is_empty() {
+        format!("http://{bound}")
+    } else {
+        config.http.advertise_url.trim_end_matches('/').to_string()
+    };
+    if !config.p2p.listen.starts_with("/ip4/127.") && config.p2p.cluster_key_file.is_empty() {
+        tracing::warn!(listen = %config.p2p.listen, "p2p is reachable beyond loopback without a cluster key");
+    }
+    let cluster = Cluster::start(cluster_config(&config, http_url.clone())?).await?;
+    tracing::info!(%http_url, data_dir = %config.data_dir.display(), "node serving");
+
+    let state = http::AppState {
+        cluster: cluster.clone(),
+        tokens: Arc::new(config.http.tokens.clone()),
+    };
+    let app = http::router(state, config.http.body_bytes_max);
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tracing::info!("shutting down");
+    cluster.shutdown().await;
+    served.map_err(NodeError::Serve)
+}

@@ -18,43 +18,38 @@ const CAUGHT_UP_LAG_ENTRIES: u64 = 100;
 
 pub(super) async fn register_and_heartbeat(cluster: Cluster) {
     let period = Duration::from_millis((cluster.config().lease_ms / 4).max(50));
-    let mut round = tokio::time::interval(period);
-    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Until the node is registered it retries quickly, so a new member shows up at once.
+    let eager = period.min(Duration::from_millis(cluster.config().heartbeat_ms * 2));
     loop {
-        round.tick().await;
-        if !cluster.is_ready() {
-            continue;
-        }
-        let (named, registered) = {
-            let state = cluster.view().read();
-            let info = cluster.node_info();
-            let registered = state
-                .nodes
-                .get(&cluster.node_id())
-                .is_some_and(|r| r.info == info);
-            (state.cluster_id.is_some(), registered)
-        };
-        if !named {
-            let command = Command::InitCluster {
-                cluster_id: new_cluster_id(&cluster),
-            };
-            if let Err(error) = cluster.write(command).await {
-                tracing::debug!(%error, "naming the cluster failed");
-            }
-        }
-        let command = if registered {
-            Command::Heartbeat {
-                node_id: cluster.node_id(),
-                running: cluster.running(),
-            }
-        } else {
-            Command::RegisterNode {
-                node_id: cluster.node_id(),
-                info: cluster.node_info(),
-            }
-        };
+        let done = cluster.is_ready() && beat(&cluster).await;
+        tokio::time::sleep(if done { period } else { eager }).await;
+    }
+}
+
+/// Names the cluster if needed, then registers or heartbeats; true once registered.
+async fn beat(cluster: &Cluster) -> bool {
+    let (named, registered) = {
+        let state = cluster.view().read();
+        let info = cluster.node_info();
+        let registered = state.nodes.get(&cluster.node_id()).is_some_and(|r| r.info == info);
+        (state.cluster_id.is_some(), registered)
+    };
+    if !named {
+        let command = Command::InitCluster { cluster_id: new_cluster_id(cluster) };
         if let Err(error) = cluster.write(command).await {
+            tracing::debug!(%error, "naming the cluster failed");
+        }
+    }
+    let command = if registered {
+        Command::Heartbeat { node_id: cluster.node_id(), running: cluster.running() }
+    } else {
+        Command::RegisterNode { node_id: cluster.node_id(), info: cluster.node_info() }
+    };
+    match cluster.write(command).await {
+        Ok(_) => registered,
+        Err(error) => {
             tracing::debug!(%error, "heartbeat failed");
+            false
         }
     }
 }

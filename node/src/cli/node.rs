@@ -1,0 +1,119 @@
+//! `shoal node`: load the config, apply flags, set up logging, run until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::CliError;
+use crate::config::Config;
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// TOML config file; without it the embedded default is used.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub node_name: Option<String>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listen address, e.g. 127.0.0.1:8000.
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// libp2p listen multiaddr, e.g. /ip4/127.0.0.1/tcp/7000.
+    #[arg(long)]
+    pub p2p_listen: Option<String>,
+    /// Another node's multiaddr (repeatable); replaces the config's seeds.
+    #[arg(long = "seed")]
+    pub seeds: Vec<String>,
+    #[arg(long)]
+    pub bootstrap_expect: Option<usize>,
+    #[arg(long)]
+    pub executor: Option<String>,
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Allow HTTP beyond loopback without tokens.
+    #[arg(long)]
+    pub insecure: bool,
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl NodeArgs {
+    /// The config file (or default) with every given flag applied on top.
+    pub fn config(&self) -> Result<Config, CliError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path).map_err(|e| CliError::input(e.to_string()))?,
+            None => Config::default(),
+        };
+        if let Some(name) = &self.node_name {
+            config.node_name = name.clone();
+        }
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(listen) = &self.http_listen {
+            config.http.listen = listen.clone();
+        }
+        if let Some(listen) = &self.p2p_listen {
+            config.p2p.listen = listen.clone();
+        }
+        if !self.seeds.is_empty() {
+            config.p2p.seeds = self.seeds.clone();
+        }
+        if let Some(expect) = self.bootstrap_expect {
+            config.p2p.bootstrap_expect = expect;
+        }
+        if let Some(executor) = &self.executor {
+            config.worker.executor = executor.clone();
+        }
+        if let Some(slots) = self.slots {
+            config.worker.slots = slots;
+        }
+        Ok(config)
+    }
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,libp2p=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for signals; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+pub async fn run(args: &NodeArgs) -> Result<(), CliError> {
+    let config = args.config()?;
+    config
+        .validate(args.insecure)
+        .map_err(|e| CliError::input(e.to_string()))?;
+    init_logging(args.log_format);
+    crate::run(config, args.insecure, termination())
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))
+}

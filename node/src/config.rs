@@ -1,0 +1,338 @@
+//! The node's configuration: a TOML file (every key optional), command-line flags that
+//! override it, and the checks that refuse a config which would be unsafe or cannot work.
+//!
+//! With no file and no flags this is the embedded default: a single-node cluster with its
+//! data in `./shoal-data`, HTTP on `127.0.0.1:8000` and Raft traffic on `127.0.0.1:7000`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+/// Most bearer tokens a config may list.
+const TOKENS_MAX: usize = 1024;
+/// Most seeds a config may list.
+const SEEDS_MAX: usize = 256;
+/// Bounds on the lease, so a typo cannot make failover take a day or flap every tick.
+const LEASE_MS_MIN: u64 = 1_000;
+const LEASE_MS_MAX: u64 = 3_600_000;
+/// Most concurrent attempts one node may be configured for.
+const SLOTS_MAX: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("invalid config {path}: {reason}")]
+    Parse { path: PathBuf, reason: String },
+    #[error("invalid {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Shown to people; defaults to the host name.
+    pub node_name: String,
+    /// Holds `node.key`, `raft-log.redb`, `state.redb`, `snapshots/` and `work/`.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub p2p: P2pConfig,
+    pub raft: RaftConfig,
+    pub worker: WorkerConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+    /// Bearer tokens; empty means no auth, which is allowed only on loopback.
+    pub tokens: Vec<String>,
+    /// URL peers and clients should use for this node; defaults to `http://<listen>`.
+    pub advertise_url: String,
+    /// Largest request body accepted; larger ones get 413.
+    pub body_bytes_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pConfig {
+    /// libp2p listen multiaddr.
+    pub listen: String,
+    /// Multiaddrs of other nodes, e.g. `/ip4/10.0.0.2/tcp/7000`.
+    pub seeds: Vec<String>,
+    pub bootstrap_expect: usize,
+    /// File with the pre-shared key; peers without the same key cannot connect.
+    pub cluster_key_file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RaftConfig {
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: [u64; 2],
+    pub voters_max: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Concurrent attempts; 0 means the number of cores.
+    pub slots: u32,
+    /// `auto`, `docker` or `process`.
+    pub executor: String,
+    /// Attempt working directories; empty means `<data_dir>/work`.
+    pub workdir: String,
+    /// A node silent this long loses its claims.
+    pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    pub allowed_local_roots: Vec<PathBuf>,
+    pub s3_endpoint: String,
+    pub s3_region: String,
+    pub s3_allow_http: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: String::new(),
+            data_dir: PathBuf::from("./shoal-data"),
+            http: HttpConfig::default(),
+            p2p: P2pConfig::default(),
+            raft: RaftConfig::default(),
+            worker: WorkerConfig::default(),
+            storage: StorageConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8000".to_string(),
+            tokens: Vec::new(),
+            advertise_url: String::new(),
+            body_bytes_max: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            listen: "/ip4/127.0.0.1/tcp/7000".to_string(),
+            seeds: Vec::new(),
+            bootstrap_expect: 1,
+            cluster_key_file: String::new(),
+        }
+    }
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        RaftConfig {
+            heartbeat_ms: 100,
+            election_timeout_ms: [300, 600],
+            voters_max: 5,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            slots: 0,
+            executor: "auto".to_string(),
+            workdir: String::new(),
+            lease_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML config file; keys it leaves out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Config::from_toml(&text).map_err(|reason| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The HTTP listen address, parsed.
+    pub fn http_listen(&self) -> Result<SocketAddr, ConfigError> {
+        SocketAddr::from_str(&self.http.listen).map_err(|e| invalid("http.listen", e.to_string()))
+    }
+
+    /// Checks everything that can be checked before the node starts.
+    /// `insecure` allows HTTP beyond loopback without tokens.
+    pub fn validate(&self, insecure: bool) -> Result<(), ConfigError> {
+        let listen = self.http_listen()?;
+        if !listen.ip().is_loopback() && self.http.tokens.is_empty() && !insecure {
+            return Err(invalid(
+                "http.listen",
+                format!(
+                    "{listen} is reachable from other hosts but http.tokens is empty; \
+                     set tokens or pass --insecure"
+                ),
+            ));
+        }
+        if self.http.tokens.len() > TOKENS_MAX || self.http.tokens.iter().any(|t| t.len() < 16) {
+            return Err(invalid(
+                "http.tokens",
+                format!("at most {TOKENS_MAX}, each at least 16 characters"),
+            ));
+        }
+        Multiaddr::from_str(&self.p2p.listen).map_err(|e| invalid("p2p.listen", e.to_string()))?;
+        if self.p2p.seeds.len() > SEEDS_MAX {
+            return Err(invalid("p2p.seeds", format!("at most {SEEDS_MAX}")));
+        }
+        for seed in &self.p2p.seeds {
+            Multiaddr::from_str(seed).map_err(|e| invalid("p2p.seeds", format!("{seed}: {e}")))?;
+        }
+        if self.p2p.bootstrap_expect == 0 {
+            return Err(invalid("p2p.bootstrap_expect", "must be at least 1"));
+        }
+        self.validate_raft()?;
+        self.validate_worker()
+    }
+
+    fn validate_raft(&self) -> Result<(), ConfigError> {
+        let [low, high] = self.raft.election_timeout_ms;
+        if self.raft.heartbeat_ms == 0 || low <= self.raft.heartbeat_ms || high <= low {
+            return Err(invalid(
+                "raft.election_timeout_ms",
+                "needs heartbeat_ms < election_timeout_ms[0] < election_timeout_ms[1]",
+            ));
+        }
+        if self.raft.voters_max == 0 || self.raft.voters_max > 9 {
+            return Err(invalid("raft.voters_max", "must be between 1 and 9"));
+        }
+        Ok(())
+    }
+
+    fn validate_worker(&self) -> Result<(), ConfigError> {
+        if !(LEASE_MS_MIN..=LEASE_MS_MAX).contains(&self.worker.lease_ms) {
+            return Err(invalid(
+                "worker.lease_ms",
+                format!("must be {LEASE_MS_MIN}..={LEASE_MS_MAX}"),
+            ));
+        }
+        if self.worker.slots > SLOTS_MAX {
+            return Err(invalid("worker.slots", format!("at most {SLOTS_MAX}")));
+        }
+        match self.worker.executor.as_str() {
+            "auto" | "docker" | "process" | "noop" => Ok(()),
+            other => Err(invalid(
+                "worker.executor",
+                format!("{other:?} is not auto, docker or process"),
+            )),
+        }
+    }
+
+    /// The node name, or the host name when none is configured.
+    pub fn node_name(&self) -> String {
+        if !self.node_name.is_empty() {
+            return self.node_name.clone();
+        }
+        std::fs::read_to_string("/etc/hostname")
+            .map(|name| name.trim().to_string())
+            .ok()
+            .filter(|name| !name.is_empty())
+            .unwrap_or_else(|| "shoal".to_string())
+    }
+
+    /// Slots to run, with 0 resolved to the number of cores.
+    pub fn slots(&self) -> u32 {
+        if self.worker.slots > 0 {
+            return self.worker.slots;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid_and_loopback_only() {
+        let config = Config::default();
+        config.validate(false).expect("default is valid");
+        assert!(config.http_listen().expect("listen").ip().is_loopback());
+        assert!(config.p2p.listen.starts_with("/ip4/127.0.0.1/"));
+    }
+
+    #[test]
+    fn a_partial_file_keeps_defaults_for_the_rest() {
+        let config =
+            Config::from_toml("node_name = \"n1\"\n[raft]\nvoters_max = 3\n").expect("parse");
+        assert_eq!(config.node_name, "n1");
+        assert_eq!(config.raft.voters_max, 3);
+        assert_eq!(config.raft.heartbeat_ms, 100);
+        assert_eq!(config.http.listen, "127.0.0.1:8000");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let error = Config::from_toml("[http]\nlisten_on = \"x\"\n").expect_err("unknown key");
+        assert!(error.contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn public_http_without_tokens_needs_insecure() {
+        let mut config = Config::default();
+        config.http.listen = "0.0.0.0:8000".to_string();
+        let error = config.validate(false).expect_err("refused");
+        assert!(error.to_string().contains("http.listen"), "{error}");
+        config.validate(true).expect("allowed with --insecure");
+        config.http.tokens = vec!["a-token-of-enough-length".to_string()];
+        config.validate(false).expect("allowed with tokens");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        type Spoil = fn(&mut Config);
+        let cases: [(&str, Spoil); 4] = [
+            ("p2p.seeds", |c| {
+                c.p2p.seeds = vec!["not-a-multiaddr".into()]
+            }),
+            ("raft.election_timeout_ms", |c| {
+                c.raft.election_timeout_ms = [50, 40]
+            }),
+            ("worker.executor", |c| {
+                c.worker.executor = "kubernetes".into()
+            }),
+            ("worker.lease_ms", |c| c.worker.lease_ms = 1),
+        ];
+        for (key, spoil) in cases {
+            let mut config = Config::default();
+            spoil(&mut config);
+            let error = config.validate(false).expect_err(key).to_string();
+            assert!(error.contains(key), "{key}: {error}");
+        }
+    }
+}

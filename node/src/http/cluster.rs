@@ -1,0 +1,128 @@
+//! `/v1/cluster`: who is in the cluster, and the operator's actions on nodes
+//! (drain, undrain, remove). A node is named by its 16-hex-digit id or its name.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use shoal_raft::cluster::{Op, OpResult};
+use shoal_raft::{Command, NodeId, Outcome, format_node_id, parse_node_id};
+
+use super::{ApiError, AppState};
+use crate::api::{ClusterView, DrainView, RemovedView};
+
+#[derive(Debug, Deserialize)]
+pub struct ReadParams {
+    /// `stale` answers from this node's state without asking the leader.
+    consistency: Option<String>,
+}
+
+/// Whether the read must reflect every acknowledged write (the default).
+pub fn wants_linearizable(consistency: Option<&str>) -> Result<bool, ApiError> {
+    match consistency {
+        None | Some("linearizable") => Ok(true),
+        Some("stale") => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "consistency: {other:?} is not \"linearizable\" or \"stale\""
+        ))),
+    }
+}
+
+pub async fn status(
+    State(state): State<AppState>,
+    Query(params): Query<ReadParams>,
+) -> Result<Json<ClusterView>, ApiError> {
+    let consistent = if wants_linearizable(params.consistency.as_deref())? {
+        state.cluster.linearize().await.is_ok()
+    } else {
+        false
+    };
+    Ok(Json(ClusterView::from_status(
+        state.cluster.status(),
+        consistent,
+    )))
+}
+
+/// Finds a node by id or name among members and registered nodes.
+fn resolve_node(state: &AppState, name_or_id: &str) -> Result<NodeId, ApiError> {
+    if let Some(node_id) = parse_node_id(name_or_id) {
+        return Ok(node_id);
+    }
+    let status = state.cluster.status();
+    let mut found = status
+        .members
+        .iter()
+        .filter(|m| m.addr.name == name_or_id)
+        .map(|m| m.node_id);
+    match (found.next(), found.next()) {
+        (Some(node_id), None) => Ok(node_id),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(format!(
+            "node name {name_or_id:?} is ambiguous; use the node id"
+        ))),
+        (None, _) => Err(ApiError::not_found(format!(
+            "no node with id or name {name_or_id:?}"
+        ))),
+    }
+}
+
+/// `POST /v1/cluster/nodes/{id}:drain` and `{id}:undrain`.
+pub async fn node_action(
+    State(state): State<AppState>,
+    Path(target): Path<String>,
+) -> Result<Json<DrainView>, ApiError> {
+    let (node, action) = target
+        .rsplit_once(':')
+        .ok_or_else(|| ApiError::not_found(format!("no action in {target:?}; use {{id}}:drain")))?;
+    let draining = match action {
+        "drain" => true,
+        "undrain" => false,
+        other => {
+            return Err(ApiError::not_found(format!(
+                "unknown node action {other:?}"
+            )));
+        }
+    };
+    let node_id = resolve_node(&state, node)?;
+    match state
+        .cluster
+        .write(Command::DrainNode { node_id, draining })
+        .await?
+    {
+        Outcome::Applied => Ok(Json(DrainView {
+            node_id: format_node_id(node_id),
+            draining,
+        })),
+        Outcome::UnknownNode { .. } => Err(ApiError::not_found(format!(
+            "node {} is not registered",
+            format_node_id(node_id)
+        ))),
+    }
+}
+
+/// `DELETE /v1/cluster/nodes/{id}`: takes the node out of the Raft group and the registry.
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(target): Path<String>,
+) -> Result<Json<RemovedView>, ApiError> {
+    let node_id = resolve_node(&state, &target)?;
+    let member = state
+        .cluster
+        .status()
+        .members
+        .iter()
+        .any(|m| m.node_id == node_id);
+    if !member && !state.cluster.view().read().nodes.contains_key(&node_id) {
+        return Err(ApiError::not_found(format!(
+            "node {} is not a member",
+            format_node_id(node_id)
+        )));
+    }
+    match state.cluster.execute(Op::Remove { node_id }).await? {
+        OpResult::Removed => Ok(Json(RemovedView {
+            removed: format_node_id(node_id),
+        })),
+        other => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected answer {other:?}"),
+        )),
+    }
+}
