@@ -4,7 +4,8 @@
 //! versioned format and are converted here, never exposed as they are.
 
 use serde::{Deserialize, Serialize};
-use shoal_raft::{ClusterStatus, MemberStatus, Role, format_node_id};
+pub use shoal_raft::Role;
+use shoal_raft::{ClusterStatus, MemberStatus, format_node_id};
 
 /// `GET /v1/cluster`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -18,6 +19,10 @@ pub struct ClusterView {
     pub applied_index: Option<u64>,
     /// Index of the last entry in this node's log.
     pub last_log_index: Option<u64>,
+    /// Last entry covered by this node's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last entry removed from this node's log (it lives on only in snapshots).
+    pub purged_index: Option<u64>,
     /// False when the answer could not be checked against the leader (no leader reachable):
     /// it is this node's last knowledge, possibly stale.
     pub consistent: bool,
@@ -75,6 +80,8 @@ impl ClusterView {
             term: status.term,
             applied_index: status.applied_index,
             last_log_index: status.last_log_index,
+            snapshot_index: status.snapshot_index,
+            purged_index: status.purged_index,
             consistent,
             members: status
                 .members

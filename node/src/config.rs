@@ -82,6 +82,10 @@ pub struct RaftConfig {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: [u64; 2],
     pub voters_max: usize,
+    /// Entries between snapshots; the log behind a snapshot is purged.
+    pub snapshot_every_entries: u64,
+    /// Entries kept behind a snapshot, so a briefly absent follower catches up from the log.
+    pub log_kept_entries: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -148,6 +152,8 @@ impl Default for RaftConfig {
             heartbeat_ms: 100,
             election_timeout_ms: [300, 600],
             voters_max: 5,
+            snapshot_every_entries: 10_000,
+            log_kept_entries: 1_000,
         }
     }
 }
@@ -228,6 +234,9 @@ impl Config {
         }
         if self.raft.voters_max == 0 || self.raft.voters_max > 9 {
             return Err(invalid("raft.voters_max", "must be between 1 and 9"));
+        }
+        if self.raft.snapshot_every_entries == 0 {
+            return Err(invalid("raft.snapshot_every_entries", "must be at least 1"));
         }
         Ok(())
     }

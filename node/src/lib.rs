@@ -66,6 +66,8 @@ fn cluster_config(config: &Config, http_url: String) -> Result<ClusterConfig, No
             config.raft.election_timeout_ms[1],
         ),
         voters_max: config.raft.voters_max,
+        snapshot_every_entries: config.raft.snapshot_every_entries,
+        log_kept_entries: config.raft.log_kept_entries,
         lease_ms: config.worker.lease_ms,
         slots: config.slots(),
         executor: config.worker.executor.clone(),

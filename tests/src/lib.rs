@@ -1,1 +1,380 @@
-//! placeholder
+//! The multi-node harness: real `shoal node` processes on loopback, each with its own temp
+//! data dir and generated config, that tests and benchmarks start, kill (-9), stop (SIGTERM),
+//! restart and query — and conditions to wait for with deadlines, never sleeps.
+//!
+//! The `shoal` binary comes from `SHOAL_BIN` when set (scripts/test.sh sets it after one
+//! build); otherwise the harness runs `cargo build --bin shoal` once per process, so a plain
+//! `cargo nextest run` never tests a stale binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use shoal_node::Config;
+use shoal_node::api::ClusterView;
+
+/// The `shoal` binary the harness runs.
+pub fn shoal_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(path) = std::env::var("SHOAL_BIN") {
+            return PathBuf::from(path);
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "shoal-node", "--bin", "shoal"])
+            .current_dir(&workspace)
+            .status()
+            .expect("run cargo build for the shoal binary");
+        assert!(status.success(), "cargo build --bin shoal failed");
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace.join("target"));
+        target.join("debug").join("shoal")
+    })
+}
+
+/// A free loopback TCP port (bound and released; fine for tests run one cluster at a time).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free loopback port")
+}
+
+/// Waits until `probe` yields a value, checking every 20 ms until `timeout`.
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One node of a test cluster: its config on disk and, while running, its process.
+pub struct TestNode {
+    pub name: String,
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.config.http.listen)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The node's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+/// Options shared by every node of a cluster.
+#[derive(Clone)]
+pub struct ClusterOptions {
+    pub bootstrap_expect: usize,
+    pub voters_max: usize,
+    pub cluster_key_file: Option<PathBuf>,
+    pub snapshot_every_entries: u64,
+    pub log_kept_entries: u64,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            bootstrap_expect: 3,
+            voters_max: 5,
+            cluster_key_file: None,
+            snapshot_every_entries: 10_000,
+            log_kept_entries: 1_000,
+            extra_env: Vec::new(),
+        }
+    }
+}
+
+/// A cluster of real node processes. Dropping it kills every node it started.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+    seeds: Vec<String>,
+    options: ClusterOptions,
+    http: reqwest::Client,
+}
+
+impl TestCluster {
+    /// Writes configs for `count` nodes (identical but for name, ports and data dir).
+    pub fn new(count: usize, options: ClusterOptions) -> Result<TestCluster> {
+        let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
+        let p2p_ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
+        let seeds = p2p_ports
+            .iter()
+            .map(|p| format!("/ip4/127.0.0.1/tcp/{p}"))
+            .collect();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let mut cluster = TestCluster {
+            dir,
+            nodes: Vec::new(),
+            seeds,
+            options,
+            http,
+        };
+        for port in p2p_ports {
+            cluster.define_node(port)?;
+        }
+        Ok(cluster)
+    }
+
+    fn define_node(&mut self, p2p_port: u16) -> Result<usize> {
+        let index = self.nodes.len();
+        let name = format!("n{}", index + 1);
+        let mut config = Config {
+            node_name: name.clone(),
+            ..Config::default()
+        };
+        config.data_dir = self.dir.path().join(&name);
+        config.http.listen = format!("127.0.0.1:{}", free_port());
+        config.p2p.listen = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
+        config.p2p.seeds = self.seeds.clone();
+        config.p2p.bootstrap_expect = self.options.bootstrap_expect;
+        config.raft.voters_max = self.options.voters_max;
+        config.raft.snapshot_every_entries = self.options.snapshot_every_entries;
+        config.raft.log_kept_entries = self.options.log_kept_entries;
+        config.worker.executor = "process".to_string();
+        if let Some(key) = &self.options.cluster_key_file {
+            config.p2p.cluster_key_file = key.display().to_string();
+        }
+        let config_path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&config_path, toml::to_string(&config)?)?;
+        let log_path = self.dir.path().join(format!("{name}.log"));
+        self.nodes.push(TestNode {
+            name,
+            config,
+            config_path,
+            log_path,
+            child: None,
+        });
+        Ok(index)
+    }
+
+    /// Defines one more node with the same seeds (it joins the running cluster when started).
+    pub fn add_node(&mut self, options: Option<ClusterOptions>) -> Result<usize> {
+        if let Some(options) = options {
+            self.options = options;
+        }
+        self.define_node(free_port())
+    }
+
+    pub fn start(&mut self, index: usize) -> Result<()> {
+        let node = &mut self.nodes[index];
+        if node.is_running() {
+            bail!("{} is already running", node.name);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log_path)?;
+        let child = Command::new(shoal_bin())
+            .arg("node")
+            .arg("--config")
+            .arg(&node.config_path)
+            .env("RUST_LOG", "info,openraft=warn,libp2p=warn")
+            .envs(self.options.extra_env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", node.name))?;
+        node.child = Some(child);
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        (0..self.nodes.len()).try_for_each(|i| self.start(i))
+    }
+
+    /// SIGKILL: the node gets no chance to clean up.
+    pub fn kill(&mut self, index: usize) -> Result<()> {
+        let node = &mut self.nodes[index];
+        let mut child = node
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", node.name))?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub async fn terminate(&mut self, index: usize, timeout: Duration) -> Result<Option<i32>> {
+        let node = &mut self.nodes[index];
+        let mut child = node
+            .child
+            .take()
+            .ok_or_else(|| anyhow!("{} is not running", node.name))?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() >= deadline {
+                child.kill()?;
+                bail!("{} did not exit within {timeout:?} of SIGTERM", node.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, index: usize, path: &str) -> Result<T> {
+        let url = format!("{}{path}", self.nodes[index].http_url());
+        let response = self.http.get(&url).send().await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!(
+                "GET {url}: {status}: {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+        Ok(response.json().await?)
+    }
+
+    /// POSTs to a node and returns the status and the JSON body.
+    pub async fn post(&self, index: usize, path: &str) -> Result<(u16, serde_json::Value)> {
+        let url = format!("{}{path}", self.nodes[index].http_url());
+        let response = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({}))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    /// `GET` a cluster view at `path` (with its query) on one node.
+    pub async fn status_with(&self, index: usize, path: &str) -> Result<ClusterView> {
+        self.get(index, path).await
+    }
+
+    /// `GET /v1/cluster` on one node; `stale` skips the read-index round trip.
+    pub async fn status(&self, index: usize, stale: bool) -> Result<ClusterView> {
+        let path = if stale {
+            "/v1/cluster?consistency=stale"
+        } else {
+            "/v1/cluster"
+        };
+        self.get(index, path).await
+    }
+
+    /// Indexes of nodes whose process is running.
+    pub fn running(&mut self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
+    }
+
+    /// Waits until every running node reports the same leader and `voters` voters, every
+    /// member registered (so writes naming any node succeed); returns the leader's node id.
+    pub async fn wait_formed(&mut self, voters: usize, timeout: Duration) -> Result<String> {
+        let running = self.running();
+        let this = &*self;
+        wait_for(
+            &format!(
+                "{} running nodes to agree on a leader and {voters} voters",
+                running.len()
+            ),
+            timeout,
+            async || {
+                let mut leader = None;
+                for &i in &running {
+                    let view = this.status(i, true).await.ok()?;
+                    let voter_count = view
+                        .members
+                        .iter()
+                        .filter(|m| m.role == shoal_node::api::Role::Voter)
+                        .count();
+                    let registered = view.members.iter().all(|m| m.slots.is_some());
+                    if voter_count != voters
+                        || !registered
+                        || view.leader.is_none()
+                        || (leader.is_some() && leader != view.leader)
+                    {
+                        return None;
+                    }
+                    leader = view.leader;
+                }
+                leader
+            },
+        )
+        .await
+    }
+
+    /// Index of the node whose id is `node_id`.
+    pub async fn index_of(&self, node_id: &str) -> Result<usize> {
+        for i in 0..self.nodes.len() {
+            if let Ok(view) = self.status(i, true).await
+                && view.node_id == node_id
+            {
+                return Ok(i);
+            }
+        }
+        bail!("no running node has id {node_id}")
+    }
+
+    /// Index of the current leader, as the given node sees it.
+    pub async fn leader_index(&mut self) -> Result<usize> {
+        let running = self.running();
+        for i in running {
+            if let Ok(view) = self.status(i, true).await
+                && let Some(leader) = view.leader
+            {
+                return self.index_of(&leader).await;
+            }
+        }
+        bail!("no running node knows a leader")
+    }
+
+    /// All node logs, for a failing assertion's message.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("=== {} ===\n{}\n", n.name, n.log()))
+            .collect()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

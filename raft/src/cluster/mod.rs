@@ -44,10 +44,6 @@ use crate::types::{NodeAddr, NodeId, Raft, node_id_of};
 const OP_DEADLINE: Duration = Duration::from_secs(10);
 /// How long one forwarded operation may take on the leader (a join waits for catch-up).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
-/// Entries between snapshots; the log behind a snapshot is purged.
-const SNAPSHOT_EVERY_ENTRIES: u64 = 10_000;
-/// Entries kept behind a snapshot so slow followers catch up from the log, not a snapshot.
-const LOG_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
 /// Largest snapshot chunk sent in one message.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Most entries in one AppendEntries message (openraft splits larger ones further on
@@ -73,6 +69,10 @@ pub struct ClusterConfig {
     pub election_timeout_ms: (u64, u64),
     /// Learners are promoted to voters while there are fewer voters than this.
     pub voters_max: usize,
+    /// Entries between snapshots; the log behind a snapshot is purged.
+    pub snapshot_every_entries: u64,
+    /// Entries kept behind a snapshot, so a briefly absent follower catches up from the log.
+    pub log_kept_entries: u64,
     /// A node silent this long loses its claims; it heartbeats every quarter of it.
     pub lease_ms: u64,
     pub slots: u32,
@@ -158,6 +158,10 @@ pub struct ClusterStatus {
     pub server_state: String,
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
+    /// Last entry covered by this node's latest snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last entry removed from this node's log (it lives on only in snapshots).
+    pub purged_index: Option<u64>,
     pub members: Vec<MemberStatus>,
 }
 
@@ -187,8 +191,11 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, ClusterError>
         election_timeout_min: config.election_timeout_ms.0,
         election_timeout_max: config.election_timeout_ms.1,
         max_payload_entries: APPEND_ENTRIES_MAX,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_ENTRIES),
-        max_in_snapshot_log_to_keep: LOG_KEPT_BEHIND_SNAPSHOT,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
+        max_in_snapshot_log_to_keep: config.log_kept_entries,
+        // Purge in steps that fit the snapshot interval (openraft's default of 256 would
+        // keep a small log forever).
+        purge_batch_size: (config.snapshot_every_entries / 4).clamp(1, 256),
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
         ..Default::default()
     };
@@ -590,6 +597,8 @@ impl Cluster {
             server_state: format!("{:?}", metrics.state),
             last_log_index: metrics.last_log_index,
             applied_index: metrics.last_applied.map(|id| id.index),
+            snapshot_index: metrics.snapshot.map(|id| id.index),
+            purged_index: metrics.purged.map(|id| id.index),
             members,
         }
     }

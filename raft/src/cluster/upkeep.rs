@@ -31,19 +31,30 @@ async fn beat(cluster: &Cluster) -> bool {
     let (named, registered) = {
         let state = cluster.view().read();
         let info = cluster.node_info();
-        let registered = state.nodes.get(&cluster.node_id()).is_some_and(|r| r.info == info);
+        let registered = state
+            .nodes
+            .get(&cluster.node_id())
+            .is_some_and(|r| r.info == info);
         (state.cluster_id.is_some(), registered)
     };
     if !named {
-        let command = Command::InitCluster { cluster_id: new_cluster_id(cluster) };
+        let command = Command::InitCluster {
+            cluster_id: new_cluster_id(cluster),
+        };
         if let Err(error) = cluster.write(command).await {
             tracing::debug!(%error, "naming the cluster failed");
         }
     }
     let command = if registered {
-        Command::Heartbeat { node_id: cluster.node_id(), running: cluster.running() }
+        Command::Heartbeat {
+            node_id: cluster.node_id(),
+            running: cluster.running(),
+        }
     } else {
-        Command::RegisterNode { node_id: cluster.node_id(), info: cluster.node_info() }
+        Command::RegisterNode {
+            node_id: cluster.node_id(),
+            info: cluster.node_info(),
+        }
     };
     match cluster.write(command).await {
         Ok(_) => registered,

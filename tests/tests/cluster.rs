@@ -1,0 +1,305 @@
+//! Multi-node behaviour of the cluster core, against real `shoal node` processes.
+//! Each test is a story in phases; each phase logs what it proves.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use shoal_node::api::Role;
+use shoal_tests::{ClusterOptions, TestCluster, wait_for};
+
+const FORMATION: Duration = Duration::from_secs(20);
+
+fn phase(text: &str) {
+    eprintln!("--- {text}");
+}
+
+#[tokio::test]
+async fn three_nodes_form_one_cluster_and_a_write_to_a_follower_is_visible_everywhere() -> Result<()>
+{
+    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
+    cluster.start_all()?;
+
+    phase("three nodes with identical configs agree on one leader and three voters");
+    let leader = cluster.wait_formed(3, FORMATION).await?;
+    let leader_index = cluster.index_of(&leader).await?;
+    for i in 0..3 {
+        let view = cluster.status(i, false).await?;
+        ensure!(
+            view.consistent,
+            "{} answered without confirming with the leader",
+            cluster.nodes[i].name
+        );
+        ensure!(
+            view.members.len() == 3,
+            "{} sees {} members",
+            cluster.nodes[i].name,
+            view.members.len()
+        );
+    }
+
+    phase("every node registers itself and the cluster gets one id");
+    let cluster_id = wait_for("registration of all three nodes", FORMATION, async || {
+        let view = cluster.status(0, false).await.ok()?;
+        let registered = view
+            .members
+            .iter()
+            .all(|m| m.slots.is_some() && m.last_heartbeat.is_some());
+        (registered && view.cluster_id.is_some()).then_some(view.cluster_id)
+    })
+    .await?;
+    for i in 0..3 {
+        ensure!(
+            cluster.status(i, false).await?.cluster_id == cluster_id,
+            "one cluster id"
+        );
+    }
+
+    phase("a drain sent to a follower is carried out by the leader and answered by the follower");
+    let follower = (0..3).find(|&i| i != leader_index).expect("a follower");
+    let target = cluster.nodes[(follower + 1) % 3].name.clone();
+    let (status, body) = cluster
+        .post(follower, &format!("/v1/cluster/nodes/{target}:drain"))
+        .await?;
+    ensure!(status == 200, "drain answered {status}: {body}");
+
+    phase("a read on every node, right after, reflects the acknowledged write");
+    for i in 0..3 {
+        let view = cluster.status(i, false).await?;
+        let member = view
+            .members
+            .iter()
+            .find(|m| m.name == target)
+            .expect("target member");
+        ensure!(
+            member.draining,
+            "{} does not show {target} draining",
+            cluster.nodes[i].name
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_change_nothing() -> Result<()> {
+    let mut cluster = TestCluster::new(
+        1,
+        ClusterOptions {
+            bootstrap_expect: 1,
+            ..Default::default()
+        },
+    )?;
+    cluster.start_all()?;
+    cluster.wait_formed(1, FORMATION).await?;
+
+    phase("unknown nodes and actions get 404 naming what is wrong");
+    let (status, body) = cluster.post(0, "/v1/cluster/nodes/nobody:drain").await?;
+    ensure!(
+        status == 404 && body["error"].as_str().unwrap_or("").contains("nobody"),
+        "{status} {body}"
+    );
+    let (status, body) = cluster.post(0, "/v1/cluster/nodes/n1:explode").await?;
+    ensure!(
+        status == 404 && body["error"].as_str().unwrap_or("").contains("explode"),
+        "{status} {body}"
+    );
+
+    phase("a bad consistency parameter gets 400");
+    let error = cluster
+        .status_with(0, "/v1/cluster?consistency=sometimes")
+        .await
+        .expect_err("400");
+    ensure!(error.to_string().contains("400"), "{error}");
+
+    phase("nothing was drained");
+    let view = cluster.status(0, false).await?;
+    ensure!(view.members.iter().all(|m| !m.draining), "no node drained");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_with_the_wrong_cluster_key_cannot_join() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let right = keys.path().join("right.key");
+    let wrong = keys.path().join("wrong.key");
+    std::fs::write(&right, "11".repeat(32))?;
+    std::fs::write(&wrong, "22".repeat(32))?;
+    let options = ClusterOptions {
+        cluster_key_file: Some(right.clone()),
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::new(3, options.clone())?;
+    cluster.start_all()?;
+
+    phase("three nodes sharing a key form a cluster through the pre-shared-key transport");
+    cluster.wait_formed(3, FORMATION).await?;
+
+    phase("a fourth node with another key dials the same seeds but never becomes a member");
+    let intruder = cluster.add_node(Some(ClusterOptions {
+        cluster_key_file: Some(wrong),
+        ..options
+    }))?;
+    cluster.start(intruder)?;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the intruder has had many bootstrap rounds
+    let view = cluster.status(0, false).await?;
+    ensure!(
+        view.members.len() == 3,
+        "membership grew to {}",
+        view.members.len()
+    );
+    let intruder_view = cluster.status(intruder, true).await?;
+    ensure!(
+        intruder_view.leader.is_none(),
+        "the intruder found a leader"
+    );
+    ensure!(
+        cluster.nodes[intruder].is_running(),
+        "the intruder keeps trying, it does not crash"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_fourth_node_joins_as_learner_and_is_promoted_only_while_voters_max_allows() -> Result<()>
+{
+    phase("with voters_max = 3, a fourth node joins and stays a learner");
+    let strict = ClusterOptions {
+        voters_max: 3,
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::new(3, strict)?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+    let fourth = cluster.add_node(None)?;
+    cluster.start(fourth)?;
+    let view = wait_for(
+        "the fourth node to appear as a member",
+        FORMATION,
+        async || {
+            let view = cluster.status(0, false).await.ok()?;
+            (view.members.len() == 4).then_some(view)
+        },
+    )
+    .await?;
+    let member = view
+        .members
+        .iter()
+        .find(|m| m.name == "n4")
+        .expect("n4 in members");
+    ensure!(member.role == Role::Learner, "n4 is {:?}", member.role);
+    tokio::time::sleep(Duration::from_secs(2)).await; // several promotion rounds pass
+    let view = cluster.status(0, false).await?;
+    let member = view.members.iter().find(|m| m.name == "n4").expect("n4");
+    ensure!(
+        member.role == Role::Learner,
+        "n4 was promoted past voters_max"
+    );
+    drop(cluster);
+
+    phase("with voters_max = 5, a fourth node joins and is promoted to voter");
+    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+    let fourth = cluster.add_node(None)?;
+    cluster.start(fourth)?;
+    cluster.wait_formed(4, FORMATION).await?;
+
+    phase("the new voter has the replicated state: it sees every registered node");
+    let view = cluster.status(fourth, false).await?;
+    ensure!(
+        view.members.len() == 4,
+        "n4 sees {} members",
+        view.members.len()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn drain_and_remove_through_the_cli() -> Result<()> {
+    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+    let server = cluster.nodes[0].http_url();
+    let shoal = |args: &[&str]| {
+        std::process::Command::new(shoal_tests::shoal_bin())
+            .args(args)
+            .env("SHOAL_SERVER", &server)
+            .output()
+    };
+
+    phase("cluster status and members print every node");
+    let out = shoal(&["cluster", "status", "--output", "table"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success()
+            && ["n1", "n2", "n3", "leader"]
+                .iter()
+                .all(|w| text.contains(w)),
+        "{text}"
+    );
+    let out = shoal(&["cluster", "members", "--output", "json"])?;
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(members.as_array().map(Vec::len) == Some(3), "{members}");
+
+    phase("drain by name shows in every node's view");
+    let out = shoal(&["cluster", "drain", "n3"])?;
+    ensure!(
+        out.status.success(),
+        "drain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = cluster.status(1, false).await?;
+    ensure!(
+        view.members.iter().any(|m| m.name == "n3" && m.draining),
+        "n3 draining"
+    );
+
+    phase("remove takes a non-leader out of the Raft group and the registry");
+    let leader = cluster.leader_index().await?;
+    let victim = (0..3).find(|&i| i != leader && i != 0).expect("victim");
+    let victim_name = cluster.nodes[victim].name.clone();
+    let out = shoal(&["cluster", "remove", &victim_name])?;
+    ensure!(
+        out.status.success(),
+        "remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = cluster.status(0, false).await?;
+    ensure!(
+        view.members.len() == 2 && view.members.iter().all(|m| m.name != victim_name),
+        "{view:?}"
+    );
+
+    phase("an unknown node is an input error (exit 2), an unreachable server exit 3");
+    let out = shoal(&["cluster", "drain", "nobody"])?;
+    ensure!(out.status.code() == Some(2), "exit {:?}", out.status.code());
+    let out = std::process::Command::new(shoal_tests::shoal_bin())
+        .args([
+            "cluster",
+            "status",
+            "--server",
+            &format!("http://127.0.0.1:{}", shoal_tests::free_port()),
+        ])
+        .output()?;
+    ensure!(out.status.code() == Some(3), "exit {:?}", out.status.code());
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_leaves_cleanly_and_the_rest_carry_on() -> Result<()> {
+    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+
+    phase("a SIGTERM'd node exits 0 promptly");
+    let code = cluster.terminate(2, Duration::from_secs(10)).await?;
+    ensure!(
+        code == Some(0),
+        "exit code {code:?}\n{}",
+        cluster.nodes[2].log()
+    );
+
+    phase("the two others still accept writes");
+    let (status, body) = cluster.post(0, "/v1/cluster/nodes/n1:drain").await?;
+    ensure!(status == 200, "{status} {body}");
+    Ok(())
+}
