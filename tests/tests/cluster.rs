@@ -303,3 +303,63 @@ async fn sigterm_leaves_cleanly_and_the_rest_carry_on() -> Result<()> {
     ensure!(status == 200, "{status} {body}");
     Ok(())
 }
+
+#[tokio::test]
+async fn dev_cluster_starts_three_nodes_as_one_cluster_and_stops_them_on_ctrl_c() -> Result<()> {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir()?;
+    let mut dev = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(["dev-cluster", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = dev.stdout.take().expect("piped stdout");
+
+    phase("dev-cluster prints one URL per node once they form a cluster");
+    let urls = tokio::task::spawn_blocking(move || -> Vec<String> {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(3)
+            .filter_map(|line| line.split('\t').nth(1).map(str::to_string))
+            .collect()
+    })
+    .await?;
+    ensure!(urls.len() == 3, "printed {urls:?}");
+    let http = reqwest::Client::new();
+    let mut leaders = Vec::new();
+    for url in &urls {
+        let view: shoal_node::api::ClusterView = http
+            .get(format!("{url}/v1/cluster"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            view.members.len() == 3,
+            "{url} sees {} members",
+            view.members.len()
+        );
+        leaders.push(view.leader);
+    }
+    ensure!(
+        leaders.iter().all(|l| l.is_some() && *l == leaders[0]),
+        "one leader: {leaders:?}"
+    );
+
+    phase("Ctrl-C (SIGINT) stops every node");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dev.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    let status = tokio::task::spawn_blocking(move || dev.wait()).await??;
+    ensure!(status.success(), "dev-cluster exited with {status}");
+    for url in &urls {
+        ensure!(
+            http.get(format!("{url}/healthz")).send().await.is_err(),
+            "{url} still answers"
+        );
+    }
+    Ok(())
+}
