@@ -23,8 +23,8 @@ pub struct ClusterView {
     pub snapshot_index: Option<u64>,
     /// Last entry removed from this node's log (it lives on only in snapshots).
     pub purged_index: Option<u64>,
-    /// False when the answer could not be checked against the leader (no leader reachable):
-    /// it is this node's last knowledge, possibly stale.
+    /// True when the answer reflects every write acknowledged before the request (the
+    /// default); false for `?consistency=stale`, which answers from this node's own state.
     pub consistent: bool,
     pub members: Vec<MemberView>,
 }

@@ -211,6 +211,18 @@ impl Config {
             ));
         }
         Multiaddr::from_str(&self.p2p.listen).map_err(|e| invalid("p2p.listen", e.to_string()))?;
+        let p2p_loopback =
+            self.p2p.listen.starts_with("/ip4/127.") || self.p2p.listen.starts_with("/ip6/::1/");
+        if !p2p_loopback && self.p2p.cluster_key_file.is_empty() && !insecure {
+            return Err(invalid(
+                "p2p.listen",
+                format!(
+                    "{} is reachable from other hosts but p2p.cluster_key_file is empty; \
+                     set a cluster key or pass --insecure",
+                    self.p2p.listen
+                ),
+            ));
+        }
         if self.p2p.seeds.len() > SEEDS_MAX {
             return Err(invalid("p2p.seeds", format!("at most {SEEDS_MAX}")));
         }
@@ -255,7 +267,7 @@ impl Config {
             "auto" | "docker" | "process" | "noop" => Ok(()),
             other => Err(invalid(
                 "worker.executor",
-                format!("{other:?} is not auto, docker or process"),
+                format!("{other:?} is not auto, docker, process or noop"),
             )),
         }
     }
@@ -320,6 +332,17 @@ mod tests {
         config.validate(true).expect("allowed with --insecure");
         config.http.tokens = vec!["a-token-of-enough-length".to_string()];
         config.validate(false).expect("allowed with tokens");
+    }
+
+    #[test]
+    fn public_p2p_without_a_cluster_key_needs_insecure() {
+        let mut config = Config::default();
+        config.p2p.listen = "/ip4/0.0.0.0/tcp/7000".to_string();
+        let error = config.validate(false).expect_err("refused");
+        assert!(error.to_string().contains("p2p.listen"), "{error}");
+        config.validate(true).expect("allowed with --insecure");
+        config.p2p.cluster_key_file = "/etc/shoal/cluster.key".to_string();
+        config.validate(false).expect("allowed with a cluster key");
     }
 
     #[test]

@@ -95,9 +95,6 @@ pub async fn run(
     } else {
         config.http.advertise_url.trim_end_matches('/').to_string()
     };
-    if !config.p2p.listen.starts_with("/ip4/127.") && config.p2p.cluster_key_file.is_empty() {
-        tracing::warn!(listen = %config.p2p.listen, "p2p is reachable beyond loopback without a cluster key");
-    }
     let cluster = Cluster::start(cluster_config(&config, http_url.clone())?).await?;
     tracing::info!(%http_url, data_dir = %config.data_dir.display(), "node serving");
 

@@ -17,6 +17,7 @@ pub mod codec;
 pub mod command;
 pub mod log_store;
 pub mod network;
+pub mod snapshot_files;
 pub mod state;
 pub mod state_store;
 pub mod types;

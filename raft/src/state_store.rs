@@ -7,8 +7,8 @@
 //! under `snapshots/`, so building, sending and installing one never holds it whole in memory.
 
 use std::fs;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, BufWriter};
+use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -18,7 +18,8 @@ use tokio::sync::watch;
 
 use crate::codec;
 use crate::command::Outcome;
-use crate::state::{RowKey, State};
+use crate::snapshot_files::{SnapshotFiles, read_record, write_record};
+use crate::state::State;
 use crate::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const ROWS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("rows");
@@ -27,10 +28,6 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_SNAPSHOT: &str = "snapshot_meta";
-
-const SNAPSHOT_FILE: &str = "current.snap";
-/// A snapshot record longer than this is corruption, not data.
-const SNAPSHOT_RECORD_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Read access to the applied state, shared by everything on the node that reads it.
 #[derive(Clone)]
@@ -56,7 +53,7 @@ impl StateView {
 /// The openraft state machine.
 pub struct StateStore {
     db: Arc<Database>,
-    snapshot_dir: PathBuf,
+    files: SnapshotFiles,
     state: Arc<RwLock<State>>,
     applied_tx: watch::Sender<Option<LogId>>,
     last_applied: Option<LogId>,
@@ -127,20 +124,21 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 impl StateStore {
     /// Opens (or creates) `state.redb` at `path`, with snapshots kept in `snapshot_dir`.
     pub fn open(path: &Path, snapshot_dir: &Path) -> Result<(StateStore, StateView), String> {
-        fs::create_dir_all(snapshot_dir)
+        let files = SnapshotFiles::open(snapshot_dir)
             .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
-        remove_partial_snapshots(snapshot_dir);
         let db = Database::create(path).map_err(|e| e.to_string())?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(ROWS).map_err(|e| e.to_string())?;
         txn.open_table(META).map_err(|e| e.to_string())?;
         txn.commit().map_err(|e| e.to_string())?;
         let loaded = load(&db)?;
+        let current = current_snapshot_meta(&db)?;
+        files.remove_all_but(current.as_ref().map(|m| m.snapshot_id.as_str()), false);
         let state = Arc::new(RwLock::new(loaded.state));
         let (applied_tx, applied_rx) = watch::channel(loaded.last_applied);
         let store = StateStore {
             db: Arc::new(db),
-            snapshot_dir: snapshot_dir.to_path_buf(),
+            files,
             state: state.clone(),
             applied_tx,
             last_applied: loaded.last_applied,
@@ -199,68 +197,15 @@ impl StateStore {
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))?
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))
     }
-
-    fn snapshot_path(&self) -> PathBuf {
-        self.snapshot_dir.join(SNAPSHOT_FILE)
-    }
-}
-
-/// Removes files left by a build or receive that a crash interrupted.
-fn remove_partial_snapshots(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name() != SNAPSHOT_FILE {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
-}
-
-fn write_record(out: &mut impl Write, key: &[u8], value: &[u8]) -> std::io::Result<()> {
-    for part in [key, value] {
-        let len = u32::try_from(part.len()).map_err(std::io::Error::other)?;
-        out.write_all(&len.to_be_bytes())?;
-        out.write_all(part)?;
-    }
-    Ok(())
-}
-
-/// Reads one length-prefixed part; `None` at a clean end of file.
-fn read_part(input: &mut impl Read) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = [0_u8; 4];
-    match input.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(error) => return Err(error),
-    }
-    let len = u32::from_be_bytes(len) as usize;
-    if len > SNAPSHOT_RECORD_BYTES_MAX {
-        return Err(std::io::Error::other(format!(
-            "snapshot record of {len} bytes is too long"
-        )));
-    }
-    let mut part = vec![0_u8; len];
-    input.read_exact(&mut part)?;
-    Ok(Some(part))
-}
-
-fn read_record(input: &mut impl Read) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
-    let Some(key) = read_part(input)? else {
-        return Ok(None);
-    };
-    let value =
-        read_part(input)?.ok_or_else(|| std::io::Error::other("snapshot ends inside a record"))?;
-    Ok(Some((key, value)))
 }
 
 /// Builds snapshots from a consistent read of `state.redb`.
 pub struct SnapshotBuilder {
     db: Arc<Database>,
-    snapshot_dir: PathBuf,
+    files: SnapshotFiles,
 }
 
-/// Streams the row table into `path` and returns the metadata of what was written.
+/// Streams the row table into `path` (fsynced) and returns the metadata of what was written.
 fn write_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotMeta, String> {
     let txn = db.begin_read().map_err(|e| e.to_string())?;
     let meta = txn.open_table(META).map_err(|e| e.to_string())?;
@@ -290,6 +235,12 @@ fn write_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotMeta, Strin
     })
 }
 
+fn current_snapshot_meta(db: &Database) -> Result<Option<SnapshotMeta>, String> {
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let table = txn.open_table(META).map_err(|e| e.to_string())?;
+    read_meta(&table, KEY_SNAPSHOT)
+}
+
 fn save_snapshot_meta(db: &Database, meta: &SnapshotMeta) -> Result<(), String> {
     let bytes = codec::encode(meta).map_err(|e| e.to_string())?;
     let txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -302,38 +253,56 @@ fn save_snapshot_meta(db: &Database, meta: &SnapshotMeta) -> Result<(), String> 
     txn.commit().map_err(|e| e.to_string())
 }
 
+/// Builds a snapshot file and publishes it unless a newer one is current; returns the current
+/// snapshot (the new one, or the newer one that won) with its file opened.
+fn build_and_publish(
+    db: &Database,
+    files: &SnapshotFiles,
+) -> Result<(SnapshotMeta, fs::File), String> {
+    let building = files.temp_path("building");
+    let meta = write_snapshot_file(db, &building)?;
+    let _guard = files.lock();
+    if let Some(current) = current_snapshot_meta(db)?
+        && current.last_log_id >= meta.last_log_id
+    {
+        let _ = fs::remove_file(&building);
+        let file =
+            fs::File::open(files.path_of(&current.snapshot_id)).map_err(|e| e.to_string())?;
+        return Ok((current, file));
+    }
+    let path = files
+        .promote(&building, &meta.snapshot_id)
+        .map_err(|e| e.to_string())?;
+    save_snapshot_meta(db, &meta)?;
+    files.remove_all_but(Some(&meta.snapshot_id), true);
+    let file = fs::File::open(path).map_err(|e| e.to_string())?;
+    Ok((meta, file))
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
-        let dir = self.snapshot_dir.clone();
-        let meta = tokio::task::spawn_blocking(move || -> Result<SnapshotMeta, String> {
-            let building = dir.join("building.tmp");
-            let meta = write_snapshot_file(&db, &building)?;
-            fs::rename(&building, dir.join(SNAPSHOT_FILE)).map_err(|e| e.to_string())?;
-            save_snapshot_meta(&db, &meta)?;
-            Ok(meta)
-        })
-        .await
-        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
-        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
-        tracing::debug!(snapshot_id = %meta.snapshot_id, "built snapshot");
-        let file = tokio::fs::File::open(self.snapshot_dir.join(SNAPSHOT_FILE))
+        let files = self.files.clone();
+        let (meta, file) = tokio::task::spawn_blocking(move || build_and_publish(&db, &files))
             .await
-            .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
+            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
+            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
+        tracing::debug!(snapshot_id = %meta.snapshot_id, "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
 }
 
-/// Replaces every row with the snapshot's, copying the snapshot into `copy_to` as it goes.
+/// Replaces every row with the snapshot's in one redb transaction, checking each row decodes,
+/// and keeps a copy of the snapshot as the current snapshot file. Returns the new state.
 fn install_rows(
     db: &Database,
+    files: &SnapshotFiles,
     input: fs::File,
-    copy_to: &Path,
     meta: &SnapshotMeta,
-) -> Result<(), String> {
+) -> Result<State, String> {
     let encode_error = |e: codec::CodecError| e.to_string();
     let meta_rows = [
         (
@@ -346,14 +315,18 @@ fn install_rows(
         ),
         (KEY_SNAPSHOT, codec::encode(meta).map_err(encode_error)?),
     ];
+    let copy_path = files.temp_path("installing");
     let mut input = BufReader::new(input);
-    let mut copy = BufWriter::new(fs::File::create(copy_to).map_err(|e| e.to_string())?);
+    let mut copy = BufWriter::new(fs::File::create(&copy_path).map_err(|e| e.to_string())?);
+    let mut state = State::default();
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut rows = txn.open_table(ROWS).map_err(|e| e.to_string())?;
         rows.retain(|_, _| false).map_err(|e| e.to_string())?;
         while let Some((key, value)) = read_record(&mut input).map_err(|e| e.to_string())? {
-            RowKey::from_bytes(&key).ok_or("snapshot has a row with an unknown key")?;
+            state
+                .load_row(&key, &value)
+                .map_err(|e| format!("snapshot {}: {e}", meta.snapshot_id))?;
             rows.insert(key.as_slice(), value.as_slice())
                 .map_err(|e| e.to_string())?;
             write_record(&mut copy, &key, &value).map_err(|e| e.to_string())?;
@@ -365,9 +338,18 @@ fn install_rows(
                 .map_err(|e| e.to_string())?;
         }
     }
-    let copy = copy.into_inner().map_err(|e| e.to_string())?;
-    copy.sync_all().map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| e.to_string())
+    copy.into_inner()
+        .map_err(|e| e.to_string())?
+        .sync_all()
+        .map_err(|e| e.to_string())?;
+    let _guard = files.lock();
+    files
+        .promote(&copy_path, &meta.snapshot_id)
+        .map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| e.to_string())?;
+    files.remove_all_but(Some(&meta.snapshot_id), true);
+    files.remove_temporaries("receiving");
+    Ok(state)
 }
 
 impl RaftStateMachine<TypeConfig> for StateStore {
@@ -409,16 +391,12 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
             db: self.db.clone(),
-            snapshot_dir: self.snapshot_dir.clone(),
+            files: self.files.clone(),
         }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let path = self.snapshot_dir.join(format!("receiving-{unique}.tmp"));
+        let path = self.files.temp_path("receiving");
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -442,29 +420,16 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
         let input = snapshot.into_std().await;
         let db = self.db.clone();
-        let dir = self.snapshot_dir.clone();
+        let files = self.files.clone();
         let meta_owned = meta.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let installing = dir.join("installing.tmp");
-            install_rows(&db, input, &installing, &meta_owned)?;
-            fs::rename(&installing, dir.join(SNAPSHOT_FILE)).map_err(|e| e.to_string())?;
-            remove_partial_snapshots(&dir);
-            Ok(())
-        })
-        .await
-        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
-        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
-
-        let loaded = {
-            let db = self.db.clone();
-            tokio::task::spawn_blocking(move || load(&db))
+        let state =
+            tokio::task::spawn_blocking(move || install_rows(&db, &files, input, &meta_owned))
                 .await
-                .map_err(|e| sm_error(ErrorVerb::Read)(&e))?
-                .map_err(|e| sm_error(ErrorVerb::Read)(&e))?
-        };
-        *self.write_state() = loaded.state;
-        self.last_applied = loaded.last_applied;
-        self.membership = loaded.membership;
+                .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
+                .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
+        *self.write_state() = state;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
         self.applied_tx.send_replace(self.last_applied);
         tracing::info!(snapshot_id = %meta.snapshot_id, "installed snapshot");
         Ok(())
@@ -472,21 +437,27 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let db = self.db.clone();
-        let meta = tokio::task::spawn_blocking(move || -> Result<Option<SnapshotMeta>, String> {
-            let txn = db.begin_read().map_err(|e| e.to_string())?;
-            let table = txn.open_table(META).map_err(|e| e.to_string())?;
-            read_meta(&table, KEY_SNAPSHOT)
-        })
+        let files = self.files.clone();
+        let current = tokio::task::spawn_blocking(
+            move || -> Result<Option<(SnapshotMeta, fs::File)>, String> {
+                let _guard = files.lock();
+                let Some(meta) = current_snapshot_meta(&db)? else {
+                    return Ok(None);
+                };
+                match fs::File::open(files.path_of(&meta.snapshot_id)) {
+                    Ok(file) => Ok(Some((meta, file))),
+                    // Metadata without its file cannot be served; openraft builds a new snapshot.
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(error) => Err(error.to_string()),
+                }
+            },
+        )
         .await
         .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?
         .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
-        let Some(meta) = meta else { return Ok(None) };
-        let file = tokio::fs::File::open(self.snapshot_path())
-            .await
-            .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
-        Ok(Some(Snapshot {
+        Ok(current.map(|(meta, file)| Snapshot {
             meta,
-            snapshot: Box::new(file),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
         }))
     }
 }

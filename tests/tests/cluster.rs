@@ -63,8 +63,14 @@ async fn three_nodes_form_one_cluster_and_a_write_to_a_follower_is_visible_every
     ensure!(status == 200, "drain answered {status}: {body}");
 
     phase("a read on every node, right after, reflects the acknowledged write");
+    let written = cluster.status(leader_index, true).await?.applied_index;
     for i in 0..3 {
         let view = cluster.status(i, false).await?;
+        ensure!(
+            view.consistent && view.applied_index >= written,
+            "{} answered before applying the write",
+            cluster.nodes[i].name
+        );
         let member = view
             .members
             .iter()
@@ -154,6 +160,36 @@ async fn a_node_with_the_wrong_cluster_key_cannot_join() -> Result<()> {
     ensure!(
         cluster.nodes[intruder].is_running(),
         "the intruder keeps trying, it does not crash"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_lone_node_given_seeds_joins_their_cluster_instead_of_forming_its_own() -> Result<()> {
+    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+    let cluster_id = wait_for("a cluster id", FORMATION, async || {
+        cluster.status(0, false).await.ok()?.cluster_id
+    })
+    .await?;
+
+    phase("a node with bootstrap_expect = 1 but seeds waits for them and joins");
+    let lone = cluster.add_node(Some(ClusterOptions {
+        bootstrap_expect: 1,
+        ..Default::default()
+    }))?;
+    cluster.start(lone)?;
+    let this = &cluster;
+    wait_for("the lone node to become a member", FORMATION, async || {
+        let view = this.status(lone, false).await.ok()?;
+        (view.members.len() == 4).then_some(())
+    })
+    .await?;
+    let view = cluster.status(lone, false).await?;
+    ensure!(
+        view.cluster_id.as_ref() == Some(&cluster_id),
+        "the lone node is in another cluster: {view:?}"
     );
     Ok(())
 }

@@ -26,11 +26,11 @@ pub async fn run(
 ) -> Result<(), CliError> {
     match command {
         ClusterCommand::Status => {
-            let view: ClusterView = client.get("/v1/cluster").await?;
+            let view = fetch_view(client).await?;
             print_json_or(output, &view, || status_text(&view))
         }
         ClusterCommand::Members => {
-            let view: ClusterView = client.get("/v1/cluster").await?;
+            let view = fetch_view(client).await?;
             print_json_or(output, &view.members, || members_table(&view))
         }
         ClusterCommand::Drain { node } | ClusterCommand::Undrain { node } => {
@@ -50,6 +50,21 @@ pub async fn run(
             let view: RemovedView = client.delete(&path).await?;
             print_json_or(output, &view, || format!("removed node {}", view.removed))
         }
+    }
+}
+
+/// The cluster view; when the node cannot confirm it with a leader (an outage), its own last
+/// knowledge instead, marked stale — during an outage that is what an operator needs to see.
+async fn fetch_view(client: &Client) -> Result<ClusterView, CliError> {
+    match client.get("/v1/cluster").await {
+        Err(error) if error.code == 1 => {
+            eprintln!(
+                "warning: {}; showing this node's possibly stale view",
+                error.message
+            );
+            client.get("/v1/cluster?consistency=stale").await
+        }
+        other => other,
     }
 }
 
@@ -93,7 +108,7 @@ fn status_text(view: &ClusterView) -> String {
             .unwrap_or_else(|| "-".into()),
     );
     if !view.consistent {
-        text.push_str("(stale: no leader confirmed this answer)\n");
+        text.push_str("(stale: this node's own view, not confirmed with the leader)\n");
     }
     text.push('\n');
     text.push_str(&members_table(view));

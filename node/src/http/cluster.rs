@@ -31,11 +31,10 @@ pub async fn status(
     State(state): State<AppState>,
     Query(params): Query<ReadParams>,
 ) -> Result<Json<ClusterView>, ApiError> {
-    let consistent = if wants_linearizable(params.consistency.as_deref())? {
-        state.cluster.linearize().await.is_ok()
-    } else {
-        false
-    };
+    let consistent = wants_linearizable(params.consistency.as_deref())?;
+    if consistent {
+        state.cluster.linearize().await?;
+    }
     Ok(Json(ClusterView::from_status(
         state.cluster.status(),
         consistent,

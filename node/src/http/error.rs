@@ -33,7 +33,7 @@ impl ApiError {
 impl From<ClusterError> for ApiError {
     fn from(error: ClusterError) -> ApiError {
         let status = match error {
-            ClusterError::NoLeader(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ClusterError::NoLeader(_) | ClusterError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ClusterError::Refused(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

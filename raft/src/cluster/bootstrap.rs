@@ -4,8 +4,11 @@
 //! peer who it is (`Hello`). If some peer already belongs to a cluster with a leader, ask that
 //! leader to add this node as a learner. Otherwise, once `bootstrap_expect` fresh nodes (this
 //! one included) are in sight, the one with the lowest node id initializes the cluster with
-//! them as voters (at most `voters_max`); the others become members when its first heartbeat
-//! reaches them. A node that restarts with a cluster on disk skips all of this.
+//! them as voters (at most `voters_max`) — but only once every seed has been reached, so a node
+//! never forms a cluster beside one that a seed it could not see already belongs to. The
+//! others become members when its first heartbeat reaches them. `bootstrap_expect` should be
+//! the number of nodes that start together. A node that restarts with a cluster on disk skips
+//! all of this.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -58,7 +61,14 @@ pub(super) async fn run(cluster: Cluster) {
             .collect();
         fresh.insert(cluster.node_id(), cluster.addr().clone());
         let lowest = fresh.keys().next().copied();
-        if fresh.len() >= config.bootstrap_expect && lowest == Some(cluster.node_id()) {
+        // Every seed must have answered first: a node that initialized on a partial view could
+        // found a second cluster beside one its unseen seeds already form.
+        let reached = cluster
+            .net()
+            .reached(config.seeds.clone())
+            .await
+            .unwrap_or(false);
+        if reached && fresh.len() >= config.bootstrap_expect && lowest == Some(cluster.node_id()) {
             let voters = fresh.into_iter().take(config.voters_max.max(1)).collect();
             initialize(&cluster, voters).await;
             return;

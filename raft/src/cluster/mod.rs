@@ -40,10 +40,9 @@ use crate::network::{NetError, NetHandle, NetworkConfig};
 use crate::state_store::{StateStore, StateView};
 use crate::types::{NodeAddr, NodeId, Raft, node_id_of};
 
-/// How long an operation keeps retrying while there is no leader or the leader moves.
+/// How long an operation keeps retrying while there is no leader or the leader moves; every
+/// attempt (local or forwarded) is bounded by what is left of it.
 const OP_DEADLINE: Duration = Duration::from_secs(10);
-/// How long one forwarded operation may take on the leader (a join waits for catch-up).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest snapshot chunk sent in one message.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Most entries in one AppendEntries message (openraft splits larger ones further on
@@ -100,6 +99,12 @@ pub enum OpResult {
 pub enum OpError {
     #[error("this node is not the leader")]
     NotLeader { leader: Option<(NodeId, NodeAddr)> },
+    /// The leader could not be reached or did not answer in time; worth a retry.
+    #[error("leader unreachable: {0}")]
+    Unreachable(String),
+    /// Another membership change is under way; worth a retry.
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("{0}")]
     Refused(String),
     #[error("{0}")]
@@ -110,6 +115,8 @@ pub enum OpError {
 pub enum ClusterError {
     #[error("no leader could be reached within {0:?}")]
     NoLeader(Duration),
+    #[error("this node did not catch up with the leader within {0:?}")]
+    Timeout(Duration),
     #[error("refused: {0}")]
     Refused(String),
     #[error("failed: {0}")]
@@ -226,12 +233,20 @@ impl Cluster {
         let peer_id = keypair.public().to_peer_id();
         let node_id = node_id_of(&peer_id);
 
-        let log_path = config.data_dir.join("raft-log.redb");
-        let log_store = LogStore::open(&log_path)
-            .map_err(|e| storage_error(log_path.clone(), e.to_string()))?;
-        let state_path = config.data_dir.join("state.redb");
-        let (state_store, view) = StateStore::open(&state_path, &config.data_dir.join("snapshots"))
-            .map_err(|reason| storage_error(state_path.clone(), reason))?;
+        // Opening redb reads and may repair files: keep it off the async reactor.
+        let data_dir = config.data_dir.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let log_path = data_dir.join("raft-log.redb");
+            let log_store = LogStore::open(&log_path).map_err(|e| (log_path, e.to_string()))?;
+            let state_path = data_dir.join("state.redb");
+            let (state_store, view) = StateStore::open(&state_path, &data_dir.join("snapshots"))
+                .map_err(|reason| (state_path, reason))?;
+            Ok::<_, (PathBuf, String)>((log_store, state_store, view))
+        })
+        .await
+        .map_err(|e| storage_error(config.data_dir.clone(), e.to_string()))?;
+        let (log_store, state_store, view) =
+            opened.map_err(|(path, reason)| storage_error(path, reason))?;
 
         let network_config = NetworkConfig {
             keypair,
@@ -378,34 +393,39 @@ impl Cluster {
     }
 
     /// Carries out `op` on the leader, wherever it is, retrying while leadership moves.
+    ///
+    /// A retry after an attempt that timed out may carry the operation out twice; every `Op`
+    /// is therefore idempotent (a repeated write of the same command leaves the same state).
     pub async fn execute(&self, op: Op) -> Result<OpResult, ClusterError> {
         let deadline = Instant::now() + OP_DEADLINE;
         loop {
-            let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.inner.node_id => {
-                    self.execute_local(op.clone()).await
-                }
-                Some((_, addr)) => self
-                    .forward(&addr, Request::Forward(op.clone()))
-                    .await
-                    .and_then(|r| match r {
-                        Response::Forward(result) => result,
-                        other => Err(OpError::Failed(format!("unexpected answer {other:?}"))),
-                    }),
-                None => Err(OpError::NotLeader { leader: None }),
-            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = tokio::time::timeout(remaining, self.execute_once(&op))
+                .await
+                .unwrap_or_else(|_| Err(OpError::Unreachable("no answer in time".to_string())));
             match attempt {
                 Ok(result) => return Ok(result),
                 Err(OpError::Refused(reason)) => return Err(ClusterError::Refused(reason)),
-                Err(OpError::Failed(reason)) if !reason.starts_with(UNREACHABLE) => {
-                    return Err(ClusterError::Failed(reason));
-                }
+                Err(OpError::Failed(reason)) => return Err(ClusterError::Failed(reason)),
                 Err(error) if Instant::now() >= deadline => {
                     tracing::debug!(%error, "giving up on an operation");
                     return Err(ClusterError::NoLeader(OP_DEADLINE));
                 }
                 Err(_) => self.wait_for_leader_change().await,
             }
+        }
+    }
+
+    async fn execute_once(&self, op: &Op) -> Result<OpResult, OpError> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.inner.node_id => {
+                self.execute_local(op.clone()).await
+            }
+            Some((_, addr)) => match self.forward(&addr, Request::Forward(op.clone())).await? {
+                Response::Forward(result) => result,
+                other => Err(OpError::Failed(format!("unexpected answer {other:?}"))),
+            },
+            None => Err(OpError::NotLeader { leader: None }),
         }
     }
 
@@ -430,9 +450,9 @@ impl Cluster {
         };
         self.inner
             .net
-            .request(peer, addrs, request, FORWARD_TIMEOUT)
+            .request(peer, addrs, request, OP_DEADLINE)
             .await
-            .map_err(|e| OpError::Failed(format!("{UNREACHABLE}{e}")))
+            .map_err(|e| OpError::Unreachable(e.to_string()))
     }
 
     /// Carries out `op` on this node, which must be the leader.
@@ -447,6 +467,10 @@ impl Cluster {
                 let response = raft.client_write(proposal).await.map_err(write_error)?;
                 Ok(OpResult::Written(response.data))
             }
+            // Membership checks below read this node's view, which is current only on the leader.
+            Op::Join { .. } | Op::Remove { .. } if !self.is_leader() => Err(OpError::NotLeader {
+                leader: self.leader(),
+            }),
             Op::Join { node_id, addr } => self.join_local(node_id, addr).await,
             Op::Remove { node_id } => self.remove_local(node_id).await,
         }
@@ -499,10 +523,8 @@ impl Cluster {
                 .await
                 .map_err(write_error)?;
         } else if !self.inner.view.read().nodes.contains_key(&node_id) {
-            return Err(OpError::Refused(format!(
-                "node {} is not a member",
-                crate::format_node_id(node_id)
-            )));
+            // Already gone (e.g. a retry of a removal that took effect): nothing to do.
+            return Ok(OpResult::Removed);
         }
         let proposal = Proposal {
             time_ms: now_ms(),
@@ -516,18 +538,10 @@ impl Cluster {
     pub async fn linearize(&self) -> Result<(), ClusterError> {
         let deadline = Instant::now() + OP_DEADLINE;
         loop {
-            let index = match self.leader() {
-                Some((leader, _)) if leader == self.inner.node_id => self.read_index_local().await,
-                Some((_, addr)) => {
-                    self.forward(&addr, Request::ReadIndex)
-                        .await
-                        .and_then(|r| match r {
-                            Response::ReadIndex(result) => result,
-                            other => Err(OpError::Failed(format!("unexpected answer {other:?}"))),
-                        })
-                }
-                None => Err(OpError::NotLeader { leader: None }),
-            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let index = tokio::time::timeout(remaining, self.read_index())
+                .await
+                .unwrap_or_else(|_| Err(OpError::Unreachable("no answer in time".to_string())));
             let remaining = deadline.saturating_duration_since(Instant::now());
             match index {
                 Ok(index) => {
@@ -538,11 +552,23 @@ impl Cluster {
                         .applied_index_at_least(Some(index), "linearizable read")
                         .await
                         .map(|_| ())
-                        .map_err(|_| ClusterError::NoLeader(OP_DEADLINE));
+                        .map_err(|_| ClusterError::Timeout(OP_DEADLINE));
                 }
                 Err(_) if remaining.is_zero() => return Err(ClusterError::NoLeader(OP_DEADLINE)),
                 Err(_) => self.wait_for_leader_change().await,
             }
+        }
+    }
+
+    /// The read index, from this node if it leads, else from the leader.
+    async fn read_index(&self) -> Result<u64, OpError> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.inner.node_id => self.read_index_local().await,
+            Some((_, addr)) => match self.forward(&addr, Request::ReadIndex).await? {
+                Response::ReadIndex(result) => result,
+                other => Err(OpError::Failed(format!("unexpected answer {other:?}"))),
+            },
+            None => Err(OpError::NotLeader { leader: None }),
         }
     }
 
@@ -617,14 +643,14 @@ impl Cluster {
     }
 }
 
-/// Marks a forwarding failure caused by not reaching the leader, which is worth a retry.
-const UNREACHABLE: &str = "leader unreachable: ";
-
 fn write_error(error: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> OpError {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => OpError::NotLeader {
             leader: forward.leader_id.zip(forward.leader_node),
         },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            error @ openraft::error::ChangeMembershipError::InProgress(_),
+        )) => OpError::Busy(error.to_string()),
         RaftError::APIError(ClientWriteError::ChangeMembershipError(error)) => {
             OpError::Refused(error.to_string())
         }

@@ -57,6 +57,8 @@ async fn beat(cluster: &Cluster) -> bool {
         }
     };
     match cluster.write(command).await {
+        // Removed from the registry (or never in it): register again next round.
+        Ok(crate::command::Outcome::UnknownNode { .. }) => false,
         Ok(_) => registered,
         Err(error) => {
             tracing::debug!(%error, "heartbeat failed");
@@ -92,13 +94,9 @@ pub(super) async fn promote_learners(cluster: Cluster) {
         let ready: BTreeSet<_> = membership
             .learner_ids()
             .filter(|id| {
-                let matched = replication
-                    .get(id)
-                    .copied()
-                    .flatten()
-                    .map(|l| l.index)
-                    .unwrap_or(0);
-                matched + CAUGHT_UP_LAG_ENTRIES >= last
+                // A learner that has received nothing yet is not caught up, however short the log.
+                let matched = replication.get(id).copied().flatten();
+                matched.is_some_and(|m| m.index + CAUGHT_UP_LAG_ENTRIES >= last)
             })
             .take(room)
             .collect();

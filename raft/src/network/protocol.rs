@@ -80,8 +80,16 @@ where
             format!("frame of {len} bytes exceeds the limit of {FRAME_BYTES_MAX}"),
         ));
     }
-    let mut body = vec![0_u8; len];
-    io.read_exact(&mut body).await?;
+    // The buffer grows with what actually arrives, so a peer announcing a large frame and
+    // sending nothing costs nothing.
+    let mut body = Vec::new();
+    io.take(len as u64).read_to_end(&mut body).await?;
+    if body.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "frame ended early",
+        ));
+    }
     codec::decode(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 

@@ -14,7 +14,8 @@ use libp2p::core::transport::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
 
@@ -26,6 +27,8 @@ const COMMAND_QUEUE_MAX: usize = 1024;
 const INBOUND_QUEUE_MAX: usize = 1024;
 /// How long a request may wait for its answer at the protocol level; callers use less.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests one peer may have open on one connection at once.
+const STREAMS_PER_CONNECTION_MAX: usize = 32;
 /// Connections are kept this long without traffic (Raft heartbeats keep them busy anyway).
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -71,13 +74,17 @@ enum NetCommand {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// Whether every one of `addrs` is this node or has a live connection we dialled.
+    Reached {
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// Talks to the swarm task. Cheap to clone.
 #[derive(Clone)]
 pub struct NetHandle {
     commands: mpsc::Sender<NetCommand>,
-    local_peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
 }
 
@@ -92,7 +99,9 @@ fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
     let transport_error = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let make_behaviour = |key: &Keypair| {
         let protocols = [(StreamProtocol::new(PROTOCOL), ProtocolSupport::Full)];
-        let rpc_config = request_response::Config::default().with_request_timeout(REQUEST_TIMEOUT);
+        let rpc_config = request_response::Config::default()
+            .with_request_timeout(REQUEST_TIMEOUT)
+            .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
         Behaviour {
             rpc: request_response::Behaviour::with_codec(FrameCodec, protocols, rpc_config),
             identify: identify::Behaviour::new(identify::Config::new(
@@ -164,7 +173,6 @@ pub async fn start(
     }
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
-    let local_peer_id = *swarm.local_peer_id();
     let task = SwarmTask {
         swarm,
         commands: commands_rx,
@@ -172,21 +180,17 @@ pub async fn start(
         pending: HashMap::new(),
         own_addrs: listen_addrs.iter().cloned().collect(),
         dialled: HashMap::new(),
+        dialing: HashMap::new(),
     };
     tokio::spawn(task.run());
     let handle = NetHandle {
         commands: commands_tx,
-        local_peer_id,
         listen_addrs,
     };
     Ok((handle, inbound_rx))
 }
 
 impl NetHandle {
-    pub fn local_peer_id(&self) -> PeerId {
-        self.local_peer_id
-    }
-
     /// The addresses the swarm listens on (as bound, port 0 resolved).
     pub fn listen_addrs(&self) -> &[Multiaddr] {
         &self.listen_addrs
@@ -238,6 +242,17 @@ impl NetHandle {
             .map_err(|_| NetError::Stopped)
     }
 
+    /// Whether every address is this node or has a live connection we dialled.
+    pub async fn reached(&self, addrs: Vec<Multiaddr>) -> Result<bool, NetError> {
+        let (reply, answer) = oneshot::channel();
+        let command = NetCommand::Reached { addrs, reply };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        answer.await.map_err(|_| NetError::Stopped)
+    }
+
     /// Peers with an open connection right now.
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
         let (reply, answer) = oneshot::channel();
@@ -257,6 +272,8 @@ struct SwarmTask {
     own_addrs: HashSet<Multiaddr>,
     /// Addresses we dialled that have a live connection, so seeds are not dialled twice.
     dialled: HashMap<Multiaddr, PeerId>,
+    /// Dials under way, so an unanswering seed holds one socket, not one per round.
+    dialing: HashMap<ConnectionId, Multiaddr>,
 }
 
 impl SwarmTask {
@@ -299,14 +316,26 @@ impl SwarmTask {
                 }
             }
             NetCommand::Dial { addrs } => {
-                let fresh =
-                    |a: &Multiaddr| !self.own_addrs.contains(a) && !self.dialled.contains_key(a);
-                let fresh: Vec<Multiaddr> = addrs.into_iter().filter(fresh).collect();
-                for addr in fresh {
-                    if let Err(error) = self.swarm.dial(addr.clone()) {
-                        tracing::debug!(%addr, %error, "dial failed");
+                for addr in addrs {
+                    let busy = self.dialing.values().any(|a| *a == addr);
+                    if self.own_addrs.contains(&addr) || self.dialled.contains_key(&addr) || busy {
+                        continue;
+                    }
+                    let options = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                    let connection = options.connection_id();
+                    match self.swarm.dial(options) {
+                        Ok(()) => {
+                            self.dialing.insert(connection, addr);
+                        }
+                        Err(error) => tracing::debug!(%addr, %error, "dial failed"),
                     }
                 }
+            }
+            NetCommand::Reached { addrs, reply } => {
+                let reached = addrs
+                    .iter()
+                    .all(|a| self.own_addrs.contains(a) || self.dialled.contains_key(a));
+                let _ = reply.send(reached);
             }
             NetCommand::ConnectedPeers { reply } => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
@@ -342,7 +371,12 @@ impl SwarmTask {
             } => {
                 self.dialled.retain(|_, peer| *peer != peer_id);
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id,
+                error,
+                connection_id,
+            } => {
+                self.dialing.remove(&connection_id);
                 tracing::debug!(?peer_id, %error, "outgoing connection failed");
             }
             SwarmEvent::IncomingConnectionError {
