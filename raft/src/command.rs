@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::{AttemptReport, DatumKey, InputSpec, JobSeq, JobSpec};
 use crate::types::NodeId;
 
 /// One log entry's payload: a command plus the proposer's clock reading.
@@ -34,15 +35,85 @@ pub struct NodeInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Names the cluster; only the first one applied counts, later ones are no-ops.
-    InitCluster { cluster_id: String },
+    InitCluster {
+        cluster_id: String,
+    },
     /// Adds or refreshes a node's record in the registry.
-    RegisterNode { node_id: NodeId, info: NodeInfo },
+    RegisterNode {
+        node_id: NodeId,
+        info: NodeInfo,
+    },
     /// A node says it is alive and how many attempts it is running.
-    Heartbeat { node_id: NodeId, running: u32 },
+    Heartbeat {
+        node_id: NodeId,
+        running: u32,
+    },
     /// Stops (`draining: true`) or resumes a node claiming new work.
-    DrainNode { node_id: NodeId, draining: bool },
+    DrainNode {
+        node_id: NodeId,
+        draining: bool,
+    },
     /// Forgets a node's record (its Raft membership is changed separately).
-    RemoveNode { node_id: NodeId },
+    RemoveNode {
+        node_id: NodeId,
+    },
+    /// A new job with its first datums (each datum: its own inputs). `seal` closes the job
+    /// to more datums; large pipelines send the rest with `AddDatums`.
+    SubmitJob {
+        spec: Box<JobSpec>,
+        datums: Vec<Vec<InputSpec>>,
+        seal: bool,
+    },
+    /// More datums for an unsealed job.
+    AddDatums {
+        job_id: String,
+        datums: Vec<Vec<InputSpec>>,
+        seal: bool,
+    },
+    /// A node with free slots asks for up to `max` pending datums.
+    ClaimBatch {
+        node_id: NodeId,
+        max: u32,
+    },
+    /// The node holding `fence` started the datum's first executor.
+    Started {
+        datum: DatumKey,
+        fence: u64,
+    },
+    /// A node reports attempts that ended.
+    CompleteBatch {
+        node_id: NodeId,
+        reports: Vec<Completion>,
+    },
+    CancelJob {
+        job_id: String,
+    },
+    /// Failed datums of a job go back to pending with a fresh set of tries.
+    RetryFailed {
+        job_id: String,
+    },
+    /// Proposed by the leader: claims of nodes silent longer than `lease_ms` (by the entry's
+    /// time) are released.
+    ExpireLeases {
+        lease_ms: u64,
+    },
+}
+
+/// One ended attempt, as its node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub datum: DatumKey,
+    pub fence: u64,
+    pub report: AttemptReport,
+}
+
+/// A datum handed to a node by `ClaimBatch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub datum: DatumKey,
+    pub fence: u64,
+    /// 1 for the first attempt.
+    pub attempt: u32,
 }
 
 /// The answer of applying one entry. Expected refusals are values, not errors.
@@ -52,5 +123,32 @@ pub enum Outcome {
     #[default]
     Applied,
     /// The command named a node the registry does not know.
-    UnknownNode { node_id: NodeId },
+    UnknownNode {
+        node_id: NodeId,
+    },
+    UnknownJob {
+        job_id: String,
+    },
+    /// The job is in the log (also the answer to a resubmission of the same id).
+    JobSubmitted {
+        job_id: String,
+        seq: JobSeq,
+    },
+    /// Datums granted by `ClaimBatch` (possibly none).
+    Claimed {
+        grants: Vec<Grant>,
+    },
+    /// Reports whose fence was current were recorded; the others were stale and ignored.
+    Reported {
+        accepted: u32,
+        stale: Vec<DatumKey>,
+    },
+    /// How many datums a cancel, retry or expiry changed.
+    Changed {
+        datums: u32,
+    },
+    /// The command breaks a rule (a limit, a sealed job); nothing changed.
+    Refused {
+        reason: String,
+    },
 }

@@ -5,7 +5,8 @@
 //! - [`codec`]: the one encoding (serde + bincode 2, versioned) for everything stored or sent.
 //! - [`types`]: the openraft type configuration, [`NodeId`] and [`NodeAddr`].
 //! - [`command`]: [`Proposal`], [`Command`], [`Outcome`] — what the log carries.
-//! - [`state`]: [`State`] and its pure `apply`.
+//! - [`job`]: the replicated model of work — jobs, datums, claims, attempts.
+//! - [`state`]: [`State`] and its pure `apply` (node registry and work queue).
 //! - [`log_store`] / [`state_store`]: the redb stores (`raft-log.redb`, `state.redb`) and
 //!   file-streamed snapshots.
 //! - [`network`]: the libp2p swarm task, its wire protocol and the openraft network on top.
@@ -15,6 +16,7 @@
 pub mod cluster;
 pub mod codec;
 pub mod command;
+pub mod job;
 pub mod log_store;
 pub mod network;
 pub mod snapshot_files;

@@ -100,6 +100,7 @@ fn load(db: &Database) -> Result<Loaded, String> {
             .map_err(|e| e.to_string())?;
     }
     let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+    state.rebuild_indexes();
     let last_applied = read_meta(&meta, KEY_APPLIED)?.flatten();
     let membership = read_meta(&meta, KEY_MEMBERSHIP)?.unwrap_or_default();
     Ok(Loaded {
@@ -338,6 +339,7 @@ fn install_rows(
                 .map_err(|e| e.to_string())?;
         }
     }
+    state.rebuild_indexes();
     copy.into_inner()
         .map_err(|e| e.to_string())?
         .sync_all()
@@ -374,7 +376,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 self.last_applied = Some(entry.log_id);
                 let outcome = match entry.payload {
                     EntryPayload::Blank => Outcome::Applied,
-                    EntryPayload::Normal(proposal) => state.apply(&proposal),
+                    EntryPayload::Normal(proposal) => state.apply(entry.log_id.index, &proposal),
                     EntryPayload::Membership(membership) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Outcome::Applied

@@ -94,6 +94,10 @@ pub async fn node_action(
             "node {} is not registered",
             format_node_id(node_id)
         ))),
+        other => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected outcome {other:?}"),
+        )),
     }
 }
 

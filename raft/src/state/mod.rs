@@ -1,8 +1,17 @@
 //! The replicated state and the pure function that applies log entries to it.
 //!
-//! [`State::apply`] does no IO and reads no clock: the time comes in the entry. Every change
-//! marks the rows it touched, so the store can persist exactly those rows in the same redb
-//! transaction as the applied log id ([`State::take_dirty`], [`State::row`]).
+//! [`State::apply`] does no IO and reads no clock: the time and the entry's log index come in
+//! as arguments. Every change marks the rows it touched, so the store can persist exactly
+//! those rows in the same redb transaction as the applied log id ([`State::take_dirty`],
+//! [`State::row`]). Indexes derived from the rows (pending FIFO, claims per node, job ids)
+//! are not persisted; [`State::rebuild_indexes`] recomputes them after loading.
+//!
+//! - this file: the state, the node registry, persistence.
+//! - `work`: jobs, datums, claims, leases.
+
+mod work;
+
+pub use work::{CLAIM_BATCH_MAX, DATUM_TRIES_MAX, DATUMS_PER_COMMAND_MAX, DATUMS_PER_JOB_MAX};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::command::{Command, NodeInfo, Outcome, Proposal};
+use crate::job::{Datum, DatumKey, Job, JobSeq};
 use crate::types::NodeId;
 
 /// A node as the registry knows it.
@@ -32,10 +42,14 @@ pub struct NodeRecord {
 pub enum RowKey {
     ClusterId,
     Node(NodeId),
+    Job(JobSeq),
+    Datum(DatumKey),
 }
 
 const TAG_CLUSTER_ID: u8 = 0;
 const TAG_NODE: u8 = 1;
+const TAG_JOB: u8 = 2;
+const TAG_DATUM: u8 = 3;
 
 impl RowKey {
     pub fn to_bytes(self) -> Vec<u8> {
@@ -46,6 +60,17 @@ impl RowKey {
                 bytes.extend_from_slice(&node_id.to_be_bytes());
                 bytes
             }
+            RowKey::Job(seq) => {
+                let mut bytes = vec![TAG_JOB];
+                bytes.extend_from_slice(&seq.to_be_bytes());
+                bytes
+            }
+            RowKey::Datum(key) => {
+                let mut bytes = vec![TAG_DATUM];
+                bytes.extend_from_slice(&key.job.to_be_bytes());
+                bytes.extend_from_slice(&key.index.to_be_bytes());
+                bytes
+            }
         }
     }
 
@@ -53,6 +78,12 @@ impl RowKey {
         match bytes.split_first()? {
             (&TAG_CLUSTER_ID, []) => Some(RowKey::ClusterId),
             (&TAG_NODE, rest) => Some(RowKey::Node(u64::from_be_bytes(rest.try_into().ok()?))),
+            (&TAG_JOB, rest) => Some(RowKey::Job(u64::from_be_bytes(rest.try_into().ok()?))),
+            (&TAG_DATUM, rest) if rest.len() == 12 => {
+                let job = u64::from_be_bytes(rest[..8].try_into().ok()?);
+                let index = u32::from_be_bytes(rest[8..].try_into().ok()?);
+                Some(RowKey::Datum(DatumKey { job, index }))
+            }
             _ => None,
         }
     }
@@ -71,13 +102,23 @@ pub enum RowError {
 pub struct State {
     pub cluster_id: Option<String>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Jobs in submission order.
+    pub jobs: BTreeMap<JobSeq, Job>,
+    pub datums: BTreeMap<DatumKey, Datum>,
+    /// Derived: external job id → sequence number.
+    job_ids: BTreeMap<String, JobSeq>,
+    /// Derived: pending datums in claim order (FIFO across jobs).
+    pending: BTreeSet<DatumKey>,
+    /// Derived: datums each node holds a claim on.
+    claims: BTreeMap<NodeId, BTreeSet<DatumKey>>,
     /// Rows changed since the last [`State::take_dirty`]; not part of the state's value.
     dirty: BTreeSet<RowKey>,
 }
 
 impl State {
-    /// Applies one entry. Deterministic: the same state and proposal give the same result.
-    pub fn apply(&mut self, proposal: &Proposal) -> Outcome {
+    /// Applies the entry at log `index`. Deterministic: the same state, index and proposal
+    /// give the same result. `index` becomes the fence of any claim the entry grants.
+    pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Outcome {
         let now_ms = proposal.time_ms;
         match &proposal.command {
             Command::InitCluster { cluster_id } => {
@@ -115,6 +156,69 @@ impl State {
                 self.dirty.insert(RowKey::Node(*node_id));
                 Outcome::Applied
             }
+            Command::SubmitJob { spec, datums, seal } => {
+                self.submit_job(now_ms, spec, datums, *seal)
+            }
+            Command::AddDatums {
+                job_id,
+                datums,
+                seal,
+            } => self.add_datums(now_ms, job_id, datums, *seal),
+            Command::ClaimBatch { node_id, max } => self.claim_batch(index, now_ms, *node_id, *max),
+            Command::Started { datum, fence } => self.started(now_ms, *datum, *fence),
+            Command::CompleteBatch { node_id, reports } => {
+                self.complete_batch(now_ms, *node_id, reports)
+            }
+            Command::CancelJob { job_id } => self.cancel_job(now_ms, job_id),
+            Command::RetryFailed { job_id } => self.retry_failed(now_ms, job_id),
+            Command::ExpireLeases { lease_ms } => self.expire_leases(now_ms, *lease_ms),
+        }
+    }
+
+    /// The job with external id `job_id`.
+    pub fn job(&self, job_id: &str) -> Option<&Job> {
+        self.job_ids.get(job_id).and_then(|seq| self.jobs.get(seq))
+    }
+
+    /// Datums of job `seq`, in index order.
+    pub fn datums_of(&self, seq: JobSeq) -> impl Iterator<Item = &Datum> {
+        let range = DatumKey { job: seq, index: 0 }..=DatumKey {
+            job: seq,
+            index: u32::MAX,
+        };
+        self.datums.range(range).map(|(_, datum)| datum)
+    }
+
+    /// Datums node `node_id` holds a claim on.
+    pub fn claims_of(&self, node_id: NodeId) -> impl Iterator<Item = &Datum> {
+        self.claims
+            .get(&node_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| self.datums.get(key))
+    }
+
+    /// How many datums wait to be claimed.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Recomputes the derived indexes from jobs and datums (after loading rows).
+    pub fn rebuild_indexes(&mut self) {
+        self.job_ids = self
+            .jobs
+            .values()
+            .map(|job| (job.spec.id.clone(), job.seq))
+            .collect();
+        self.pending.clear();
+        self.claims.clear();
+        for (key, datum) in &self.datums {
+            if datum.state == crate::job::DatumState::Pending {
+                self.pending.insert(*key);
+            }
+            if let Some(claim) = datum.claim {
+                self.claims.entry(claim.node).or_default().insert(*key);
+            }
         }
     }
 
@@ -137,6 +241,8 @@ impl State {
         match key {
             RowKey::ClusterId => self.cluster_id.as_ref().map(codec::encode).transpose(),
             RowKey::Node(node_id) => self.nodes.get(&node_id).map(codec::encode).transpose(),
+            RowKey::Job(seq) => self.jobs.get(&seq).map(codec::encode).transpose(),
+            RowKey::Datum(key) => self.datums.get(&key).map(codec::encode).transpose(),
         }
     }
 
@@ -148,6 +254,7 @@ impl State {
         for (key_bytes, value) in rows {
             state.load_row(key_bytes, value)?;
         }
+        state.rebuild_indexes();
         Ok(state)
     }
 
@@ -163,6 +270,14 @@ impl State {
             RowKey::Node(node_id) => {
                 self.nodes
                     .insert(node_id, codec::decode(value).map_err(decode_error)?);
+            }
+            RowKey::Job(seq) => {
+                self.jobs
+                    .insert(seq, codec::decode(value).map_err(decode_error)?);
+            }
+            RowKey::Datum(key) => {
+                self.datums
+                    .insert(key, codec::decode(value).map_err(decode_error)?);
             }
         }
         Ok(())
@@ -195,14 +310,14 @@ mod tests {
             node_id: 7,
             info: info("n1"),
         };
-        assert_eq!(state.apply(&at(100, register)), Outcome::Applied);
+        assert_eq!(state.apply(0, &at(100, register)), Outcome::Applied);
         assert_eq!(state.nodes[&7].registered_ms, 100);
 
         let beat = Command::Heartbeat {
             node_id: 7,
             running: 3,
         };
-        assert_eq!(state.apply(&at(250, beat)), Outcome::Applied);
+        assert_eq!(state.apply(0, &at(250, beat)), Outcome::Applied);
         assert_eq!(
             (state.nodes[&7].running, state.nodes[&7].last_heartbeat_ms),
             (3, 250)
@@ -212,7 +327,7 @@ mod tests {
             node_id: 7,
             draining: true,
         };
-        assert_eq!(state.apply(&at(260, drain)), Outcome::Applied);
+        assert_eq!(state.apply(0, &at(260, drain)), Outcome::Applied);
         assert!(state.nodes[&7].draining);
 
         // Re-registering (a restart) keeps the drain flag and the first registration time.
@@ -220,12 +335,12 @@ mod tests {
             node_id: 7,
             info: info("n1"),
         };
-        state.apply(&at(300, again));
+        state.apply(0, &at(300, again));
         assert!(state.nodes[&7].draining);
         assert_eq!(state.nodes[&7].registered_ms, 100);
 
         assert_eq!(
-            state.apply(&at(400, Command::RemoveNode { node_id: 7 })),
+            state.apply(0, &at(400, Command::RemoveNode { node_id: 7 })),
             Outcome::Applied
         );
         assert!(state.nodes.is_empty());
@@ -246,7 +361,7 @@ mod tests {
             Command::RemoveNode { node_id: 9 },
         ] {
             assert_eq!(
-                state.apply(&at(1, command)),
+                state.apply(0, &at(1, command)),
                 Outcome::UnknownNode { node_id: 9 }
             );
         }
@@ -257,45 +372,60 @@ mod tests {
     #[test]
     fn only_the_first_cluster_id_counts() {
         let mut state = State::default();
-        state.apply(&at(
-            1,
-            Command::InitCluster {
-                cluster_id: "a".into(),
-            },
-        ));
-        state.apply(&at(
-            2,
-            Command::InitCluster {
-                cluster_id: "b".into(),
-            },
-        ));
+        state.apply(
+            0,
+            &at(
+                1,
+                Command::InitCluster {
+                    cluster_id: "a".into(),
+                },
+            ),
+        );
+        state.apply(
+            0,
+            &at(
+                2,
+                Command::InitCluster {
+                    cluster_id: "b".into(),
+                },
+            ),
+        );
         assert_eq!(state.cluster_id.as_deref(), Some("a"));
     }
 
     #[test]
     fn dirty_rows_rebuild_an_equal_state() {
         let mut state = State::default();
-        state.apply(&at(
-            1,
-            Command::InitCluster {
-                cluster_id: "c1".into(),
-            },
-        ));
-        state.apply(&at(
-            2,
-            Command::RegisterNode {
-                node_id: 1,
-                info: info("a"),
-            },
-        ));
-        state.apply(&at(
-            3,
-            Command::RegisterNode {
-                node_id: 2,
-                info: info("b"),
-            },
-        ));
-        state.apply(&at(4, Command::RemoveNode { node_id: 1 }));
+        state.apply(
+            0,
+            &at(
+                1,
+                Command::InitCluster {
+                    cluster_id: "c1".into(),
+                },
+            ),
+        );
+        state.apply(
+            0,
+            &at(
+                2,
+                Command::RegisterNode {
+                    node_id: 1,
+                    info: info("a"),
+                },
+            ),
+        );
+        state.apply(
+            0,
+            &at(
+                3,
+                Command::RegisterNode {
+                    node_id: 2,
+                    info: info("b"),
+                },
+            ),
+        );
+        state.apply(0, &at(4, Command::RemoveNode { node_id: 1 }));
 
         let dirty = state.take_dirty();
         assert_eq!(dirty.len(), 3, "cluster id and two node rows were touched");
