@@ -5,6 +5,7 @@
 #   scripts/test.sh            # every test, the slow fault-injection group included
 #   scripts/test.sh --fast     # skip the slow group
 #
+# Installed when missing: cargo-nextest, bubblewrap (apt), moto[server] (PyPI, into .venv/).
 # Services started here (each on 127.0.0.1, on a free port, stopped on exit):
 #   - moto_server: a real S3-compatible server (PyPI `moto[server]`), in .venv/
 # Exported to the tests: SHOAL_BIN, SHOAL_TEST_S3_ENDPOINT, SHOAL_TEST_S3_KEY, SHOAL_TEST_S3_SECRET.
@@ -28,6 +29,15 @@ trap cleanup EXIT INT TERM
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+
+# --- bubblewrap, the process executor's sandbox (Debian package) -------------------------------
+if ! command -v bwrap >/dev/null 2>&1; then
+  log "installing bubblewrap"
+  sudo_cmd=""
+  if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq bubblewrap >/dev/null
 fi
 
 # --- python venv with moto (S3) ------------------------------------------------------------

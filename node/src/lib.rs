@@ -4,6 +4,7 @@
 //! - [`config`]: [`Config`] — the TOML file, defaults and validation.
 //! - [`api`]: JSON shapes of shoal's own HTTP API, shared by server and CLI.
 //! - [`http`]: the axum router and handlers.
+//! - [`tes`]: GA4GH TES v1.1 — the model, validation, views, handlers.
 //! - [`cli`]: the clap command tree and every client command; `dev-cluster`.
 //! - [`run`]: starts a node and serves until `shutdown` resolves — used by `shoal node` and by
 //!   tests alike.
@@ -12,6 +13,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod tes;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -36,6 +38,53 @@ pub enum NodeError {
     Cluster(#[from] shoal_raft::ClusterError),
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error(transparent)]
+    Worker(#[from] shoal_worker::WorkerError),
+}
+
+/// Stdout and stderr bytes kept per step in a task's log.
+const TAIL_BYTES_MAX: usize = 64 * 1024;
+
+/// The executor this node runs attempts with; `auto` is `process` until the docker executor
+/// exists.
+fn executor_kind(config: &Config) -> Result<shoal_worker::ExecutorKind, config::ConfigError> {
+    match config.worker.executor.as_str() {
+        "auto" | "process" => Ok(shoal_worker::ExecutorKind::Process),
+        "noop" => Ok(shoal_worker::ExecutorKind::Noop),
+        other => Err(config::ConfigError::Invalid {
+            key: "worker.executor",
+            reason: format!("{other:?} is not available in this build (use process or noop)"),
+        }),
+    }
+}
+
+fn worker_config(config: &Config) -> Result<shoal_worker::WorkerConfig, NodeError> {
+    let work_dir = if config.worker.workdir.is_empty() {
+        config.data_dir.join("work")
+    } else {
+        PathBuf::from(&config.worker.workdir)
+    };
+    // Storage checks paths against the work dir, so it must be absolute.
+    let work_dir = std::path::absolute(&work_dir).map_err(|e| config::ConfigError::Invalid {
+        key: "worker.workdir",
+        reason: format!("{}: {e}", work_dir.display()),
+    })?;
+    let storage = shoal_storage::StorageConfig {
+        allowed_local_roots: config.storage.allowed_local_roots.clone(),
+        s3_endpoint: config.storage.s3_endpoint.clone(),
+        s3_region: config.storage.s3_region.clone(),
+        s3_allow_http: config.storage.s3_allow_http,
+        s3_access_key_id: None,
+        s3_secret_access_key: None,
+    };
+    Ok(shoal_worker::WorkerConfig {
+        slots: config.slots(),
+        executor: executor_kind(config)?,
+        work_dir,
+        tail_bytes_max: TAIL_BYTES_MAX,
+        keep_workdirs: false,
+        storage,
+    })
 }
 
 fn cluster_config(config: &Config, http_url: String) -> Result<ClusterConfig, NodeError> {
@@ -70,7 +119,7 @@ fn cluster_config(config: &Config, http_url: String) -> Result<ClusterConfig, No
         log_kept_entries: config.raft.log_kept_entries,
         lease_ms: config.worker.lease_ms,
         slots: config.slots(),
-        executor: config.worker.executor.clone(),
+        executor: executor_kind(config)?.name().to_string(),
     })
 }
 
@@ -95,7 +144,9 @@ pub async fn run(
     } else {
         config.http.advertise_url.trim_end_matches('/').to_string()
     };
+    let worker_config = worker_config(&config)?;
     let cluster = Cluster::start(cluster_config(&config, http_url.clone())?).await?;
+    let worker = shoal_worker::Worker::start(cluster.clone(), worker_config).await?;
     tracing::info!(%http_url, data_dir = %config.data_dir.display(), "node serving");
 
     let state = http::AppState {
@@ -107,6 +158,7 @@ pub async fn run(
         .with_graceful_shutdown(shutdown)
         .await;
     tracing::info!("shutting down");
+    worker.shutdown().await;
     cluster.shutdown().await;
     served.map_err(NodeError::Serve)
 }

@@ -95,6 +95,9 @@ pub struct ClusterOptions {
     pub cluster_key_file: Option<PathBuf>,
     pub snapshot_every_entries: u64,
     pub log_kept_entries: u64,
+    pub lease_ms: u64,
+    pub executor: String,
+    pub slots: u32,
     pub extra_env: Vec<(String, String)>,
 }
 
@@ -106,6 +109,9 @@ impl Default for ClusterOptions {
             cluster_key_file: None,
             snapshot_every_entries: 10_000,
             log_kept_entries: 1_000,
+            lease_ms: 10_000,
+            executor: "process".to_string(),
+            slots: 2,
             extra_env: Vec::new(),
         }
     }
@@ -160,7 +166,9 @@ impl TestCluster {
         config.raft.voters_max = self.options.voters_max;
         config.raft.snapshot_every_entries = self.options.snapshot_every_entries;
         config.raft.log_kept_entries = self.options.log_kept_entries;
-        config.worker.executor = "process".to_string();
+        config.worker.executor = self.options.executor.clone();
+        config.worker.lease_ms = self.options.lease_ms;
+        config.worker.slots = self.options.slots;
         if let Some(key) = &self.options.cluster_key_file {
             config.p2p.cluster_key_file = key.display().to_string();
         }
@@ -357,6 +365,53 @@ impl TestCluster {
             }
         }
         bail!("no running node knows a leader")
+    }
+
+    /// POSTs a JSON body to a node and returns the status and the JSON answer.
+    pub async fn post_json(
+        &self,
+        index: usize,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, serde_json::Value)> {
+        let url = format!("{}{path}", self.nodes[index].http_url());
+        let response = self.http.post(&url).json(body).send().await?;
+        let status = response.status().as_u16();
+        Ok((
+            status,
+            response.json().await.unwrap_or(serde_json::Value::Null),
+        ))
+    }
+
+    /// Submits a TES task through node `index`; returns its id.
+    pub async fn submit_task(&self, index: usize, task: &serde_json::Value) -> Result<String> {
+        let (status, body) = self.post_json(index, "/ga4gh/tes/v1/tasks", task).await?;
+        match body["id"].as_str() {
+            Some(id) if status == 200 => Ok(id.to_string()),
+            _ => bail!("task refused: {status} {body}"),
+        }
+    }
+
+    /// A TES task as node `index` answers it in `view`.
+    pub async fn task(&self, index: usize, id: &str, view: &str) -> Result<serde_json::Value> {
+        self.get(index, &format!("/ga4gh/tes/v1/tasks/{id}?view={view}"))
+            .await
+    }
+
+    /// Waits until the task is in one of the terminal TES states; returns it in FULL view.
+    pub async fn wait_task(
+        &self,
+        index: usize,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        const TERMINAL: [&str; 4] = ["COMPLETE", "EXECUTOR_ERROR", "SYSTEM_ERROR", "CANCELED"];
+        wait_for(&format!("task {id} to end"), timeout, async || {
+            let task = self.task(index, id, "MINIMAL").await.ok()?;
+            TERMINAL.contains(&task["state"].as_str()?).then_some(())
+        })
+        .await?;
+        self.task(index, id, "FULL").await
     }
 
     /// All node logs, for a failing assertion's message.

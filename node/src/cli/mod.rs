@@ -7,6 +7,7 @@ mod client;
 mod cluster;
 pub mod dev_cluster;
 mod node;
+mod run;
 mod table;
 
 use std::io::IsTerminal;
@@ -53,6 +54,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Start N nodes on this host as one cluster; Ctrl-C stops them all.
     DevCluster(dev_cluster::DevClusterArgs),
+    /// Submit a one-executor TES task: shoal run [--wait] -- CMD ARGS…
+    Run(run::RunArgs),
     /// Inspect and manage the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -127,6 +130,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
     match &cli.command {
         Command::Node(args) => node::run(args).await,
         Command::DevCluster(args) => dev_cluster::run(args).await,
+        Command::Run(args) => run::run(args, &cli.client()?, output).await,
         Command::Cluster(command) => cluster::run(command, &cli.client()?, output).await,
     }
 }

@@ -25,8 +25,24 @@ pub struct AppState {
     pub tokens: Arc<Vec<String>>,
 }
 
+/// Where the TES API is served: its own base path, and `/v1` (used by the TES compliance
+/// suite and some clients).
+const TES_PREFIXES: [&str; 2] = ["/ga4gh/tes/v1", "/v1"];
+
 pub fn router(state: AppState, body_bytes_max: usize) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    for prefix in TES_PREFIXES {
+        router = router
+            .route(
+                &format!("{prefix}/tasks"),
+                axum::routing::post(crate::tes::create),
+            )
+            .route(
+                &format!("{prefix}/tasks/{{target}}"),
+                get(crate::tes::get).post(crate::tes::action),
+            );
+    }
+    router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/cluster", get(cluster::status))

@@ -289,6 +289,7 @@ impl Cluster {
         cluster.spawn(bootstrap::run(cluster.clone()));
         cluster.spawn(upkeep::register_and_heartbeat(cluster.clone()));
         cluster.spawn(upkeep::promote_learners(cluster.clone()));
+        cluster.spawn(upkeep::expire_leases(cluster.clone()));
         Ok(cluster)
     }
 
@@ -558,6 +559,18 @@ impl Cluster {
                 Err(_) => self.wait_for_leader_change().await,
             }
         }
+    }
+
+    /// Waits until this node has applied the entry at `index` (e.g. a claim's fence, so its
+    /// grant can be read from the local state).
+    pub async fn wait_applied(&self, index: u64) -> Result<(), ClusterError> {
+        self.inner
+            .raft
+            .wait(Some(OP_DEADLINE))
+            .applied_index_at_least(Some(index), "wait for an entry")
+            .await
+            .map(|_| ())
+            .map_err(|_| ClusterError::Timeout(OP_DEADLINE))
     }
 
     /// The read index, from this node if it leads, else from the leader.

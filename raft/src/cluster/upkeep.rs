@@ -113,3 +113,43 @@ pub(super) async fn promote_learners(cluster: Cluster) {
         }
     }
 }
+
+/// On the leader: releases the claims of nodes silent longer than the lease. A new leader
+/// first waits one lease, so nodes get to heartbeat to it before anything expires (after a
+/// whole-cluster restart every recorded heartbeat is old).
+pub(super) async fn expire_leases(cluster: Cluster) {
+    let lease_ms = cluster.config().lease_ms;
+    let mut round = tokio::time::interval(Duration::from_millis((lease_ms / 4).max(50)));
+    let mut leading_since: Option<tokio::time::Instant> = None;
+    loop {
+        round.tick().await;
+        if !cluster.is_leader() {
+            leading_since = None;
+            continue;
+        }
+        let since = *leading_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < Duration::from_millis(lease_ms)
+            || !any_claim_overdue(&cluster, lease_ms)
+        {
+            continue;
+        }
+        match cluster.write(Command::ExpireLeases { lease_ms }).await {
+            Ok(outcome) => tracing::info!(?outcome, "expired the claims of silent nodes"),
+            Err(error) => tracing::debug!(%error, "lease expiry failed"),
+        }
+    }
+}
+
+/// Whether some node holding claims has not heartbeated within the lease (by this clock).
+fn any_claim_overdue(cluster: &Cluster, lease_ms: u64) -> bool {
+    let now_ms = super::now_ms();
+    let state = cluster.view().read();
+    state.claim_holders().any(|node| {
+        let last = state
+            .nodes
+            .get(&node)
+            .map(|n| n.last_heartbeat_ms)
+            .unwrap_or(0);
+        now_ms.saturating_sub(last) > lease_ms
+    })
+}

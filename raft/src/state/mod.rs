@@ -198,6 +198,11 @@ impl State {
             .filter_map(|key| self.datums.get(key))
     }
 
+    /// Nodes holding at least one claim.
+    pub fn claim_holders(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.claims.keys().copied()
+    }
+
     /// How many datums wait to be claimed.
     pub fn pending_count(&self) -> usize {
         self.pending.len()

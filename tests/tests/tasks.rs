@@ -1,0 +1,153 @@
+//! TES tasks through a three-node cluster of real processes, run by the `process` executor.
+//! Each test is a story in phases; each phase logs what it proves.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use serde_json::json;
+use shoal_tests::{ClusterOptions, TestCluster};
+
+const FORMATION: Duration = Duration::from_secs(20);
+const TASK_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn phase(text: &str) {
+    eprintln!("--- {text}");
+}
+
+fn shell(script: &str) -> serde_json::Value {
+    json!({ "executors": [{ "image": "busybox", "command": ["sh", "-c", script] }] })
+}
+
+#[tokio::test]
+async fn a_thousand_tasks_sent_to_every_node_all_complete_exactly_once_and_every_node_runs_some()
+-> Result<()> {
+    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+
+    phase("1,000 tasks submitted round-robin to the three nodes");
+    let mut ids = Vec::new();
+    for i in 0..1000 {
+        ids.push(
+            cluster
+                .submit_task(i % 3, &shell(&format!("echo task {i}")))
+                .await?,
+        );
+    }
+
+    phase("every task ends COMPLETE after one attempt, with its own output");
+    let mut ran_on: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let task = cluster.wait_task(i % 3, id, TASK_TIMEOUT).await?;
+        ensure!(task["state"] == "COMPLETE", "task {i}: {task}");
+        let logs = task["logs"].as_array().expect("logs");
+        ensure!(logs.len() == 1, "task {i} ran {} times", logs.len());
+        ensure!(
+            logs[0]["logs"][0]["stdout"] == format!("task {i}\n"),
+            "task {i}: {}",
+            logs[0]
+        );
+        let host = logs[0]["metadata"]["hostname"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        *ran_on.entry(host).or_default() += 1;
+    }
+    ensure!(ran_on.len() == 3, "not every node ran tasks: {ran_on:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_command_ends_executor_error_with_its_exit_code_and_stderr() -> Result<()> {
+    let mut cluster = TestCluster::new(
+        1,
+        ClusterOptions {
+            bootstrap_expect: 1,
+            ..Default::default()
+        },
+    )?;
+    cluster.start_all()?;
+    cluster.wait_formed(1, FORMATION).await?;
+    let id = cluster
+        .submit_task(0, &shell("echo went wrong >&2; exit 3"))
+        .await?;
+    let task = cluster.wait_task(0, &id, TASK_TIMEOUT).await?;
+    ensure!(task["state"] == "EXECUTOR_ERROR", "{task}");
+    let log = &task["logs"][0]["logs"][0];
+    ensure!(
+        log["exit_code"] == 3 && log["stderr"] == "went wrong\n",
+        "{log}"
+    );
+
+    phase("a task the validator refuses gets 400 naming the field, and nothing is created");
+    let (status, body) = cluster
+        .post_json(
+            0,
+            "/ga4gh/tes/v1/tasks",
+            &json!({"executors": [{"image": "x", "command": []}]}),
+        )
+        .await?;
+    ensure!(
+        status == 400
+            && body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("executors[0].command"),
+        "{status} {body}"
+    );
+    let (status, _) = cluster
+        .post_json(0, "/ga4gh/tes/v1/tasks/nope:cancel", &json!({}))
+        .await?;
+    ensure!(status == 404, "cancel of an unknown task: {status}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_of_a_running_task_kills_its_process_and_ends_canceled() -> Result<()> {
+    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+    let marker = format!("shoal-cancel-{}", std::process::id());
+    let id = cluster
+        .submit_task(
+            0,
+            &shell(&format!("echo started; exec sleep 300 # {marker}")),
+        )
+        .await?;
+
+    phase("the task runs somewhere");
+    let this = &cluster;
+    shoal_tests::wait_for("the task to run", TASK_TIMEOUT, async || {
+        (this.task(1, &id, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
+    })
+    .await?;
+
+    phase("cancel through another node: CANCELED, and the process is gone");
+    let (status, body) = cluster
+        .post_json(2, &format!("/ga4gh/tes/v1/tasks/{id}:cancel"), &json!({}))
+        .await?;
+    ensure!(status == 200 && body == json!({}), "{status} {body}");
+    let task = cluster.wait_task(1, &id, Duration::from_secs(10)).await?;
+    ensure!(task["state"] == "CANCELED", "{task}");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()?;
+    ensure!(
+        left.stdout.is_empty(),
+        "the canceled process still runs: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+
+    phase("cancel of a finished task leaves it as it is");
+    let done = cluster.submit_task(0, &shell("true")).await?;
+    cluster.wait_task(0, &done, TASK_TIMEOUT).await?;
+    cluster
+        .post_json(0, &format!("/ga4gh/tes/v1/tasks/{done}:cancel"), &json!({}))
+        .await?;
+    ensure!(
+        cluster.task(0, &done, "MINIMAL").await?["state"] == "COMPLETE",
+        "finished task changed"
+    );
+    Ok(())
+}

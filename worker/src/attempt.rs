@@ -1,0 +1,368 @@
+//! One attempt of one datum: work dir → inputs → `Started` → executors in order → outputs →
+//! report. Outputs are uploaded even after an executor failed (not after a system error or a
+//! cancel). The report always comes back, whatever failed: errors become its outcome and
+//! system logs, never a lost attempt.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use shoal_raft::command::{Command, Grant, Outcome};
+use shoal_raft::job::{
+    AttemptOutcome, AttemptReport, Datum, ExecutorLog, FileKind, InputSpec, Job, OutputFile,
+    OutputSpec,
+};
+use shoal_storage::{EntryKind, Transfers, host_path_for};
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::executor::{Bind, StepRun};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The report being built, with helpers to end it early.
+struct Run {
+    report: AttemptReport,
+}
+
+impl Run {
+    fn log(&mut self, line: impl Into<String>) {
+        self.report.system_logs.push(line.into());
+    }
+
+    fn fail(mut self, outcome: AttemptOutcome, line: impl Into<String>) -> AttemptReport {
+        self.log(line);
+        self.report.outcome = outcome;
+        self.report.end_ms = now_ms();
+        self.report
+    }
+}
+
+fn has_glob(path: &str) -> bool {
+    path.contains(['*', '?', '['])
+}
+
+fn host(root: &Path, container: &str) -> Result<PathBuf, String> {
+    if !container.starts_with('/') {
+        return Err(format!("container path {container:?} is not absolute"));
+    }
+    host_path_for(container, "/", root).map_err(|e| e.to_string())
+}
+
+/// Directories the steps see read-write: outputs' directories, volumes, the working directory.
+fn writable_binds(job: &Job, root: &Path) -> Result<Vec<Bind>, String> {
+    let task = &job.spec.task;
+    let mut dirs: Vec<String> = task.volumes.clone();
+    for output in &task.outputs {
+        dirs.push(output_dir(output));
+    }
+    for executor in &task.executors {
+        dirs.push(executor.workdir.clone());
+        for file in [&executor.stdout, &executor.stderr] {
+            if let Some((parent, _)) = file.rsplit_once('/') {
+                dirs.push(if parent.is_empty() {
+                    "/".into()
+                } else {
+                    parent.into()
+                });
+            }
+        }
+    }
+    dirs.retain(|d| !d.is_empty() && d != "/");
+    dirs.sort();
+    dirs.dedup();
+    let mut binds = Vec::new();
+    for dir in dirs {
+        let host_dir = host(root, &dir)?;
+        std::fs::create_dir_all(&host_dir).map_err(|e| format!("{}: {e}", host_dir.display()))?;
+        binds.push(Bind {
+            container: PathBuf::from(&dir),
+            host: host_dir,
+            read_only: false,
+        });
+    }
+    Ok(binds)
+}
+
+/// The directory an output lives in (for a wildcard: its `path_prefix`).
+fn output_dir(output: &OutputSpec) -> String {
+    if has_glob(&output.path) {
+        return output.path_prefix.trim_end_matches('/').to_string();
+    }
+    match output.kind {
+        FileKind::Directory => output.path.clone(),
+        FileKind::File => output
+            .path
+            .rsplit_once('/')
+            .map(|(p, _)| p.to_string())
+            .unwrap_or_default(),
+    }
+}
+
+async fn fetch_inputs(
+    transfers: &Transfers,
+    inputs: &[InputSpec],
+    root: &Path,
+) -> Result<Vec<Bind>, String> {
+    let mut binds = Vec::new();
+    for input in inputs {
+        let target = host(root, &input.path)?;
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let result = match (&input.content, input.kind) {
+            (Some(content), _) => transfers.write_content(content, &target).await.map(|_| ()),
+            (None, FileKind::File) => transfers
+                .download(&input.url, &target, EntryKind::File)
+                .await
+                .map(|_| ()),
+            (None, FileKind::Directory) => transfers
+                .download(&input.url, &target, EntryKind::Directory)
+                .await
+                .map(|_| ()),
+        };
+        result.map_err(|e| format!("input {}: {e}", input.path))?;
+        binds.push(Bind {
+            container: PathBuf::from(&input.path),
+            host: target,
+            read_only: true,
+        });
+    }
+    Ok(binds)
+}
+
+async fn upload_outputs(
+    transfers: &Transfers,
+    outputs: &[OutputSpec],
+    root: &Path,
+) -> Result<Vec<OutputFile>, String> {
+    let mut files = Vec::new();
+    for output in outputs {
+        let local = host(root, &output.path)?;
+        let uploaded = if has_glob(&output.path) {
+            let prefix = host(root, &output.path_prefix)?;
+            transfers.upload_glob(&local, &prefix, &output.url).await
+        } else if output.kind == FileKind::Directory {
+            transfers.upload_dir(&local, &output.url).await
+        } else {
+            transfers
+                .upload_file(&local, &output.url)
+                .await
+                .map(|file| vec![file])
+        };
+        let uploaded = uploaded.map_err(|e| format!("output {}: {e}", output.path))?;
+        for file in uploaded {
+            // Report the container path the file had, not the host path.
+            let below = file
+                .path
+                .strip_prefix(root)
+                .map(|p| format!("/{}", p.display()));
+            let path = below.unwrap_or_else(|_| file.path.display().to_string());
+            files.push(OutputFile {
+                url: file.url,
+                path,
+                size_bytes: file.size_bytes,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Runs the executors in order; returns whether one failed.
+async fn run_steps(
+    shared: &Shared,
+    job: &Job,
+    grant: &Grant,
+    root: &Path,
+    binds: &[Bind],
+    run: &mut Run,
+    cancel: &CancellationToken,
+) -> bool {
+    let extra_env = vec![
+        ("SHOAL_JOB_ID".to_string(), job.spec.id.clone()),
+        (
+            "SHOAL_DATUM_ID".to_string(),
+            format!("{}.{}", job.spec.id, grant.datum.index),
+        ),
+        ("SHOAL_ATTEMPT".to_string(), grant.attempt.to_string()),
+    ];
+    let mut failed = false;
+    for spec in &job.spec.task.executors {
+        if cancel.is_cancelled() {
+            break;
+        }
+        let file = |path: &str| (!path.is_empty()).then(|| host(root, path)).transpose();
+        let (stdin, stdout, stderr) =
+            match (file(&spec.stdin), file(&spec.stdout), file(&spec.stderr)) {
+                (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                    run.log(e);
+                    return true;
+                }
+            };
+        let step = StepRun {
+            spec,
+            stdin,
+            stdout,
+            stderr,
+            attempt_dir: root,
+            binds,
+            extra_env: &extra_env,
+            tail_bytes_max: shared.config.tail_bytes_max,
+        };
+        let start_ms = now_ms();
+        let outcome = match shared.config.executor.run(&step, cancel).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                run.log(format!("executor {}: {error}", run.report.executors.len()));
+                run.report.outcome = AttemptOutcome::SystemError;
+                return true;
+            }
+        };
+        if let Some(note) = &outcome.note {
+            run.log(note.clone());
+        }
+        let exit_code = outcome.exit_code;
+        run.report.executors.push(ExecutorLog {
+            exit_code,
+            start_ms,
+            end_ms: now_ms(),
+            stdout_tail: outcome.stdout_tail,
+            stderr_tail: outcome.stderr_tail,
+        });
+        if exit_code != 0 {
+            failed = true;
+            if !spec.ignore_error {
+                break;
+            }
+        }
+    }
+    failed
+}
+
+/// Runs the attempt granted by `grant` and returns its report.
+pub async fn run(shared: Arc<Shared>, grant: Grant, cancel: CancellationToken) -> AttemptReport {
+    let mut run = Run {
+        report: AttemptReport {
+            outcome: AttemptOutcome::Succeeded,
+            start_ms: now_ms(),
+            end_ms: 0,
+            executors: Vec::new(),
+            outputs: Vec::new(),
+            system_logs: Vec::new(),
+        },
+    };
+    // The claim was applied on the leader; this node may not have applied it yet.
+    if let Err(error) = shared.cluster.wait_applied(grant.fence).await {
+        return run.fail(
+            AttemptOutcome::SystemError,
+            format!("the claim never reached this node: {error}"),
+        );
+    }
+    let found: Option<(Job, Datum)> = {
+        let state = shared.cluster.view().read();
+        let job = state.jobs.get(&grant.datum.job).cloned();
+        job.zip(state.datums.get(&grant.datum).cloned())
+    };
+    let Some((job, datum)) = found else {
+        return run.fail(
+            AttemptOutcome::SystemError,
+            "the granted datum is not in this node's state",
+        );
+    };
+    let node = shared.cluster.addr().name.clone();
+    run.log(format!(
+        "node {node} runs attempt {} with the {} executor",
+        grant.attempt,
+        shared.config.executor.name()
+    ));
+    let dir = shared.config.work_dir.join(format!(
+        "{}-{}-{}",
+        job.spec.id, grant.datum.index, grant.attempt
+    ));
+    let report = run_in(&shared, &job, &datum, &grant, &dir, run, &cancel).await;
+    if !shared.config.keep_workdirs {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+    }
+    report
+}
+
+async fn run_in(
+    shared: &Shared,
+    job: &Job,
+    datum: &Datum,
+    grant: &Grant,
+    dir: &Path,
+    mut run: Run,
+    cancel: &CancellationToken,
+) -> AttemptReport {
+    let root = dir.join("root");
+    if let Err(error) = tokio::fs::create_dir_all(&root).await {
+        return run.fail(
+            AttemptOutcome::SystemError,
+            format!("work dir {}: {error}", dir.display()),
+        );
+    }
+    let transfers = match Transfers::new(shared.resolver.clone(), shared.node_transfers.clone()) {
+        Ok(transfers) => transfers,
+        Err(error) => return run.fail(AttemptOutcome::SystemError, error.to_string()),
+    };
+    let inputs: Vec<InputSpec> = job
+        .spec
+        .task
+        .inputs
+        .iter()
+        .chain(&datum.inputs)
+        .cloned()
+        .collect();
+    let mut binds = match fetch_inputs(&transfers, &inputs, &root).await {
+        Ok(binds) => binds,
+        Err(error) => return run.fail(AttemptOutcome::SystemError, error),
+    };
+    match writable_binds(job, &root) {
+        Ok(more) => binds.extend(more),
+        Err(error) => return run.fail(AttemptOutcome::SystemError, error),
+    }
+    let started = Command::Started {
+        datum: grant.datum,
+        fence: grant.fence,
+    };
+    match shared.cluster.write(started).await {
+        Ok(Outcome::Reported { accepted: 1, .. }) => {}
+        Ok(_) => {
+            return run.fail(
+                AttemptOutcome::Canceled,
+                "the claim was lost before the first executor started",
+            );
+        }
+        Err(error) => {
+            return run.fail(
+                AttemptOutcome::SystemError,
+                format!("reporting the start failed: {error}"),
+            );
+        }
+    }
+    let failed = run_steps(shared, job, grant, &root, &binds, &mut run, cancel).await;
+    if cancel.is_cancelled() {
+        return run.fail(AttemptOutcome::Canceled, "attempt canceled");
+    }
+    if run.report.outcome == AttemptOutcome::SystemError {
+        run.report.end_ms = now_ms();
+        return run.report;
+    }
+    match upload_outputs(&transfers, &job.spec.task.outputs, &root).await {
+        Ok(files) => run.report.outputs = files,
+        Err(error) => return run.fail(AttemptOutcome::SystemError, error),
+    }
+    if failed {
+        run.report.outcome = AttemptOutcome::ExecutorError;
+    }
+    run.report.end_ms = now_ms();
+    run.report
+}

@@ -1,0 +1,100 @@
+//! Executors run one step of an attempt: one command, with the attempt's files bound at the
+//! container paths the task names, stdout/stderr captured into tails (and files when asked).
+//!
+//! - `process`: host processes in a private root built by bubblewrap (`bwrap`).
+//! - `noop`: succeeds at once without running anything — for benchmarks only.
+//!
+//! The `docker` executor (bollard) is still to come.
+
+mod noop;
+mod process;
+
+use std::path::{Path, PathBuf};
+
+use shoal_raft::job::ExecutorSpec;
+use tokio_util::sync::CancellationToken;
+
+pub use process::bwrap_available;
+
+/// Exit code reported for a step killed by cancellation (as a shell reports SIGKILL).
+pub const KILLED_EXIT_CODE: i32 = 137;
+
+/// Which executor a node runs attempts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorKind {
+    Process,
+    Noop,
+}
+
+impl ExecutorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExecutorKind::Process => "process",
+            ExecutorKind::Noop => "noop",
+        }
+    }
+}
+
+/// A container path bound into the step, backed by the same path below the attempt's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub container: PathBuf,
+    pub host: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything a step needs.
+pub struct StepRun<'a> {
+    pub spec: &'a ExecutorSpec,
+    /// Host paths for the step's stdin / stdout / stderr files, when the task names them.
+    pub stdin: Option<PathBuf>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    /// Host directory the step runs in when no sandbox is used.
+    pub attempt_dir: &'a Path,
+    pub binds: &'a [Bind],
+    /// Variables set on top of the task's `env`.
+    pub extra_env: &'a [(String, String)],
+    pub tail_bytes_max: usize,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    pub exit_code: i32,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    /// Something worth a system log line (e.g. "killed on cancel").
+    pub note: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error(
+        "the task maps container paths, which the process executor needs bubblewrap (bwrap) for; install it"
+    )]
+    NeedsBwrap,
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("step i/o failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the executor has no command")]
+    NoCommand,
+}
+
+impl ExecutorKind {
+    /// Runs one step until it exits or `cancel` fires (then it is killed).
+    pub async fn run(
+        self,
+        step: &StepRun<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, ExecutorError> {
+        match self {
+            ExecutorKind::Process => process::run(step, cancel).await,
+            ExecutorKind::Noop => Ok(noop::run(step)),
+        }
+    }
+}
