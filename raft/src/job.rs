@@ -240,9 +240,24 @@ pub struct Datum {
 }
 
 impl Datum {
-    /// Attempts counted against the job's `datum_tries`.
+    /// Attempts since the last retry, as (ended by the attempt itself, ended by lease expiry).
+    fn since_retry(&self) -> impl Iterator<Item = &Attempt> {
+        self.attempts.iter().skip(self.retried_after as usize)
+    }
+
+    /// Attempts counted against the job's `datum_tries`: those the datum's own run ended. An
+    /// attempt lost with its node (lease expiry) is not the datum's fault and does not count.
     pub fn tries_used(&self) -> u32 {
-        (self.attempts.len() as u32).saturating_sub(self.retried_after)
+        self.since_retry()
+            .filter(|a| a.outcome != Some(AttemptOutcome::LeaseExpired))
+            .count() as u32
+    }
+
+    /// Attempts lost with their node since the last retry.
+    pub fn lease_expiries(&self) -> u32 {
+        self.since_retry()
+            .filter(|a| a.outcome == Some(AttemptOutcome::LeaseExpired))
+            .count() as u32
     }
 }
 

@@ -48,6 +48,18 @@ impl Transfers {
         })
     }
 
+    /// A handle whose local transfer ends must lie inside `attempt_dir` (itself inside the
+    /// resolver's work dir), so one attempt cannot read or write another's files.
+    pub fn for_attempt(
+        resolver: Arc<Resolver>,
+        node_permits: Arc<Semaphore>,
+        attempt_dir: &std::path::Path,
+    ) -> Result<Self, StorageError> {
+        let mut transfers = Self::new(resolver, node_permits)?;
+        transfers.work_roots = LocalRoots::new([attempt_dir.to_path_buf()])?;
+        Ok(transfers)
+    }
+
     /// A node-wide transfer semaphore of the default size.
     pub fn node_semaphore() -> Arc<Semaphore> {
         Arc::new(Semaphore::new(NODE_TRANSFERS_MAX))

@@ -167,3 +167,108 @@ async fn a_follower_far_behind_is_brought_back_by_a_streamed_snapshot() -> Resul
     );
     Ok(())
 }
+
+fn shell_task(script: &str) -> serde_json::Value {
+    serde_json::json!({ "executors": [{ "image": "busybox", "command": ["sh", "-c", script] }] })
+}
+
+/// How long a killed node's claims survive in the fault stories below.
+const SHORT_LEASE_MS: u64 = 2_000;
+
+#[tokio::test]
+async fn a_node_killed_while_running_has_its_datum_rerun_elsewhere_after_the_lease() -> Result<()> {
+    let options = ClusterOptions {
+        lease_ms: SHORT_LEASE_MS,
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::new(3, options)?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+
+    phase("a task starts running on some node");
+    let id = cluster
+        .submit_task(0, &shell_task("sleep 2; echo finished"))
+        .await?;
+    let this = &cluster;
+    let host = wait_for("the task to run", FORMATION, async || {
+        let task = this.task(0, &id, "BASIC").await.ok()?;
+        (task["state"] == "RUNNING").then(|| {
+            task["logs"][0]["metadata"]["hostname"]
+                .as_str()
+                .map(str::to_string)
+        })?
+    })
+    .await?;
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == host)
+        .expect("host node");
+
+    phase("SIGKILL that node: after the lease the datum runs again elsewhere and completes");
+    cluster.kill(victim)?;
+    let survivor = (victim + 1) % 3;
+    let task = cluster
+        .wait_task(survivor, &id, Duration::from_secs(60))
+        .await?;
+    ensure!(task["state"] == "COMPLETE", "{task}");
+    let logs = task["logs"].as_array().expect("logs");
+    ensure!(
+        logs.len() == 2,
+        "expected a second attempt, got {}",
+        logs.len()
+    );
+    ensure!(
+        logs[1]["metadata"]["hostname"] != host.as_str(),
+        "the rerun went to the dead node"
+    );
+    ensure!(logs[1]["logs"][0]["stdout"] == "finished\n", "{}", logs[1]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn killing_the_leader_mid_run_loses_no_acknowledged_submission() -> Result<()> {
+    let options = ClusterOptions {
+        lease_ms: SHORT_LEASE_MS,
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::new(3, options)?;
+    cluster.start_all()?;
+    let leader = cluster.wait_formed(3, FORMATION).await?;
+    let leader_index = cluster.index_of(&leader).await?;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader_index).collect();
+
+    phase("tasks go in through the followers; halfway the leader is killed");
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..120 {
+        if i == 60 {
+            cluster.kill(leader_index)?;
+        }
+        match cluster
+            .submit_task(followers[i % 2], &shell_task(&format!("echo {i}")))
+            .await
+        {
+            Ok(id) => acknowledged.push((i, id)),
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!(
+        "{} acknowledged, {refused} refused during the election",
+        acknowledged.len()
+    );
+    ensure!(
+        acknowledged.len() >= 100,
+        "too few acknowledged: {}",
+        acknowledged.len()
+    );
+
+    phase("every acknowledged task exists and completes");
+    for (i, id) in &acknowledged {
+        let task = cluster
+            .wait_task(followers[0], id, Duration::from_secs(60))
+            .await?;
+        ensure!(task["state"] == "COMPLETE", "task {i}: {task}");
+    }
+    Ok(())
+}

@@ -123,6 +123,14 @@ async fn cancel_of_a_running_task_kills_its_process_and_ends_canceled() -> Resul
     })
     .await?;
 
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()?;
+    ensure!(
+        !running.stdout.is_empty(),
+        "the task's process is not visible to pgrep"
+    );
+
     phase("cancel through another node: CANCELED, and the process is gone");
     let (status, body) = cluster
         .post_json(2, &format!("/ga4gh/tes/v1/tasks/{id}:cancel"), &json!({}))

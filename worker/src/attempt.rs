@@ -309,10 +309,11 @@ async fn run_in(
             format!("work dir {}: {error}", dir.display()),
         );
     }
-    let transfers = match Transfers::new(shared.resolver.clone(), shared.node_transfers.clone()) {
-        Ok(transfers) => transfers,
-        Err(error) => return run.fail(AttemptOutcome::SystemError, error.to_string()),
-    };
+    let transfers =
+        match Transfers::for_attempt(shared.resolver.clone(), shared.node_transfers.clone(), dir) {
+            Ok(transfers) => transfers,
+            Err(error) => return run.fail(AttemptOutcome::SystemError, error.to_string()),
+        };
     let inputs: Vec<InputSpec> = job
         .spec
         .task
@@ -325,7 +326,11 @@ async fn run_in(
         Ok(binds) => binds,
         Err(error) => return run.fail(AttemptOutcome::SystemError, error),
     };
-    match writable_binds(job, &root) {
+    let (job_owned, root_owned) = (job.clone(), root.clone());
+    let more = tokio::task::spawn_blocking(move || writable_binds(&job_owned, &root_owned))
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+    match more {
         Ok(more) => binds.extend(more),
         Err(error) => return run.fail(AttemptOutcome::SystemError, error),
     }

@@ -3,7 +3,9 @@
 //! Layout:
 //! - this file: [`Worker`] — the claim loop (woken by applied-state changes and freed slots,
 //!   never by a timer), the reporter that batches completions into `CompleteBatch`, and the
-//!   cancel watch that stops attempts whose claim was canceled or lost.
+//!   claim watch that stops attempts whose claim was canceled or lost and adopts claims the log
+//!   says this node holds but nothing runs (a claim whose answer was lost in a leader change,
+//!   or one left by this node's previous life).
 //! - `attempt`: one attempt, from work dir to report.
 //! - `executor`: [`ExecutorKind`] — `process` (bubblewrap) and `noop`.
 //! - `tail`: bounded stdout/stderr tails.
@@ -17,12 +19,13 @@ mod tail;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shoal_raft::Cluster;
 use shoal_raft::command::{Command, Completion, Grant, Outcome};
-use shoal_raft::job::{DatumKey, DatumState};
+use shoal_raft::job::{AttemptOutcome, DatumKey, DatumState};
 use shoal_storage::{Resolver, StorageConfig, Transfers};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -36,9 +39,12 @@ const REPORT_QUEUE_MAX: usize = 4096;
 const REPORT_BATCH_MAX: usize = 256;
 /// Pause before a failed report is proposed again.
 const REPORT_RETRY: Duration = Duration::from_millis(200);
-/// How long running attempts get to finish when the node stops; then they are killed and
-/// their claims left to expire.
+/// How long running attempts get to finish when the node stops; then they are killed,
+/// unreported, and their claims left to expire (which spends no try).
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// A report batch stops growing at about this many bytes of tails and file lists, so one log
+/// entry stays far below the network's frame limit.
+const REPORT_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -78,6 +84,12 @@ pub(crate) struct Shared {
     resolver: Arc<Resolver>,
     node_transfers: Arc<Semaphore>,
     running: Mutex<HashMap<DatumKey, Running>>,
+    /// Fences of attempts that ended here and whose report may not be applied yet: their
+    /// claims must not be adopted again.
+    finished: Mutex<std::collections::HashSet<u64>>,
+    /// Set while a `ClaimBatch` is in flight and its grants not yet started: its claims are
+    /// not orphans, whatever the applied state shows meanwhile.
+    claiming: std::sync::atomic::AtomicBool,
     slot_freed: Notify,
     reports: mpsc::Sender<Completion>,
     stop: CancellationToken,
@@ -120,6 +132,8 @@ impl Worker {
             resolver: Arc::new(resolver),
             node_transfers: Transfers::node_semaphore(),
             running: Mutex::new(HashMap::new()),
+            finished: Mutex::new(std::collections::HashSet::new()),
+            claiming: std::sync::atomic::AtomicBool::new(false),
             slot_freed: Notify::new(),
             reports,
             stop: CancellationToken::new(),
@@ -127,7 +141,7 @@ impl Worker {
         let tasks = vec![
             tokio::spawn(claim_loop(shared.clone())),
             tokio::spawn(reporter(shared.clone(), queue)),
-            tokio::spawn(cancel_watch(shared.clone())),
+            tokio::spawn(claim_watch(shared.clone())),
         ];
         tracing::info!(
             slots = shared.config.slots,
@@ -168,7 +182,7 @@ fn wants_work(shared: &Shared) -> u32 {
     }
     let state = shared.cluster.view().read();
     let me = state.nodes.get(&shared.cluster.node_id());
-    if state.pending_count() == 0 || me.is_none_or(|record| record.draining) {
+    if !state.has_claimable() || me.is_none_or(|record| record.draining) {
         return 0;
     }
     free
@@ -206,6 +220,12 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
     let cancel = CancellationToken::new();
     let count = {
         let mut running = shared.running();
+        if running
+            .get(&grant.datum)
+            .is_some_and(|r| r.fence == grant.fence)
+        {
+            return;
+        }
         running.insert(
             grant.datum,
             Running {
@@ -225,15 +245,27 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
     );
     let work = async move {
         let report = attempt::run(shared.clone(), grant, cancel).await;
-        let completion = Completion {
-            datum: grant.datum,
-            fence: grant.fence,
-            report,
-        };
-        let _ = shared.reports.send(completion).await;
+        let stopped = shared.stop.is_cancelled() && report.outcome == AttemptOutcome::Canceled;
+        lock(&shared.finished).insert(grant.fence);
+        if !stopped {
+            let _ = shared
+                .reports
+                .send(Completion {
+                    datum: grant.datum,
+                    fence: grant.fence,
+                    report,
+                })
+                .await;
+        }
         let count = {
             let mut running = shared.running();
-            running.remove(&grant.datum);
+            // A newer attempt of the same datum may have taken the entry: leave it.
+            if running
+                .get(&grant.datum)
+                .is_some_and(|r| r.fence == grant.fence)
+            {
+                running.remove(&grant.datum);
+            }
             running.len()
         };
         shared.cluster.set_running(count as u32);
@@ -243,15 +275,53 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
     tokio::spawn(tracing::Instrument::instrument(work, span));
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Rough size of a completion in a log entry: what grows with the task.
+fn report_bytes(completion: &Completion) -> usize {
+    let report = &completion.report;
+    let tails: usize = report
+        .executors
+        .iter()
+        .map(|e| e.stdout_tail.len() + e.stderr_tail.len() + 64)
+        .sum();
+    let files: usize = report
+        .outputs
+        .iter()
+        .map(|o| o.url.len() + o.path.len() + 16)
+        .sum();
+    let logs: usize = report.system_logs.iter().map(String::len).sum();
+    tails + files + logs + 128
+}
+
 /// Sends completions in batches: whatever queued while the previous batch was committing.
 async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Completion>) {
-    while let Some(first) = queue.recv().await {
+    let mut carried: Option<Completion> = None;
+    loop {
+        let first = match carried.take() {
+            Some(completion) => completion,
+            None => match queue.recv().await {
+                Some(completion) => completion,
+                None => return,
+            },
+        };
+        let mut bytes = report_bytes(&first);
         let mut batch = vec![first];
-        while batch.len() < REPORT_BATCH_MAX {
+        while batch.len() < REPORT_BATCH_MAX && bytes < REPORT_BATCH_BYTES_MAX {
             match queue.try_recv() {
-                Ok(completion) => batch.push(completion),
+                Ok(completion) => {
+                    bytes += report_bytes(&completion);
+                    batch.push(completion);
+                }
                 Err(_) => break,
             }
+        }
+        if bytes > REPORT_BATCH_BYTES_MAX && batch.len() > 1 {
+            carried = batch.pop();
         }
         loop {
             let command = Command::CompleteBatch {
@@ -272,32 +342,73 @@ async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Completion>) {
     }
 }
 
-/// Cancels running attempts whose datum is being canceled or whose claim this node lost.
-async fn cancel_watch(shared: Arc<Shared>) {
+/// Keeps the attempts running here in step with the claims the log gives this node: stops
+/// those whose datum is canceled or whose claim was lost, adopts claims nothing runs.
+async fn claim_watch(shared: Arc<Shared>) {
     let mut applied = shared.cluster.view().applied();
-    let me = shared.cluster.node_id();
     loop {
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             () = shared.stop.cancelled() => return,
         }
         let applied = applied.borrow().map(|id| id.index).unwrap_or(0);
-        let state = shared.cluster.view().read();
-        // An attempt whose claim this node has not applied yet cannot be judged.
-        for (key, attempt) in shared.running().iter().filter(|(_, a)| a.fence <= applied) {
-            let datum = state.datums.get(key);
-            let held = datum
-                .and_then(|d| d.claim)
-                .is_some_and(|c| c.fence == attempt.fence && c.node == me);
-            let canceling = datum.is_some_and(|d| d.state == DatumState::Canceling);
-            if (!held || canceling) && !attempt.cancel.is_cancelled() {
-                tracing::info!(
-                    job = key.job,
-                    datum = key.index,
-                    "stopping an attempt: canceled or claim lost"
-                );
-                attempt.cancel.cancel();
-            }
+        stop_lost_attempts(&shared, applied);
+        if shared.claiming.load(Ordering::SeqCst) {
+            continue;
+        }
+        for grant in orphaned_claims(&shared, applied) {
+            tracing::info!(
+                job = grant.datum.job,
+                datum = grant.datum.index,
+                "adopting a claim nothing runs"
+            );
+            start_attempt(&shared, grant);
         }
     }
+}
+
+fn stop_lost_attempts(shared: &Shared, applied: u64) {
+    let me = shared.cluster.node_id();
+    let state = shared.cluster.view().read();
+    // An attempt whose claim this node has not applied yet cannot be judged.
+    for (key, attempt) in shared.running().iter().filter(|(_, a)| a.fence <= applied) {
+        let datum = state.datums.get(key);
+        let held = datum
+            .and_then(|d| d.claim)
+            .is_some_and(|c| c.fence == attempt.fence && c.node == me);
+        let canceling = datum.is_some_and(|d| d.state == DatumState::Canceling);
+        if (!held || canceling) && !attempt.cancel.is_cancelled() {
+            tracing::info!(
+                job = key.job,
+                datum = key.index,
+                "stopping an attempt: canceled or claim lost"
+            );
+            attempt.cancel.cancel();
+        }
+    }
+}
+
+/// Claims this node holds in the applied state that no attempt here runs or has just run.
+fn orphaned_claims(shared: &Shared, applied: u64) -> Vec<Grant> {
+    let state = shared.cluster.view().read();
+    let held: Vec<(DatumKey, u64, u32)> = state
+        .claims_of(shared.cluster.node_id())
+        .filter_map(|d| d.claim.map(|c| (d.key, c.fence, d.attempts.len() as u32)))
+        .collect();
+    drop(state);
+    let mut finished = lock(&shared.finished);
+    finished.retain(|fence| held.iter().any(|(_, f, _)| f == fence));
+    let running = shared.running();
+    held.into_iter()
+        .filter(|(key, fence, _)| {
+            *fence <= applied
+                && !finished.contains(fence)
+                && running.get(key).is_none_or(|r| r.fence != *fence)
+        })
+        .map(|(datum, fence, attempt)| Grant {
+            datum,
+            fence,
+            attempt,
+        })
+        .collect()
 }

@@ -40,8 +40,14 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-fn split_pair(text: &str, what: &str) -> Result<(String, String), CliError> {
-    text.split_once('=')
+/// Splits `A=B`; `last` splits at the last `=` (URLs may contain `=`, container paths rarely).
+fn split_pair(text: &str, what: &str, last: bool) -> Result<(String, String), CliError> {
+    let split = if last {
+        text.rsplit_once('=')
+    } else {
+        text.split_once('=')
+    };
+    split
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .ok_or_else(|| CliError::input(format!("{what} {text:?} is not of the form A=B")))
 }
@@ -51,7 +57,7 @@ fn task(args: &RunArgs) -> Result<TesTask, CliError> {
         .inputs
         .iter()
         .map(|pair| {
-            let (url, path) = split_pair(pair, "--input")?;
+            let (url, path) = split_pair(pair, "--input", true)?;
             Ok(TesInput {
                 url: Some(url),
                 path,
@@ -63,7 +69,7 @@ fn task(args: &RunArgs) -> Result<TesTask, CliError> {
         .outputs
         .iter()
         .map(|pair| {
-            let (path, url) = split_pair(pair, "--output-file")?;
+            let (path, url) = split_pair(pair, "--output-file", false)?;
             Ok(TesOutput {
                 url,
                 path,

@@ -26,6 +26,9 @@ pub const DATUMS_PER_JOB_MAX: u32 = 1_000_000;
 pub const CLAIM_BATCH_MAX: u32 = 256;
 /// Most tries a job may give each datum.
 pub const DATUM_TRIES_MAX: u32 = 100;
+/// A datum whose attempts took their node down (lease expired) this many times fails: it
+/// may be what kills the nodes.
+pub const LEASE_EXPIRIES_MAX: u32 = 3;
 
 fn job_range(seq: JobSeq) -> std::ops::RangeInclusive<DatumKey> {
     DatumKey { job: seq, index: 0 }..=DatumKey {
@@ -189,6 +192,31 @@ impl State {
         self.touch_job(key.job, now_ms);
     }
 
+    /// Whether a `ClaimBatch` would grant anything now: a pending datum of a job below its
+    /// `parallelism`. Costs one step per job at its cap, not one per pending datum.
+    pub fn has_claimable(&self) -> bool {
+        let mut cursor = Bound::Unbounded;
+        while let Some(key) = self
+            .pending
+            .range((cursor, Bound::Unbounded))
+            .next()
+            .copied()
+        {
+            let Some(job) = self.jobs.get(&key.job) else {
+                return false;
+            };
+            let parallelism = job.spec.parallelism;
+            if parallelism == 0 || job.counts.active() < parallelism {
+                return true;
+            }
+            cursor = Bound::Excluded(DatumKey {
+                job: key.job,
+                index: u32::MAX,
+            });
+        }
+        false
+    }
+
     pub(super) fn claim_batch(
         &mut self,
         fence: u64,
@@ -339,6 +367,7 @@ impl State {
             attempt.report = report;
         }
         let tries_used = datum.tries_used();
+        let lease_expiries = datum.lease_expiries();
         let canceling = datum.state == DatumState::Canceling;
         let Some(job) = self.jobs.get(&key.job) else {
             return;
@@ -347,6 +376,12 @@ impl State {
             DatumState::Canceled
         } else if outcome == AttemptOutcome::Succeeded {
             DatumState::Done
+        } else if outcome == AttemptOutcome::LeaseExpired {
+            if lease_expiries < LEASE_EXPIRIES_MAX {
+                DatumState::Pending
+            } else {
+                DatumState::Failed
+            }
         } else if tries_used < job.spec.datum_tries {
             DatumState::Pending
         } else {
@@ -623,8 +658,13 @@ mod tests {
         let mut log = Log::new();
         let capped = log.submit("capped", 5, 2, 1);
         let free = log.submit("free", 1, 0, 1);
+        assert!(log.state.has_claimable());
         let grants = log.claim(N1, 10);
         assert_eq!(keys(&grants), [(capped, 0), (capped, 1), (free, 0)]);
+        assert!(
+            !log.state.has_claimable(),
+            "pending datums remain, but none may be claimed"
+        );
         assert!(log.claim(N2, 10).is_empty(), "the cap holds for every node");
 
         log.report(N1, grants[0], AttemptOutcome::Succeeded);
@@ -689,10 +729,10 @@ mod tests {
     }
 
     #[test]
-    fn lease_expiry_requeues_with_the_next_attempt_and_fails_when_tries_are_spent() {
+    fn lease_expiry_requeues_with_the_next_attempt_without_spending_a_try() {
         let mut log = Log::new();
-        let job = log.submit("j", 1, 0, 2);
-        for attempt in 1..=2 {
+        let job = log.submit("j", 1, 0, 1);
+        for attempt in 1..=LEASE_EXPIRIES_MAX {
             let grant = log.claim(N1, 1)[0];
             assert_eq!(grant.attempt, attempt);
             log.apply(Command::Started {
@@ -710,12 +750,36 @@ mod tests {
             log.now_ms += LEASE_MS;
             log.apply(Command::ExpireLeases { lease_ms: LEASE_MS });
             log.heartbeat(N1);
+            if attempt < LEASE_EXPIRIES_MAX {
+                assert_eq!(
+                    log.datum(job, 0).state,
+                    DatumState::Pending,
+                    "one try, yet requeued"
+                );
+            }
         }
         let datum = log.datum(job, 0);
-        assert_eq!(datum.state, DatumState::Failed);
-        assert_eq!(datum.attempts.len(), 2);
+        assert_eq!(
+            datum.state,
+            DatumState::Failed,
+            "a datum that keeps losing its node fails"
+        );
+        assert_eq!(datum.attempts.len() as u32, LEASE_EXPIRIES_MAX);
         assert_eq!(log.job_state(job), JobState::Error);
         assert!(log.state.jobs[&job].ended_ms.is_some());
+    }
+
+    #[test]
+    fn a_failed_attempt_spends_a_try() {
+        let mut log = Log::new();
+        let job = log.submit("j", 1, 0, 2);
+        let first = log.claim(N1, 1)[0];
+        log.report(N1, first, AttemptOutcome::ExecutorError);
+        assert_eq!(log.datum(job, 0).state, DatumState::Pending);
+        let second = log.claim(N2, 1)[0];
+        assert_eq!(second.attempt, 2);
+        log.report(N2, second, AttemptOutcome::SystemError);
+        assert_eq!(log.datum(job, 0).state, DatumState::Failed);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Nothing is created on the host outside the attempt directory. Without bwrap, a task that
 //! maps no paths runs directly in the attempt directory; any other fails with a clear error.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -15,19 +15,96 @@ use super::{Bind, ExecutorError, KILLED_EXIT_CODE, StepOutcome, StepRun};
 use crate::tail::Tail;
 
 const BWRAP: &str = "bwrap";
+// Note: the host's /etc is bound read-only (name resolution, users); keep node secrets
+// out of /etc. The network is shared with the host.
 /// PATH inside the step unless the task sets one.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// Host directories bound read-only into every sandbox (those that exist).
 const SYSTEM_DIRS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
 
-/// Whether `bwrap` can be run on this host.
+/// Whether `bwrap` can be run on this host (probed once).
 pub fn bwrap_available() -> bool {
-    std::process::Command::new(BWRAP)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::process::Command::new(BWRAP)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    })
+}
+
+/// The step's environment: a default PATH and HOME, the task's variables, shoal's own.
+fn step_env<'a>(step: &'a StepRun<'_>) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![("PATH", DEFAULT_PATH), ("HOME", "/tmp")];
+    env.extend(step.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env.extend(step.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    env
+}
+
+/// Refuses `path` if it is not below `root` or any part of it below `root` is a symlink. Steps
+/// run one at a time and nothing of a step outlives it, so what this checks holds until the
+/// next step starts.
+fn check_beneath(root: &Path, path: &Path) -> std::io::Result<()> {
+    let below = path.strip_prefix(root).map_err(|_| {
+        std::io::Error::other(format!(
+            "{} is outside the attempt directory",
+            path.display()
+        ))
+    })?;
+    let mut current = root.to_path_buf();
+    for part in below.components() {
+        current.push(part);
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(std::io::Error::other(format!(
+                    "{} is a symlink; refused",
+                    current.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
+/// The step's stdio files, opened without following symlinks.
+struct Stdio3 {
+    stdin: Option<std::fs::File>,
+    stdout: Option<std::fs::File>,
+    stderr: Option<std::fs::File>,
+}
+
+fn open_checked(root: &Path, path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    check_beneath(root, path)?;
+    let mut options = std::fs::OpenOptions::new();
+    if write {
+        options.write(true).create(true).truncate(true);
+    } else {
+        options.read(true);
+    }
+    options.custom_flags(nix::libc::O_NOFOLLOW).open(path)
+}
+
+/// Checks every bind source and opens the stdio files — blocking, so run off the reactor.
+fn prepare(
+    root: PathBuf,
+    binds: Vec<PathBuf>,
+    stdio: [Option<PathBuf>; 3],
+) -> std::io::Result<Stdio3> {
+    for bind in &binds {
+        check_beneath(&root, bind)?;
+    }
+    let [stdin, stdout, stderr] = stdio;
+    Ok(Stdio3 {
+        stdin: stdin.map(|p| open_checked(&root, &p, false)).transpose()?,
+        stdout: stdout.map(|p| open_checked(&root, &p, true)).transpose()?,
+        stderr: stderr.map(|p| open_checked(&root, &p, true)).transpose()?,
+    })
 }
 
 fn sandboxed(step: &StepRun<'_>) -> Command {
@@ -41,7 +118,18 @@ fn sandboxed(step: &StepRun<'_>) -> Command {
     for dir in SYSTEM_DIRS {
         command.args(["--ro-bind-try", dir, dir]);
     }
-    command.args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    command.args([
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--clearenv",
+    ]);
+    for (key, value) in step_env(step) {
+        command.args(["--setenv", key, value]);
+    }
     let mut binds: Vec<&Bind> = step.binds.iter().collect();
     binds.sort_by_key(|b| b.container.components().count());
     for bind in binds {
@@ -105,14 +193,11 @@ fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
 /// Copies a stream into a tail (and a file when given) until it ends.
 async fn capture(
     mut stream: impl AsyncRead + Unpin,
-    file: Option<&Path>,
+    file: Option<std::fs::File>,
     max: usize,
 ) -> std::io::Result<String> {
     let mut tail = Tail::new(max);
-    let mut out = match file {
-        Some(path) => Some(tokio::fs::File::create(path).await?),
-        None => None,
-    };
+    let mut out = file.map(tokio::fs::File::from_std);
     let mut buf = vec![0_u8; 64 * 1024];
     loop {
         let read = stream.read(&mut buf).await?;
@@ -139,8 +224,14 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<StepOutcome, ExecutorError> {
     let mut command = build(step)?;
-    match &step.stdin {
-        Some(path) => command.stdin(std::fs::File::open(path)?),
+    let binds = step.binds.iter().map(|b| b.host.clone()).collect();
+    let stdio = [step.stdin.clone(), step.stdout.clone(), step.stderr.clone()];
+    let root = step.attempt_dir.to_path_buf();
+    let files = tokio::task::spawn_blocking(move || prepare(root, binds, stdio))
+        .await
+        .map_err(std::io::Error::other)??;
+    match files.stdin {
+        Some(file) => command.stdin(file),
         None => command.stdin(Stdio::null()),
     };
     let program = step.spec.command.first().cloned().unwrap_or_default();
@@ -159,8 +250,8 @@ pub async fn run(
     let max = step.tail_bytes_max;
     let outputs = async {
         tokio::try_join!(
-            capture(stdout, step.stdout.as_deref(), max),
-            capture(stderr, step.stderr.as_deref(), max)
+            capture(stdout, files.stdout, max),
+            capture(stderr, files.stderr, max)
         )
     };
     let waited = async {
@@ -186,4 +277,22 @@ pub async fn run(
         stderr_tail,
         note,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_beneath;
+
+    #[test]
+    fn symlinks_below_the_root_are_refused_and_missing_paths_pass() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("out")).expect("mkdir");
+        std::os::unix::fs::symlink("/etc", root.join("out/link")).expect("symlink");
+        assert!(check_beneath(root, &root.join("out/file")).is_ok());
+        assert!(check_beneath(root, &root.join("out/new/dir/file")).is_ok());
+        assert!(check_beneath(root, &root.join("out/link")).is_err());
+        assert!(check_beneath(root, &root.join("out/link/passwd")).is_err());
+        assert!(check_beneath(root, std::path::Path::new("/etc/passwd")).is_err());
+    }
 }
