@@ -1,9 +1,11 @@
 //! The Raft log on redb: `raft-log.redb` holds entries, the vote, the committed id and the
 //! last purged id.
 //!
-//! Every redb call runs on the blocking pool, never on the async reactor; `append` tells
-//! openraft an entry is flushed only after the redb transaction holding it has committed
-//! (and so fsynced). A batch of entries is one transaction, one fsync.
+//! Every redb call runs on the blocking pool, never on the async reactor. Appends use group
+//! commit: `append` commits its entries without an fsync (so they are readable at once, as
+//! openraft requires) and hands the flush callback to the flusher thread, which makes one
+//! durable commit for every append queued meanwhile — redb makes all earlier commits durable
+//! with it — and only then tells openraft those entries are flushed.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -25,11 +27,52 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
+/// Counts the flusher's durable commits (a row it changes so each commit writes).
+const KEY_FLUSH_ROUND: &str = "flush_round";
+
+/// Flush callbacks waiting for the flusher; appends wait when it is full.
+const FLUSH_QUEUE_MAX: usize = 4096;
+
+type FlushCallback = LogFlushed<TypeConfig>;
 
 /// The log store; cheap to clone (the reader openraft asks for is a clone).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    flushes: std::sync::mpsc::SyncSender<FlushCallback>,
+}
+
+/// A durable commit that changes a row (so redb surely writes and fsyncs), making every
+/// earlier non-durable commit durable too.
+fn durable_commit(db: &Database) -> Result<(), String> {
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        let round = meta
+            .get(KEY_FLUSH_ROUND)
+            .map_err(|e| e.to_string())?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        meta.insert(KEY_FLUSH_ROUND, (round + 1).to_be_bytes().as_slice())
+            .map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())
+}
+
+/// The flusher thread: one durable commit per round, then every callback of the round.
+fn flush_loop(db: Arc<Database>, queue: std::sync::mpsc::Receiver<FlushCallback>) {
+    while let Ok(first) = queue.recv() {
+        let mut round = vec![first];
+        round.extend(queue.try_iter());
+        let durable = durable_commit(&db);
+        for callback in round {
+            match &durable {
+                Ok(()) => callback.log_io_completed(Ok(())),
+                Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.clone()))),
+            }
+        }
+    }
 }
 
 fn log_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError {
@@ -46,7 +89,14 @@ impl LogStore {
         txn.open_table(ENTRIES)?;
         txn.open_table(META)?;
         txn.commit()?;
-        Ok(LogStore { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let (flushes, queue) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
+        let flusher_db = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-flush".to_string())
+            .spawn(move || flush_loop(flusher_db, queue))
+            .map_err(redb::Error::Io)?;
+        Ok(LogStore { db, flushes })
     }
 
     /// Runs `work` against the database on the blocking pool.
@@ -79,14 +129,21 @@ impl LogStore {
         .await
     }
 
+    /// Writes a meta value; `durable: false` lets it ride on the next durable commit (redb
+    /// makes every earlier commit durable with it).
     async fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
         value: &T,
+        durable: bool,
     ) -> Result<(), StorageError> {
         let bytes = codec::encode(value).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
         self.blocking(ErrorVerb::Write, move |db| {
-            let txn = db.begin_write().map_err(|e| e.to_string())?;
+            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+            if !durable {
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| e.to_string())?;
+            }
             {
                 let mut table = txn.open_table(META).map_err(|e| e.to_string())?;
                 table
@@ -152,7 +209,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_VOTE, vote).await
+        // Raft's safety rests on the vote surviving a crash: always fsynced.
+        self.write_meta(KEY_VOTE, vote, true).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -160,7 +218,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(KEY_COMMITTED, &committed).await
+        // Only an optimisation for restart (fewer entries to re-apply); a committed id that is
+        // lost in a crash is recomputed by Raft, so it need not cost an fsync of its own.
+        self.write_meta(KEY_COMMITTED, &committed, false).await
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -186,7 +246,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         let result = self
             .blocking(ErrorVerb::Write, move |db| {
-                let txn = db.begin_write().map_err(|e| e.to_string())?;
+                let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+                // Made durable by the flusher's next commit, before openraft hears of it.
+                txn.set_durability(redb::Durability::None)
+                    .map_err(|e| e.to_string())?;
                 {
                     let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
                     for (index, bytes) in &encoded {
@@ -199,7 +262,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .await;
         match &result {
-            Ok(()) => callback.log_io_completed(Ok(())),
+            Ok(()) => {
+                let stopped = || log_error(ErrorVerb::Write)(&"the log flusher has stopped");
+                match self.flushes.try_send(callback) {
+                    Ok(()) => {}
+                    Err(std::sync::mpsc::TrySendError::Full(callback)) => {
+                        // The queue is full: wait for room off the reactor.
+                        let flushes = self.flushes.clone();
+                        let queued =
+                            tokio::task::spawn_blocking(move || flushes.send(callback)).await;
+                        if !matches!(queued, Ok(Ok(()))) {
+                            return Err(stopped());
+                        }
+                    }
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+                }
+            }
             Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.to_string()))),
         }
         result

@@ -1,0 +1,177 @@
+//! Prints the work queue's figures on a local three-node cluster:
+//! (a) orchestration throughput — TES tasks through the `noop` executor, submitted over HTTP
+//!     with 64 in flight spread across the three nodes, tasks/s from the first submission to
+//!     the last task's end (its recorded end time);
+//! (b) the same with the `process` executor running `true`, beside the rate of spawning
+//!     `true` in a plain loop on this machine;
+//! (c) submit-to-COMPLETE latency of a single `true` task through the `process` executor,
+//!     as a client sees it (p50, p99).
+//!
+//! `tasks_bench [--tasks N] [--process-tasks N] [--latency-runs N]`; use a release build of
+//! `shoal` through `SHOAL_BIN=target/release/shoal`.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use futures::stream::{self, StreamExt};
+use serde_json::json;
+use shoal_tests::{ClusterOptions, TestCluster};
+
+const FORMATION: Duration = Duration::from_secs(30);
+const IN_FLIGHT: usize = 64;
+
+struct Args {
+    tasks: usize,
+    process_tasks: usize,
+    latency_runs: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        tasks: 10_000,
+        process_tasks: 10_000,
+        latency_runs: 200,
+    };
+    let mut words = std::env::args().skip(1);
+    while let Some(word) = words.next() {
+        let value: usize = words
+            .next()
+            .with_context(|| format!("{word} needs a value"))?
+            .parse()?;
+        match word.as_str() {
+            "--tasks" => args.tasks = value,
+            "--process-tasks" => args.process_tasks = value,
+            "--latency-runs" => args.latency_runs = value,
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    Ok(args)
+}
+
+fn true_task() -> serde_json::Value {
+    json!({ "executors": [{ "image": "busybox", "command": ["true"] }] })
+}
+
+async fn start(executor: &str, slots: u32) -> Result<TestCluster> {
+    let options = ClusterOptions {
+        executor: executor.to_string(),
+        slots,
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::new(3, options)?;
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+    Ok(cluster)
+}
+
+/// Submits `count` tasks with `IN_FLIGHT` at once, round-robin over the nodes; returns the
+/// ids and the time the first submission went out.
+async fn submit_all(cluster: &TestCluster, count: usize) -> Result<(Vec<String>, SystemTime)> {
+    let started = SystemTime::now();
+    let task = true_task();
+    let ids: Vec<Result<String>> = stream::iter(0..count)
+        .map(|i| {
+            let task = &task;
+            async move { cluster.submit_task(i % 3, task).await }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    Ok((ids.into_iter().collect::<Result<_>>()?, started))
+}
+
+/// Waits for every task to end COMPLETE; returns the latest end time they record.
+async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
+    let ends: Vec<Result<SystemTime>> = stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| async move {
+            let task = cluster
+                .wait_task(i % 3, id, Duration::from_secs(600))
+                .await?;
+            if task["state"] != "COMPLETE" {
+                bail!("task {id} ended {}", task["state"]);
+            }
+            let end = task["logs"][0]["end_time"].as_str().context("end_time")?;
+            Ok(humantime::parse_rfc3339(end)?)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    ends.into_iter()
+        .try_fold(SystemTime::UNIX_EPOCH, |latest, end| Ok(latest.max(end?)))
+}
+
+async fn throughput(executor: &str, slots: u32, count: usize) -> Result<f64> {
+    let cluster = start(executor, slots).await?;
+    let (ids, started) = submit_all(&cluster, count).await?;
+    let submitted = started.elapsed()?;
+    let end = last_end(&cluster, &ids).await?;
+    let total = end.duration_since(started)?;
+    println!(
+        "  {executor:7} {count} tasks: submitted in {:.2} s, all ended after {:.2} s: {:.0} tasks/s",
+        submitted.as_secs_f64(),
+        total.as_secs_f64(),
+        count as f64 / total.as_secs_f64()
+    );
+    Ok(count as f64 / total.as_secs_f64())
+}
+
+fn spawn_rate(count: usize) -> Result<f64> {
+    let started = Instant::now();
+    for _ in 0..count {
+        let status = std::process::Command::new("true").status()?;
+        if !status.success() {
+            bail!("true failed");
+        }
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+fn percentile(samples: &mut [Duration], q: f64) -> f64 {
+    samples.sort();
+    let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+    samples[rank - 1].as_secs_f64() * 1000.0
+}
+
+async fn latency(runs: usize) -> Result<()> {
+    let cluster = start("process", 2).await?;
+    let mut samples = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let node = i % 3;
+        let started = Instant::now();
+        let id = cluster.submit_task(node, &true_task()).await?;
+        loop {
+            let task = cluster.task(node, &id, "MINIMAL").await?;
+            match task["state"].as_str() {
+                Some("COMPLETE") => break,
+                Some("EXECUTOR_ERROR" | "SYSTEM_ERROR" | "CANCELED") => bail!("task {id}: {task}"),
+                _ => tokio::time::sleep(Duration::from_millis(1)).await,
+            }
+        }
+        samples.push(started.elapsed());
+    }
+    let (p50, p99) = (
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99),
+    );
+    println!(
+        "  submit to COMPLETE, one `true` task at a time: p50 {p50:.1} ms, p99 {p99:.1} ms (n = {runs})"
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    println!("shoal binary: {}", shoal_tests::shoal_bin().display());
+    println!("\n(a) orchestration throughput, noop executor, {IN_FLIGHT} submissions in flight:");
+    throughput("noop", 64, args.tasks).await?;
+    println!("\n(b) process executor running `true`:");
+    let shoal = throughput("process", 2, args.process_tasks).await?;
+    let raw = spawn_rate(args.process_tasks.min(10_000))?;
+    println!(
+        "  spawning `true` in a plain loop: {raw:.0}/s; shoal reaches {:.2} of it",
+        shoal / raw
+    );
+    println!("\n(c) latency:");
+    latency(args.latency_runs).await
+}
