@@ -63,6 +63,11 @@ pub async fn wait_for<T>(
     }
 }
 
+/// Logs the start of a test phase: what the next steps prove.
+pub fn phase(text: &str) {
+    eprintln!("--- {text}");
+}
+
 /// One node of a test cluster: its config on disk and, while running, its process.
 pub struct TestNode {
     pub name: String,
@@ -183,6 +188,15 @@ impl TestCluster {
             child: None,
         });
         Ok(index)
+    }
+
+    /// Starts `count` nodes and waits until they form one cluster with every member registered.
+    pub async fn formed(count: usize, options: ClusterOptions) -> Result<TestCluster> {
+        let voters = count.min(options.voters_max);
+        let mut cluster = TestCluster::new(count, options)?;
+        cluster.start_all()?;
+        cluster.wait_formed(voters, Duration::from_secs(20)).await?;
+        Ok(cluster)
     }
 
     /// Defines one more node with the same seeds (it joins the running cluster when started).

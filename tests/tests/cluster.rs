@@ -5,13 +5,9 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use shoal_node::api::Role;
-use shoal_tests::{ClusterOptions, TestCluster, wait_for};
+use shoal_tests::{ClusterOptions, TestCluster, phase, wait_for};
 
 const FORMATION: Duration = Duration::from_secs(20);
-
-fn phase(text: &str) {
-    eprintln!("--- {text}");
-}
 
 #[tokio::test]
 async fn three_nodes_form_one_cluster_and_a_write_to_a_follower_is_visible_everywhere() -> Result<()>
@@ -87,15 +83,14 @@ async fn three_nodes_form_one_cluster_and_a_write_to_a_follower_is_visible_every
 
 #[tokio::test]
 async fn bad_requests_are_refused_and_change_nothing() -> Result<()> {
-    let mut cluster = TestCluster::new(
+    let cluster = TestCluster::formed(
         1,
         ClusterOptions {
             bootstrap_expect: 1,
             ..Default::default()
         },
-    )?;
-    cluster.start_all()?;
-    cluster.wait_formed(1, FORMATION).await?;
+    )
+    .await?;
 
     phase("unknown nodes and actions get 404 naming what is wrong");
     let (status, body) = cluster.post(0, "/v1/cluster/nodes/nobody:drain").await?;
@@ -166,9 +161,7 @@ async fn a_node_with_the_wrong_cluster_key_cannot_join() -> Result<()> {
 
 #[tokio::test]
 async fn a_lone_node_given_seeds_joins_their_cluster_instead_of_forming_its_own() -> Result<()> {
-    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let mut cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
     let cluster_id = wait_for("a cluster id", FORMATION, async || {
         cluster.status(0, false).await.ok()?.cluster_id
     })
@@ -202,9 +195,7 @@ async fn a_fourth_node_joins_as_learner_and_is_promoted_only_while_voters_max_al
         voters_max: 3,
         ..Default::default()
     };
-    let mut cluster = TestCluster::new(3, strict)?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let mut cluster = TestCluster::formed(3, strict).await?;
     let fourth = cluster.add_node(None)?;
     cluster.start(fourth)?;
     let view = wait_for(
@@ -232,9 +223,7 @@ async fn a_fourth_node_joins_as_learner_and_is_promoted_only_while_voters_max_al
     drop(cluster);
 
     phase("with voters_max = 5, a fourth node joins and is promoted to voter");
-    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let mut cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
     let fourth = cluster.add_node(None)?;
     cluster.start(fourth)?;
     cluster.wait_formed(4, FORMATION).await?;
@@ -251,9 +240,7 @@ async fn a_fourth_node_joins_as_learner_and_is_promoted_only_while_voters_max_al
 
 #[tokio::test]
 async fn drain_and_remove_through_the_cli() -> Result<()> {
-    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let mut cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
     let server = cluster.nodes[0].http_url();
     let shoal = |args: &[&str]| {
         std::process::Command::new(shoal_tests::shoal_bin())
@@ -322,9 +309,7 @@ async fn drain_and_remove_through_the_cli() -> Result<()> {
 
 #[tokio::test]
 async fn sigterm_leaves_cleanly_and_the_rest_carry_on() -> Result<()> {
-    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let mut cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
 
     phase("a SIGTERM'd node exits 0 promptly");
     let code = cluster.terminate(2, Duration::from_secs(10)).await?;

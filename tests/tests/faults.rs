@@ -5,15 +5,11 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use shoal_tests::{ClusterOptions, TestCluster, wait_for};
+use shoal_tests::{ClusterOptions, TestCluster, phase, wait_for};
 
 const FORMATION: Duration = Duration::from_secs(20);
 /// What the issue promises for failover; the test allows margin for a loaded CI machine.
 const FAILOVER: Duration = Duration::from_secs(6);
-
-fn phase(text: &str) {
-    eprintln!("--- {text}");
-}
 
 /// Drains or undrains `target` through node `via`, failing on anything but 200.
 async fn set_drain(cluster: &TestCluster, via: usize, target: &str, draining: bool) -> Result<()> {
@@ -79,9 +75,7 @@ async fn killing_the_leader_elects_a_new_one_and_the_killed_node_catches_up() ->
 
 #[tokio::test]
 async fn all_nodes_stopped_and_restarted_keep_every_committed_entry() -> Result<()> {
-    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let mut cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
 
     phase("commit a pattern of writes");
     set_drain(&cluster, 0, "n1", true).await?;
@@ -181,9 +175,7 @@ async fn a_node_killed_while_running_has_its_datum_rerun_elsewhere_after_the_lea
         lease_ms: SHORT_LEASE_MS,
         ..Default::default()
     };
-    let mut cluster = TestCluster::new(3, options)?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let mut cluster = TestCluster::formed(3, options).await?;
 
     phase("a task starts running on some node");
     let id = cluster

@@ -6,14 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use serde_json::json;
-use shoal_tests::{ClusterOptions, TestCluster};
+use shoal_tests::{ClusterOptions, TestCluster, phase};
 
-const FORMATION: Duration = Duration::from_secs(20);
 const TASK_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn phase(text: &str) {
-    eprintln!("--- {text}");
-}
 
 fn shell(script: &str) -> serde_json::Value {
     json!({ "executors": [{ "image": "busybox", "command": ["sh", "-c", script] }] })
@@ -22,9 +17,7 @@ fn shell(script: &str) -> serde_json::Value {
 #[tokio::test]
 async fn a_thousand_tasks_sent_to_every_node_all_complete_exactly_once_and_every_node_runs_some()
 -> Result<()> {
-    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
 
     phase("1,000 tasks submitted round-robin to the three nodes");
     let mut ids = Vec::new();
@@ -60,15 +53,14 @@ async fn a_thousand_tasks_sent_to_every_node_all_complete_exactly_once_and_every
 
 #[tokio::test]
 async fn a_failing_command_ends_executor_error_with_its_exit_code_and_stderr() -> Result<()> {
-    let mut cluster = TestCluster::new(
+    let cluster = TestCluster::formed(
         1,
         ClusterOptions {
             bootstrap_expect: 1,
             ..Default::default()
         },
-    )?;
-    cluster.start_all()?;
-    cluster.wait_formed(1, FORMATION).await?;
+    )
+    .await?;
     let id = cluster
         .submit_task(0, &shell("echo went wrong >&2; exit 3"))
         .await?;
@@ -105,9 +97,7 @@ async fn a_failing_command_ends_executor_error_with_its_exit_code_and_stderr() -
 
 #[tokio::test]
 async fn cancel_of_a_running_task_kills_its_process_and_ends_canceled() -> Result<()> {
-    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
-    cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    let cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
     let marker = format!("shoal-cancel-{}", std::process::id());
     let id = cluster
         .submit_task(

@@ -43,6 +43,12 @@ use crate::types::{NodeAddr, NodeId, Raft, node_id_of};
 /// How long an operation keeps retrying while there is no leader or the leader moves; every
 /// attempt (local or forwarded) is bounded by what is left of it.
 const OP_DEADLINE: Duration = Duration::from_secs(10);
+/// Forwarded operations and read-index requests this node keeps open at once. Far below the
+/// network's streams per connection, so forwarded operations waiting on the leader can never
+/// take every stream and starve the Raft RPCs they are waiting for.
+const FORWARDS_IN_FLIGHT_MAX: usize = 256;
+const _: () =
+    assert!(FORWARDS_IN_FLIGHT_MAX * 2 <= crate::network::swarm::STREAMS_PER_CONNECTION_MAX);
 /// Largest snapshot chunk sent in one message.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// Most entries in one AppendEntries message (openraft splits larger ones further on
@@ -187,6 +193,8 @@ struct Inner {
     config: ClusterConfig,
     /// Attempts running on this node, reported in heartbeats (set by the worker).
     running: AtomicU32,
+    /// Bounds forwarded operations in flight (see `FORWARDS_IN_FLIGHT_MAX`).
+    forwards: tokio::sync::Semaphore,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }
@@ -281,6 +289,7 @@ impl Cluster {
                 addr,
                 config,
                 running: AtomicU32::new(0),
+                forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 stop,
             }),
@@ -449,6 +458,12 @@ impl Cluster {
                 "leader {leader} has no valid peer id"
             )));
         };
+        let _permit = self
+            .inner
+            .forwards
+            .acquire()
+            .await
+            .map_err(|_| OpError::Unreachable("shutting down".into()))?;
         self.inner
             .net
             .request(peer, addrs, request, OP_DEADLINE)

@@ -27,8 +27,10 @@ const COMMAND_QUEUE_MAX: usize = 1024;
 const INBOUND_QUEUE_MAX: usize = 1024;
 /// How long a request may wait for its answer at the protocol level; callers use less.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// Requests one peer may have open on one connection at once.
-const STREAMS_PER_CONNECTION_MAX: usize = 32;
+/// Requests one peer may have open on one connection at once. Raft RPCs and forwarded
+/// operations share this; a node keeps at most `FORWARDS_IN_FLIGHT_MAX` (in `cluster`)
+/// forwarded operations open, far below it, so Raft RPCs always find room.
+pub const STREAMS_PER_CONNECTION_MAX: usize = 1024;
 /// Connections are kept this long without traffic (Raft heartbeats keep them busy anyway).
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
 
