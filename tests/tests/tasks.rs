@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use futures::StreamExt;
 use serde_json::json;
 use shoal_tests::{ClusterOptions, TestCluster, phase};
 
@@ -19,15 +20,20 @@ async fn a_thousand_tasks_sent_to_every_node_all_complete_exactly_once_and_every
 -> Result<()> {
     let cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
 
-    phase("1,000 tasks submitted round-robin to the three nodes");
-    let mut ids = Vec::new();
-    for i in 0..1000 {
-        ids.push(
-            cluster
-                .submit_task(i % 3, &shell(&format!("echo task {i}")))
-                .await?,
-        );
-    }
+    phase("1,000 tasks submitted round-robin to the three nodes, 64 requests in flight");
+    let submissions = futures::stream::iter(0..1000)
+        .map(|i| {
+            let cluster = &cluster;
+            async move {
+                cluster
+                    .submit_task(i % 3, &shell(&format!("echo task {i}")))
+                    .await
+            }
+        })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let ids: Vec<String> = submissions.into_iter().collect::<Result<_>>()?;
 
     phase("every task ends COMPLETE after one attempt, with its own output");
     let mut ran_on: BTreeMap<String, usize> = BTreeMap::new();
