@@ -204,6 +204,7 @@ impl State {
     }
 
     /// How many datums wait to be claimed.
+    #[cfg(test)]
     pub fn pending_count(&self) -> usize {
         self.pending.len()
     }
@@ -251,7 +252,9 @@ impl State {
         }
     }
 
-    /// Rebuilds the state from persisted rows (any order).
+    /// Rebuilds the state from persisted rows (any order). The stores load row by row from
+    /// redb (`load_row`, then `rebuild_indexes`); this is the same for tests.
+    #[cfg(test)]
     pub fn from_rows<'a>(
         rows: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Result<State, RowError> {
