@@ -29,9 +29,6 @@ const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_SNAPSHOT: &str = "snapshot_meta";
 
-/// At most this many applied entries are re-applied from the log after a crash.
-const DURABLE_APPLY_EVERY_ENTRIES: u64 = 1_000;
-
 /// Read access to the applied state, shared by everything on the node that reads it.
 #[derive(Clone)]
 pub struct StateView {
@@ -61,8 +58,6 @@ pub struct StateStore {
     applied_tx: watch::Sender<Option<LogId>>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
-    /// `last_applied / DURABLE_APPLY_EVERY_ENTRIES` at the last durable apply commit.
-    durable_epoch: u64,
 }
 
 fn sm_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError {
@@ -149,7 +144,6 @@ impl StateStore {
             applied_tx,
             last_applied: loaded.last_applied,
             membership: loaded.membership,
-            durable_epoch: 0,
         };
         Ok((
             store,
@@ -167,7 +161,7 @@ impl StateStore {
     }
 
     /// Persists the rows changed since the last call, with the applied id and membership.
-    async fn persist_dirty(&mut self) -> Result<(), StorageError> {
+    async fn persist_dirty(&self) -> Result<(), StorageError> {
         let changes = {
             let mut state = self.write_state();
             let dirty = state.take_dirty();
@@ -183,21 +177,8 @@ impl StateStore {
         let membership =
             codec::encode(&self.membership).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
         let db = self.db.clone();
-        // The log is durable, so most applies need no fsync of their own: after a crash redb
-        // rolls back to its last durable commit (rows and applied id together) and openraft
-        // applies the committed entries again. Every DURABLE_APPLY_EVERY_ENTRIES entries, and at
-        // every snapshot (whose durable metadata commit comes before any log purge), redb makes
-        // all earlier commits durable too.
-        let index = self.last_applied.map(|id| id.index).unwrap_or(0);
-        let durable = index / DURABLE_APPLY_EVERY_ENTRIES != self.durable_epoch;
-        if durable {
-            self.durable_epoch = index / DURABLE_APPLY_EVERY_ENTRIES;
-        }
         tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
-            let mut txn = db.begin_write()?;
-            if !durable {
-                txn.set_durability(redb::Durability::None)?;
-            }
+            let txn = db.begin_write()?;
             {
                 let mut rows = txn.open_table(ROWS)?;
                 for (key, value) in &changes {
