@@ -33,6 +33,11 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(bytes)
 }
 
+/// How many bytes [`encode`] would produce for `value`, without keeping them.
+pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    Ok(1 + bincode::serde::encode_into_std_write(value, &mut std::io::sink(), config())?)
+}
+
 /// Decodes a record written by [`encode`], refusing other format versions.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
@@ -50,6 +55,7 @@ mod tests {
     #[test]
     fn round_trip_keeps_value_and_rejects_other_versions() {
         let bytes = encode(&("datum", 7_u64)).expect("encode");
+        assert_eq!(encoded_len(&("datum", 7_u64)).expect("length"), bytes.len());
         let back: (String, u64) = decode(&bytes).expect("decode");
         assert_eq!(back, ("datum".to_string(), 7));
 

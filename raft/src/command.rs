@@ -97,6 +97,22 @@ pub enum Command {
     ExpireLeases {
         lease_ms: u64,
     },
+    /// Commands proposed together in one entry and applied in order, each with its own
+    /// outcome (see [`Command::is_batchable`]). Writes that arrive together are grouped so
+    /// the log, the network and the stores handle one entry instead of many.
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// Whether the command may ride in a [`Command::Batch`]. Claims and lease expiry may not:
+    /// a claim's fence is its entry's index, so one entry must never release a datum and
+    /// grant it again.
+    pub fn is_batchable(&self) -> bool {
+        !matches!(
+            self,
+            Command::ClaimBatch { .. } | Command::ExpireLeases { .. } | Command::Batch(_)
+        )
+    }
 }
 
 /// One ended attempt, as its node reports it.
@@ -151,4 +167,6 @@ pub enum Outcome {
     Refused {
         reason: String,
     },
+    /// The outcomes of a [`Command::Batch`], in order.
+    Batch(Vec<Outcome>),
 }

@@ -15,7 +15,7 @@ use shoal_storage::{EntryKind, Transfers, host_path_for};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::executor::{Bind, StepRun};
+use crate::executor::{Bind, ExecutorKind, StepRun};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -282,6 +282,11 @@ pub async fn run(shared: Arc<Shared>, grant: Grant, cancel: CancellationToken) -
         grant.attempt,
         shared.config.executor.name()
     ));
+    if shared.config.executor == ExecutorKind::Noop && !moves_files(&job, &datum) {
+        // Nothing runs and nothing moves: no attempt dir to make (the benchmark executor
+        // measures orchestration, not the file system).
+        return run_without_files(&shared, &job, &grant, run, &cancel).await;
+    }
     let dir = shared.config.work_dir.join(format!(
         "{}-{}-{}",
         job.spec.id, grant.datum.index, grant.attempt
@@ -293,13 +298,72 @@ pub async fn run(shared: Arc<Shared>, grant: Grant, cancel: CancellationToken) -
     report
 }
 
+fn moves_files(job: &Job, datum: &Datum) -> bool {
+    let task = &job.spec.task;
+    !task.inputs.is_empty()
+        || !datum.inputs.is_empty()
+        || !task.outputs.is_empty()
+        || !task.volumes.is_empty()
+        || task
+            .executors
+            .iter()
+            .any(|e| !e.stdin.is_empty() || !e.stdout.is_empty() || !e.stderr.is_empty())
+}
+
+async fn run_without_files(
+    shared: &Shared,
+    job: &Job,
+    grant: &Grant,
+    run: Run,
+    cancel: &CancellationToken,
+) -> AttemptReport {
+    let mut run = match report_started(shared, grant, run).await {
+        Ok(run) => run,
+        Err(report) => return report,
+    };
+    let dir = shared.config.work_dir.clone();
+    let failed = run_steps(shared, job, grant, &dir, &[], &mut run, cancel).await;
+    finish(run, failed, cancel)
+}
+
+/// Records in the log that the first executor starts; an `Err` is the attempt's report.
+async fn report_started(shared: &Shared, grant: &Grant, run: Run) -> Result<Run, AttemptReport> {
+    let started = Command::Started {
+        datum: grant.datum,
+        fence: grant.fence,
+    };
+    match shared.cluster.write(started).await {
+        Ok(Outcome::Reported { accepted: 1, .. }) => Ok(run),
+        Ok(_) => Err(run.fail(
+            AttemptOutcome::Canceled,
+            "the claim was lost before the first executor started",
+        )),
+        Err(error) => Err(run.fail(
+            AttemptOutcome::SystemError,
+            format!("reporting the start failed: {error}"),
+        )),
+    }
+}
+
+/// The report after the executors ran and the outputs (if any) were uploaded.
+fn finish(mut run: Run, failed: bool, cancel: &CancellationToken) -> AttemptReport {
+    if cancel.is_cancelled() {
+        return run.fail(AttemptOutcome::Canceled, "attempt canceled");
+    }
+    if failed && run.report.outcome != AttemptOutcome::SystemError {
+        run.report.outcome = AttemptOutcome::ExecutorError;
+    }
+    run.report.end_ms = now_ms();
+    run.report
+}
+
 async fn run_in(
     shared: &Shared,
     job: &Job,
     datum: &Datum,
     grant: &Grant,
     dir: &Path,
-    mut run: Run,
+    run: Run,
     cancel: &CancellationToken,
 ) -> AttemptReport {
     let root = dir.join("root");
@@ -334,40 +398,17 @@ async fn run_in(
         Ok(more) => binds.extend(more),
         Err(error) => return run.fail(AttemptOutcome::SystemError, error),
     }
-    let started = Command::Started {
-        datum: grant.datum,
-        fence: grant.fence,
+    let mut run = match report_started(shared, grant, run).await {
+        Ok(run) => run,
+        Err(report) => return report,
     };
-    match shared.cluster.write(started).await {
-        Ok(Outcome::Reported { accepted: 1, .. }) => {}
-        Ok(_) => {
-            return run.fail(
-                AttemptOutcome::Canceled,
-                "the claim was lost before the first executor started",
-            );
-        }
-        Err(error) => {
-            return run.fail(
-                AttemptOutcome::SystemError,
-                format!("reporting the start failed: {error}"),
-            );
-        }
-    }
     let failed = run_steps(shared, job, grant, &root, &binds, &mut run, cancel).await;
-    if cancel.is_cancelled() {
-        return run.fail(AttemptOutcome::Canceled, "attempt canceled");
-    }
-    if run.report.outcome == AttemptOutcome::SystemError {
-        run.report.end_ms = now_ms();
-        return run.report;
+    if cancel.is_cancelled() || run.report.outcome == AttemptOutcome::SystemError {
+        return finish(run, failed, cancel);
     }
     match upload_outputs(&transfers, &job.spec.task.outputs, &root).await {
         Ok(files) => run.report.outputs = files,
         Err(error) => return run.fail(AttemptOutcome::SystemError, error),
     }
-    if failed {
-        run.report.outcome = AttemptOutcome::ExecutorError;
-    }
-    run.report.end_ms = now_ms();
-    run.report
+    finish(run, failed, cancel)
 }

@@ -12,6 +12,7 @@
 //! - `inbound`: answering peers' requests.
 //! - `upkeep`: registration, heartbeats, learner promotion.
 
+mod batcher;
 mod bootstrap;
 mod identity;
 mod inbound;
@@ -27,7 +28,7 @@ use libp2p::Multiaddr;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use identity::{load_or_create_keypair, read_cluster_key};
@@ -139,6 +140,18 @@ pub enum ClusterError {
     Raft(String),
 }
 
+impl ClusterError {
+    /// The same error for another caller (a batch's failure is each of its writes' failure).
+    fn duplicate(&self) -> ClusterError {
+        match self {
+            ClusterError::NoLeader(after) => ClusterError::NoLeader(*after),
+            ClusterError::Timeout(after) => ClusterError::Timeout(*after),
+            ClusterError::Refused(reason) => ClusterError::Refused(reason.clone()),
+            other => ClusterError::Failed(other.to_string()),
+        }
+    }
+}
+
 /// A member's role in the Raft group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -195,6 +208,8 @@ struct Inner {
     running: AtomicU32,
     /// Bounds forwarded operations in flight (see `FORWARDS_IN_FLIGHT_MAX`).
     forwards: tokio::sync::Semaphore,
+    /// Writes waiting to be grouped into a batch (see `batcher`).
+    writes: mpsc::Sender<batcher::QueuedWrite>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }
@@ -280,6 +295,7 @@ impl Cluster {
         tracing::info!(node_id = %crate::format_node_id(node_id), %peer_id, p2p = ?addr.p2p_addrs, "raft started");
 
         let (stop, _) = watch::channel(false);
+        let (writes, queued_writes) = mpsc::channel(batcher::QUEUE_MAX);
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 raft,
@@ -290,11 +306,13 @@ impl Cluster {
                 config,
                 running: AtomicU32::new(0),
                 forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
+                writes,
                 tasks: std::sync::Mutex::new(Vec::new()),
                 stop,
             }),
         };
         cluster.spawn(inbound::serve(cluster.clone(), inbound));
+        cluster.spawn(batcher::run(cluster.clone(), queued_writes));
         cluster.spawn(bootstrap::run(cluster.clone()));
         cluster.spawn(upkeep::register_and_heartbeat(cluster.clone()));
         cluster.spawn(upkeep::promote_learners(cluster.clone()));
@@ -395,7 +413,23 @@ impl Cluster {
     }
 
     /// Proposes `command` through the leader and returns its outcome once applied there.
+    /// Writes made at about the same time share one log entry (see `batcher`).
     pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
+        if !command.is_batchable() {
+            return self.write_now(command).await;
+        }
+        let shutting_down = || ClusterError::Failed("this node is shutting down".to_string());
+        let (write, answer) = batcher::QueuedWrite::new(command)?;
+        self.inner
+            .writes
+            .send(write)
+            .await
+            .map_err(|_| shutting_down())?;
+        answer.await.map_err(|_| shutting_down())?
+    }
+
+    /// Proposes `command` on its own, in an entry of its own.
+    async fn write_now(&self, command: Command) -> Result<Outcome, ClusterError> {
         match self.execute(Op::Write(command)).await? {
             OpResult::Written(outcome) => Ok(outcome),
             other => Err(ClusterError::Failed(format!("unexpected answer {other:?}"))),

@@ -119,8 +119,11 @@ impl State {
     /// Applies the entry at log `index`. Deterministic: the same state, index and proposal
     /// give the same result. `index` becomes the fence of any claim the entry grants.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Outcome {
-        let now_ms = proposal.time_ms;
-        match &proposal.command {
+        self.apply_command(index, proposal.time_ms, &proposal.command)
+    }
+
+    fn apply_command(&mut self, index: u64, now_ms: u64, command: &Command) -> Outcome {
+        match command {
             Command::InitCluster { cluster_id } => {
                 if self.cluster_id.is_none() {
                     self.cluster_id = Some(cluster_id.clone());
@@ -172,6 +175,19 @@ impl State {
             Command::CancelJob { job_id } => self.cancel_job(now_ms, job_id),
             Command::RetryFailed { job_id } => self.retry_failed(now_ms, job_id),
             Command::ExpireLeases { lease_ms } => self.expire_leases(now_ms, *lease_ms),
+            Command::Batch(commands) => Outcome::Batch(
+                commands
+                    .iter()
+                    .map(|command| {
+                        if !command.is_batchable() {
+                            return Outcome::Refused {
+                                reason: "this command cannot be batched".to_string(),
+                            };
+                        }
+                        self.apply_command(index, now_ms, command)
+                    })
+                    .collect(),
+            ),
         }
     }
 

@@ -910,6 +910,35 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_applies_each_command_in_order_and_refuses_claims_inside() {
+        let mut log = Log::new();
+        let submit = |id: &str| Command::SubmitJob {
+            spec: Box::new(spec(id, JobKind::Pipeline, 0, 1)),
+            datums: vec![Vec::new()],
+            seal: true,
+        };
+        let batch = Command::Batch(vec![
+            submit("a"),
+            Command::ClaimBatch { node_id: N1, max: 1 },
+            submit("b"),
+            Command::Batch(Vec::new()),
+            submit("a"),
+        ]);
+        let Outcome::Batch(outcomes) = log.apply(batch) else {
+            panic!("a batch answers a batch");
+        };
+        assert_eq!(outcomes.len(), 5);
+        assert!(matches!(&outcomes[0], Outcome::JobSubmitted { job_id, .. } if job_id == "a"));
+        assert!(matches!(outcomes[1], Outcome::Refused { .. }));
+        assert!(matches!(&outcomes[2], Outcome::JobSubmitted { job_id, .. } if job_id == "b"));
+        assert!(matches!(outcomes[3], Outcome::Refused { .. }));
+        assert_eq!(outcomes[4], outcomes[0], "a repeat inside a batch is a repeat");
+        assert_eq!(log.state.jobs.len(), 2);
+        assert_eq!(log.state.pending_count(), 2, "the claim inside took nothing");
+        assert!(log.state.claims_of(N1).next().is_none());
+    }
+
+    #[test]
     fn datums_arrive_in_chunks_until_sealed() {
         let mut log = Log::new();
         let job = log.submit_spec(spec("p", JobKind::Pipeline, 0, 1), 0, false);

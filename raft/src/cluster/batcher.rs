@@ -1,0 +1,116 @@
+//! Group writes: commands written on this node at about the same time travel to the leader
+//! and into the log as one [`Command::Batch`] entry.
+//!
+//! The first write of a quiet period goes out at once, alone. While [`BATCHES_IN_FLIGHT`]
+//! batches are on their way, later writes queue up and leave together as soon as one
+//! returns, so batches grow with the load and latency does not. Each write still gets its
+//! own outcome; a failure of the whole batch (no leader) is every write's failure. Retries
+//! resend the whole batch, which is safe because every batchable command is idempotent.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Cluster, ClusterError};
+use crate::codec;
+use crate::command::{Command, Outcome};
+
+/// Most commands in one batch.
+const BATCH_COMMANDS_MAX: usize = 512;
+/// Most encoded bytes in one batch, far below a network frame, so a batch always fits into
+/// an AppendEntries message. A single larger write still goes out, alone.
+const BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Batches on their way to the leader at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Writes waiting for a batch; callers wait for room beyond it.
+pub(super) const QUEUE_MAX: usize = 4096;
+
+pub(super) struct QueuedWrite {
+    command: Command,
+    bytes: usize,
+    reply: oneshot::Sender<Result<Outcome, ClusterError>>,
+}
+
+impl QueuedWrite {
+    pub(super) fn new(
+        command: Command,
+    ) -> Result<(Self, oneshot::Receiver<Result<Outcome, ClusterError>>), ClusterError> {
+        let bytes = codec::encoded_len(&command)
+            .map_err(|e| ClusterError::Failed(format!("cannot encode a command: {e}")))?;
+        let (reply, answer) = oneshot::channel();
+        Ok((
+            QueuedWrite {
+                command,
+                bytes,
+                reply,
+            },
+            answer,
+        ))
+    }
+}
+
+/// Takes queued writes and sends them in batches until the queue closes.
+pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<QueuedWrite>) {
+    let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut carried: Option<QueuedWrite> = None;
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(write) => write,
+            None => match queue.recv().await {
+                Some(write) => write,
+                None => return,
+            },
+        };
+        let mut bytes = first.bytes;
+        let mut batch = vec![first];
+        while batch.len() < BATCH_COMMANDS_MAX {
+            let Ok(write) = queue.try_recv() else { break };
+            if bytes + write.bytes > BATCH_BYTES_MAX {
+                carried = Some(write);
+                break;
+            }
+            bytes += write.bytes;
+            batch.push(write);
+        }
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            send(&cluster, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn send(cluster: &Cluster, mut batch: Vec<QueuedWrite>) {
+    if batch.len() == 1 {
+        let write = batch.remove(0);
+        let _ = write.reply.send(cluster.write_now(write.command).await);
+        return;
+    }
+    let (commands, replies): (Vec<Command>, Vec<_>) = batch
+        .into_iter()
+        .map(|write| (write.command, write.reply))
+        .unzip();
+    let count = commands.len();
+    match cluster.write_now(Command::Batch(commands)).await {
+        Ok(Outcome::Batch(outcomes)) if outcomes.len() == count => {
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Ok(other) => {
+            for reply in replies {
+                let _ = reply.send(Err(ClusterError::Failed(format!(
+                    "unexpected answer to a batch of {count}: {other:?}"
+                ))));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.duplicate()));
+            }
+        }
+    }
+}
