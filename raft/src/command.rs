@@ -70,10 +70,25 @@ pub enum Command {
         datums: Vec<Vec<InputSpec>>,
         seal: bool,
     },
-    /// A node with free slots asks for up to `max` pending datums.
+    /// A node asks for up to `max` datums to begin now and up to `queue` more to hold in its
+    /// queue (prefetch) for when a slot frees. When nothing is pending, datums to begin now
+    /// are stolen from other nodes' queues.
     ClaimBatch {
         node_id: NodeId,
         max: u32,
+        queue: u32,
+    },
+    /// The node begins a datum it holds in its queue; refused (stale) once it was stolen.
+    Begin {
+        node_id: NodeId,
+        datum: DatumKey,
+        fence: u64,
+    },
+    /// The node gives back datums it holds in its queue (it is stopping); they go back to
+    /// pending without spending an attempt.
+    HandBack {
+        node_id: NodeId,
+        datums: Vec<(DatumKey, u64)>,
     },
     /// The node holding `fence` started the datum's first executor.
     Started {
@@ -130,6 +145,8 @@ pub struct Grant {
     pub fence: u64,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// Granted for the node's queue: it must `Begin` the datum before running it.
+    pub queued: bool,
 }
 
 /// The answer of applying one entry. Expected refusals are values, not errors.

@@ -167,6 +167,8 @@ pub struct Claim {
     /// Log index of the entry that granted the claim.
     pub fence: u64,
     pub since_ms: u64,
+    /// Waiting in the node's queue, not begun: another node may steal it.
+    pub queued: bool,
 }
 
 /// How an attempt ended.

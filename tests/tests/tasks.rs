@@ -155,3 +155,65 @@ async fn cancel_of_a_running_task_kills_its_process_and_ends_canceled() -> Resul
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn an_idle_node_steals_a_claim_waiting_in_a_busy_nodes_queue() -> Result<()> {
+    let options = ClusterOptions {
+        slots: 1,
+        ..Default::default()
+    };
+    let cluster = TestCluster::formed(3, options).await?;
+    let name = |i: usize| cluster.nodes[i].name.clone();
+
+    phase("with the other two nodes drained, node 0 runs one task and queues the next");
+    for i in [1, 2] {
+        let (status, body) = cluster
+            .post(0, &format!("/v1/cluster/nodes/{}:drain", name(i)))
+            .await?;
+        ensure!(status == 200, "drain answered {status}: {body}");
+    }
+    let first = cluster.submit_task(0, &shell("sleep 4")).await?;
+    let second = cluster.submit_task(0, &shell("echo stolen")).await?;
+    let this = &cluster;
+    let busy = name(0);
+    shoal_tests::wait_for(
+        "the second task queued on node 0",
+        TASK_TIMEOUT,
+        async || {
+            let first = this.task(0, &first, "BASIC").await.ok()?;
+            let second = this.task(0, &second, "BASIC").await.ok()?;
+            let queued_here = second["state"] == "QUEUED"
+                && second["logs"][0]["metadata"]["hostname"] == busy.as_str();
+            (first["state"] == "RUNNING" && queued_here).then_some(())
+        },
+    )
+    .await?;
+
+    phase("node 1 comes back: nothing is pending, so it steals the queued task and runs it now");
+    let (status, body) = cluster
+        .post(0, &format!("/v1/cluster/nodes/{}:undrain", name(1)))
+        .await?;
+    ensure!(status == 200, "undrain answered {status}: {body}");
+    let stolen = cluster.wait_task(1, &second, TASK_TIMEOUT).await?;
+    ensure!(stolen["state"] == "COMPLETE", "{stolen}");
+    let logs = stolen["logs"].as_array().expect("logs");
+    ensure!(
+        logs.len() == 1,
+        "a stolen claim is still one attempt: {stolen}"
+    );
+    ensure!(
+        logs[0]["metadata"]["hostname"] == name(1).as_str(),
+        "ran on {} instead of node 1",
+        logs[0]["metadata"]["hostname"]
+    );
+    ensure!(logs[0]["logs"][0]["stdout"] == "stolen\n", "{stolen}");
+    ensure!(
+        cluster.task(0, &first, "MINIMAL").await?["state"] == "RUNNING",
+        "the stolen task did not wait for the first to end"
+    );
+    ensure!(
+        cluster.wait_task(0, &first, TASK_TIMEOUT).await?["state"] == "COMPLETE",
+        "the first task"
+    );
+    Ok(())
+}

@@ -2,10 +2,12 @@
 //!
 //! Layout:
 //! - this file: [`Worker`] — the claim loop (woken by applied-state changes and freed slots,
-//!   never by a timer), the reporter that batches completions into `CompleteBatch`, and the
-//!   claim watch that stops attempts whose claim was canceled or lost and adopts claims the log
-//!   says this node holds but nothing runs (a claim whose answer was lost in a leader change,
-//!   or one left by this node's previous life).
+//!   never by a timer), which also keeps a small queue of claims (prefetch) to begin as soon
+//!   as a slot frees, and steals queued claims from other nodes when nothing is pending; the
+//!   reporter that batches completions into `CompleteBatch`; and the claim watch that stops
+//!   attempts whose claim was canceled or lost, drops queued claims that were stolen, and
+//!   adopts claims the log says this node holds but nothing runs or queues (a claim whose
+//!   answer was lost in a leader change, or one left by this node's previous life).
 //! - `attempt`: one attempt, from work dir to report.
 //! - `executor`: [`ExecutorKind`] — `process` (bubblewrap) and `noop`.
 //! - `tail`: bounded stdout/stderr tails.
@@ -17,7 +19,7 @@ mod attempt;
 pub mod executor;
 mod tail;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use executor::{ExecutorKind, bwrap_available};
+
+/// Most claims a node holds in its queue beyond its free slots.
+const PREFETCH_MAX: u32 = 4;
 
 /// Completions waiting for the reporter; attempts wait when it is full.
 const REPORT_QUEUE_MAX: usize = 4096;
@@ -84,6 +89,8 @@ pub(crate) struct Shared {
     resolver: Arc<Resolver>,
     node_transfers: Arc<Semaphore>,
     running: Mutex<HashMap<DatumKey, Running>>,
+    /// Claims granted for this node's queue, in grant order: begun when a slot frees.
+    queue: Mutex<VecDeque<Grant>>,
     /// Fences of attempts that ended here and whose report may not be applied yet: their
     /// claims must not be adopted again.
     finished: Mutex<std::collections::HashSet<u64>>,
@@ -132,6 +139,7 @@ impl Worker {
             resolver: Arc::new(resolver),
             node_transfers: Transfers::node_semaphore(),
             running: Mutex::new(HashMap::new()),
+            queue: Mutex::new(VecDeque::new()),
             finished: Mutex::new(std::collections::HashSet::new()),
             claiming: std::sync::atomic::AtomicBool::new(false),
             slot_freed: Notify::new(),
@@ -155,6 +163,7 @@ impl Worker {
     /// sends the last reports.
     pub async fn shutdown(self) {
         self.shared.stop.cancel();
+        hand_back_queue(&self.shared).await;
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while !self.shared.running().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::select! {
@@ -171,48 +180,118 @@ impl Worker {
     }
 }
 
-/// Whether this node should ask for work now.
-fn wants_work(shared: &Shared) -> u32 {
+/// How many claims this node holds in its queue when work is waiting.
+fn prefetch(shared: &Shared) -> u32 {
+    shared.config.slots.min(PREFETCH_MAX)
+}
+
+/// What this node should ask for now: datums to begin at once, and datums for its queue.
+fn wants_work(shared: &Shared) -> (u32, u32) {
     let free = shared
         .config
         .slots
         .saturating_sub(shared.running().len() as u32);
-    if free == 0 || shared.stop.is_cancelled() || !shared.cluster.is_ready() {
-        return 0;
+    let queued = lock(&shared.queue).len() as u32;
+    let room = prefetch(shared).saturating_sub(queued);
+    if (free == 0 && room == 0) || shared.stop.is_cancelled() || !shared.cluster.is_ready() {
+        return (0, 0);
     }
+    let me = shared.cluster.node_id();
     let state = shared.cluster.view().read();
-    let me = state.nodes.get(&shared.cluster.node_id());
-    if !state.has_claimable() || me.is_none_or(|record| record.draining) {
-        return 0;
+    if state.nodes.get(&me).is_none_or(|record| record.draining) {
+        return (0, 0);
     }
-    free
+    if state.has_claimable() {
+        (free, room)
+    } else if free > 0 && state.has_stealable(me) {
+        (free, 0)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Begins queued claims while slots are free.
+fn start_queued(shared: &Arc<Shared>) {
+    loop {
+        let free = shared.config.slots as usize > shared.running().len();
+        let next = if free && !shared.stop.is_cancelled() {
+            lock(&shared.queue).pop_front()
+        } else {
+            None
+        };
+        let Some(grant) = next else { return };
+        start_attempt(shared, grant);
+    }
 }
 
 async fn claim_loop(shared: Arc<Shared>) {
     let mut applied = shared.cluster.view().applied();
     loop {
-        let free = wants_work(&shared);
-        if free > 0 {
+        start_queued(&shared);
+        let (max, queue) = wants_work(&shared);
+        if max + queue > 0 {
             let claim = Command::ClaimBatch {
                 node_id: shared.cluster.node_id(),
-                max: free,
+                max,
+                queue,
             };
-            match shared.cluster.write(claim).await {
+            shared.claiming.store(true, Ordering::SeqCst);
+            let answer = shared.cluster.write(claim).await;
+            match answer {
                 Ok(Outcome::Claimed { grants }) if !grants.is_empty() => {
                     for grant in grants {
-                        start_attempt(&shared, grant);
+                        if grant.queued {
+                            enqueue(&shared, grant);
+                        } else {
+                            start_attempt(&shared, grant);
+                        }
                     }
+                    shared.claiming.store(false, Ordering::SeqCst);
                     continue;
                 }
                 Ok(_) => {}
                 Err(error) => tracing::debug!(%error, "claim failed"),
             }
+            shared.claiming.store(false, Ordering::SeqCst);
         }
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             () = shared.slot_freed.notified() => {}
             () = shared.stop.cancelled() => return,
         }
+    }
+}
+
+/// Adds a queued claim to this node's queue unless it is there or running already.
+fn enqueue(shared: &Shared, grant: Grant) {
+    let running = shared
+        .running()
+        .get(&grant.datum)
+        .is_some_and(|r| r.fence == grant.fence);
+    let mut queue = lock(&shared.queue);
+    if !running
+        && !queue
+            .iter()
+            .any(|g| g.fence == grant.fence && g.datum == grant.datum)
+    {
+        queue.push_back(grant);
+    }
+}
+
+/// Gives the queued claims back to the log so other nodes take them at once.
+async fn hand_back_queue(shared: &Shared) {
+    let queued: Vec<Grant> = lock(&shared.queue).drain(..).collect();
+    if queued.is_empty() {
+        return;
+    }
+    let command = Command::HandBack {
+        node_id: shared.cluster.node_id(),
+        datums: queued.iter().map(|g| (g.datum, g.fence)).collect(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), shared.cluster.write(command)).await {
+        Ok(Ok(outcome)) => tracing::info!(?outcome, "handed back queued claims"),
+        Ok(Err(error)) => tracing::warn!(%error, "handing back queued claims failed; they expire"),
+        Err(_) => tracing::warn!("handing back queued claims timed out; they expire"),
     }
 }
 
@@ -244,6 +323,10 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
         attempt = grant.attempt
     );
     let work = async move {
+        if grant.queued && !begin(&shared, &grant).await {
+            release_slot(&shared, &grant);
+            return;
+        }
         let report = attempt::run(shared.clone(), grant, cancel).await;
         let stopped = shared.stop.is_cancelled() && report.outcome == AttemptOutcome::Canceled;
         lock(&shared.finished).insert(grant.fence);
@@ -257,22 +340,49 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
                 })
                 .await;
         }
-        let count = {
-            let mut running = shared.running();
-            // A newer attempt of the same datum may have taken the entry: leave it.
-            if running
-                .get(&grant.datum)
-                .is_some_and(|r| r.fence == grant.fence)
-            {
-                running.remove(&grant.datum);
-            }
-            running.len()
-        };
-        shared.cluster.set_running(count as u32);
-        shared.slot_freed.notify_waiters();
-        shared.slot_freed.notify_one();
+        release_slot(&shared, &grant);
     };
     tokio::spawn(tracing::Instrument::instrument(work, span));
+}
+
+/// Tells the log this node begins a queued claim; false when it was stolen meanwhile.
+async fn begin(shared: &Shared, grant: &Grant) -> bool {
+    let command = Command::Begin {
+        node_id: shared.cluster.node_id(),
+        datum: grant.datum,
+        fence: grant.fence,
+    };
+    match shared.cluster.write(command).await {
+        Ok(Outcome::Reported { accepted: 1, .. }) => true,
+        Ok(_) => {
+            tracing::debug!("a queued claim was taken by another node");
+            false
+        }
+        Err(error) => {
+            // Unknown whether it took effect: leave the claim to the claim watch (adopted
+            // again if still queued here) or to lease expiry.
+            tracing::warn!(%error, "beginning a queued claim failed");
+            false
+        }
+    }
+}
+
+/// Frees the slot `grant` held and wakes the claim loop.
+fn release_slot(shared: &Shared, grant: &Grant) {
+    let count = {
+        let mut running = shared.running();
+        // A newer attempt of the same datum may have taken the entry: leave it.
+        if running
+            .get(&grant.datum)
+            .is_some_and(|r| r.fence == grant.fence)
+        {
+            running.remove(&grant.datum);
+        }
+        running.len()
+    };
+    shared.cluster.set_running(count as u32);
+    shared.slot_freed.notify_waiters();
+    shared.slot_freed.notify_one();
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -353,6 +463,7 @@ async fn claim_watch(shared: Arc<Shared>) {
         }
         let applied = applied.borrow().map(|id| id.index).unwrap_or(0);
         stop_lost_attempts(&shared, applied);
+        drop_lost_queued(&shared, applied);
         if shared.claiming.load(Ordering::SeqCst) {
             continue;
         }
@@ -360,10 +471,16 @@ async fn claim_watch(shared: Arc<Shared>) {
             tracing::info!(
                 job = grant.datum.job,
                 datum = grant.datum.index,
+                queued = grant.queued,
                 "adopting a claim nothing runs"
             );
-            start_attempt(&shared, grant);
+            if grant.queued {
+                enqueue(&shared, grant);
+            } else {
+                start_attempt(&shared, grant);
+            }
         }
+        start_queued(&shared);
     }
 }
 
@@ -388,27 +505,50 @@ fn stop_lost_attempts(shared: &Shared, applied: u64) {
     }
 }
 
-/// Claims this node holds in the applied state that no attempt here runs or has just run.
+/// Drops queued claims this node no longer holds (stolen, canceled, expired).
+fn drop_lost_queued(shared: &Shared, applied: u64) {
+    let me = shared.cluster.node_id();
+    let state = shared.cluster.view().read();
+    lock(&shared.queue).retain(|grant| {
+        grant.fence > applied
+            || state
+                .datums
+                .get(&grant.datum)
+                .and_then(|d| d.claim)
+                .is_some_and(|c| c.fence == grant.fence && c.node == me)
+    });
+}
+
+/// Claims this node holds in the applied state that no attempt here runs, queues, or has
+/// just run.
 fn orphaned_claims(shared: &Shared, applied: u64) -> Vec<Grant> {
     let state = shared.cluster.view().read();
-    let held: Vec<(DatumKey, u64, u32)> = state
+    let held: Vec<Grant> = state
         .claims_of(shared.cluster.node_id())
-        .filter_map(|d| d.claim.map(|c| (d.key, c.fence, d.attempts.len() as u32)))
+        .filter_map(|d| {
+            d.claim.map(|c| Grant {
+                datum: d.key,
+                fence: c.fence,
+                attempt: d.attempts.len() as u32,
+                queued: c.queued,
+            })
+        })
         .collect();
     drop(state);
     let mut finished = lock(&shared.finished);
-    finished.retain(|fence| held.iter().any(|(_, f, _)| f == fence));
+    finished.retain(|fence| held.iter().any(|g| g.fence == *fence));
     let running = shared.running();
+    let queue = lock(&shared.queue);
     held.into_iter()
-        .filter(|(key, fence, _)| {
-            *fence <= applied
-                && !finished.contains(fence)
-                && running.get(key).is_none_or(|r| r.fence != *fence)
-        })
-        .map(|(datum, fence, attempt)| Grant {
-            datum,
-            fence,
-            attempt,
+        .filter(|grant| {
+            grant.fence <= applied
+                && !finished.contains(&grant.fence)
+                && running
+                    .get(&grant.datum)
+                    .is_none_or(|r| r.fence != grant.fence)
+                && !queue
+                    .iter()
+                    .any(|g| g.fence == grant.fence && g.datum == grant.datum)
         })
         .collect()
 }

@@ -278,6 +278,8 @@ pub fn job_spec(task: &TesTask, id: String, owner: String) -> Result<JobSpec, St
 pub fn tes_state(datum: &Datum) -> TesState {
     match datum.state {
         DatumState::Pending => TesState::Queued,
+        // Waiting in a node's queue: nothing has begun yet.
+        DatumState::Claimed if datum.claim.is_some_and(|c| c.queued) => TesState::Queued,
         DatumState::Claimed => TesState::Initializing,
         DatumState::Running => TesState::Running,
         DatumState::Canceling => TesState::Canceling,

@@ -111,6 +111,8 @@ pub struct State {
     pending: BTreeSet<DatumKey>,
     /// Derived: datums each node holds a claim on.
     claims: BTreeMap<NodeId, BTreeSet<DatumKey>>,
+    /// Derived: claimed datums waiting in their node's queue (stealable).
+    queued: BTreeSet<DatumKey>,
     /// Rows changed since the last [`State::take_dirty`]; not part of the state's value.
     dirty: BTreeSet<RowKey>,
 }
@@ -167,7 +169,17 @@ impl State {
                 datums,
                 seal,
             } => self.add_datums(now_ms, job_id, datums, *seal),
-            Command::ClaimBatch { node_id, max } => self.claim_batch(index, now_ms, *node_id, *max),
+            Command::ClaimBatch {
+                node_id,
+                max,
+                queue,
+            } => self.claim_batch(index, now_ms, *node_id, *max, *queue),
+            Command::Begin {
+                node_id,
+                datum,
+                fence,
+            } => self.begin(*node_id, *datum, *fence),
+            Command::HandBack { node_id, datums } => self.hand_back(now_ms, *node_id, datums),
             Command::Started { datum, fence } => self.started(now_ms, *datum, *fence),
             Command::CompleteBatch { node_id, reports } => {
                 self.complete_batch(now_ms, *node_id, reports)
@@ -234,12 +246,16 @@ impl State {
             .collect();
         self.pending.clear();
         self.claims.clear();
+        self.queued.clear();
         for (key, datum) in &self.datums {
             if datum.state == crate::job::DatumState::Pending {
                 self.pending.insert(*key);
             }
             if let Some(claim) = datum.claim {
                 self.claims.entry(claim.node).or_default().insert(*key);
+                if claim.queued {
+                    self.queued.insert(*key);
+                }
             }
         }
     }

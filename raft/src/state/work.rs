@@ -6,6 +6,10 @@
 //!   granted it, and a report counts only with the datum's current fence and node.
 //! - Claims go out in FIFO order across jobs (job sequence, then datum index), skipping jobs at
 //!   their `parallelism`; draining nodes get nothing.
+//! - A claim granted for a node's queue (prefetch) is `queued` until the node `Begin`s it.
+//!   When nothing is pending, a node with free slots steals queued claims from other nodes,
+//!   the latest first; the attempt keeps its number, since it never began. Queued claims
+//!   canceled, handed back or expired were never attempts: they spend nothing.
 //! - Counts per job and the pending, claim and id indexes always agree with the datums.
 
 use std::ops::Bound;
@@ -192,6 +196,16 @@ impl State {
         self.touch_job(key.job, now_ms);
     }
 
+    /// Whether another node holds a queued claim `node` could steal.
+    pub fn has_stealable(&self, node: NodeId) -> bool {
+        self.queued.iter().any(|key| {
+            self.datums
+                .get(key)
+                .and_then(|d| d.claim)
+                .is_some_and(|c| c.node != node)
+        })
+    }
+
     /// Whether a `ClaimBatch` would grant anything now: a pending datum of a job below its
     /// `parallelism`. Costs one step per job at its cap, not one per pending datum.
     pub fn has_claimable(&self) -> bool {
@@ -223,6 +237,7 @@ impl State {
         now_ms: u64,
         node_id: NodeId,
         max: u32,
+        queue: u32,
     ) -> Outcome {
         let Some(node) = self.nodes.get(&node_id) else {
             return Outcome::UnknownNode { node_id };
@@ -230,9 +245,11 @@ impl State {
         if node.draining {
             return Outcome::Claimed { grants: Vec::new() };
         }
+        let now = max.min(CLAIM_BATCH_MAX) as usize;
+        let total = max.saturating_add(queue).min(CLAIM_BATCH_MAX) as usize;
         let mut grants = Vec::new();
         let mut cursor = Bound::Unbounded;
-        while grants.len() < max.min(CLAIM_BATCH_MAX) as usize {
+        while grants.len() < total {
             let Some(key) = self
                 .pending
                 .range((cursor, Bound::Unbounded))
@@ -252,17 +269,37 @@ impl State {
                 });
                 continue;
             }
-            grants.push(self.grant(key, node_id, fence, now_ms));
+            let queued = grants.len() >= now;
+            grants.push(self.grant(key, node_id, fence, now_ms, queued));
             cursor = Bound::Excluded(key);
+        }
+        while grants.len() < now {
+            let Some(key) = self.queued.iter().rev().copied().find(|key| {
+                self.datums
+                    .get(key)
+                    .and_then(|d| d.claim)
+                    .is_some_and(|c| c.node != node_id)
+            }) else {
+                break;
+            };
+            grants.push(self.steal(key, node_id, fence, now_ms));
         }
         Outcome::Claimed { grants }
     }
 
-    fn grant(&mut self, key: DatumKey, node: NodeId, fence: u64, now_ms: u64) -> Grant {
+    fn grant(
+        &mut self,
+        key: DatumKey,
+        node: NodeId,
+        fence: u64,
+        now_ms: u64,
+        queued: bool,
+    ) -> Grant {
         let claim = crate::job::Claim {
             node,
             fence,
             since_ms: now_ms,
+            queued,
         };
         let datum = self
             .datums
@@ -281,12 +318,109 @@ impl State {
             report: None,
         });
         self.claims.entry(node).or_default().insert(key);
+        if queued {
+            self.queued.insert(key);
+        }
         self.set_datum_state(key, DatumState::Claimed, now_ms);
         Grant {
             datum: key,
             fence,
             attempt: number,
+            queued,
         }
+    }
+
+    /// Takes a queued claim from its node and grants it to `node` to begin now.
+    fn steal(&mut self, key: DatumKey, node: NodeId, fence: u64, now_ms: u64) -> Grant {
+        self.drop_claim(key);
+        let datum = self
+            .datums
+            .get_mut(&key)
+            .expect("queued index names a datum");
+        datum.claim = Some(crate::job::Claim {
+            node,
+            fence,
+            since_ms: now_ms,
+            queued: false,
+        });
+        let attempt = datum
+            .attempts
+            .last_mut()
+            .expect("a claimed datum has an attempt");
+        attempt.node = node;
+        attempt.fence = fence;
+        attempt.claimed_ms = now_ms;
+        let number = attempt.number;
+        self.claims.entry(node).or_default().insert(key);
+        self.dirty.insert(RowKey::Datum(key));
+        self.touch_job(key.job, now_ms);
+        Grant {
+            datum: key,
+            fence,
+            attempt: number,
+            queued: false,
+        }
+    }
+
+    /// Removes the datum's claim and its traces in the indexes.
+    fn drop_claim(&mut self, key: DatumKey) -> Option<crate::job::Claim> {
+        let claim = self.datums.get_mut(&key)?.claim.take()?;
+        if let Some(held) = self.claims.get_mut(&claim.node) {
+            held.remove(&key);
+            if held.is_empty() {
+                self.claims.remove(&claim.node);
+            }
+        }
+        self.queued.remove(&key);
+        self.dirty.insert(RowKey::Datum(key));
+        Some(claim)
+    }
+
+    /// A queued claim goes back to pending as if never granted.
+    fn release_queued(&mut self, key: DatumKey, now_ms: u64) {
+        self.drop_claim(key);
+        if let Some(datum) = self.datums.get_mut(&key) {
+            datum.attempts.pop();
+        }
+        self.set_datum_state(key, DatumState::Pending, now_ms);
+    }
+
+    fn is_queued(&self, key: DatumKey) -> bool {
+        self.queued.contains(&key)
+    }
+
+    pub(super) fn begin(&mut self, node: NodeId, key: DatumKey, fence: u64) -> Outcome {
+        if !self.holds(key, fence, Some(node)) {
+            return Outcome::Reported {
+                accepted: 0,
+                stale: vec![key],
+            };
+        }
+        if let Some(claim) = self.datums.get_mut(&key).and_then(|d| d.claim.as_mut()) {
+            claim.queued = false;
+        }
+        self.queued.remove(&key);
+        self.dirty.insert(RowKey::Datum(key));
+        Outcome::Reported {
+            accepted: 1,
+            stale: Vec::new(),
+        }
+    }
+
+    pub(super) fn hand_back(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        datums: &[(DatumKey, u64)],
+    ) -> Outcome {
+        let mut changed = 0;
+        for &(key, fence) in datums {
+            if self.holds(key, fence, Some(node)) && self.is_queued(key) {
+                self.release_queued(key, now_ms);
+                changed += 1;
+            }
+        }
+        Outcome::Changed { datums: changed }
     }
 
     /// Whether `fence` (and `node`, when given) is the datum's live claim.
@@ -350,17 +484,10 @@ impl State {
         report: Option<AttemptReport>,
         now_ms: u64,
     ) {
+        self.drop_claim(key);
         let Some(datum) = self.datums.get_mut(&key) else {
             return;
         };
-        if let Some(claim) = datum.claim.take()
-            && let Some(held) = self.claims.get_mut(&claim.node)
-        {
-            held.remove(&key);
-            if held.is_empty() {
-                self.claims.remove(&claim.node);
-            }
-        }
         if let Some(attempt) = datum.attempts.last_mut() {
             attempt.ended_ms = Some(now_ms);
             attempt.outcome = Some(outcome);
@@ -416,6 +543,12 @@ impl State {
             .collect();
         let mut changed = 0;
         for (key, state) in keys {
+            if self.is_queued(key) {
+                // Never begun: nothing runs that must be stopped first.
+                self.finish_attempt(key, AttemptOutcome::Canceled, None, now_ms);
+                changed += 1;
+                continue;
+            }
             let next = match state {
                 DatumState::Pending => DatumState::Canceled,
                 DatumState::Claimed | DatumState::Running => DatumState::Canceling,
@@ -478,7 +611,11 @@ impl State {
                 .copied()
                 .collect();
             for key in keys {
-                self.finish_attempt(key, AttemptOutcome::LeaseExpired, None, now_ms);
+                if self.is_queued(key) {
+                    self.release_queued(key, now_ms);
+                } else {
+                    self.finish_attempt(key, AttemptOutcome::LeaseExpired, None, now_ms);
+                }
                 expired += 1;
             }
         }
@@ -560,7 +697,15 @@ mod tests {
         }
 
         fn claim(&mut self, node_id: NodeId, max: u32) -> Vec<Grant> {
-            match self.apply(Command::ClaimBatch { node_id, max }) {
+            self.claim_with_queue(node_id, max, 0)
+        }
+
+        fn claim_with_queue(&mut self, node_id: NodeId, max: u32, queue: u32) -> Vec<Grant> {
+            match self.apply(Command::ClaimBatch {
+                node_id,
+                max,
+                queue,
+            }) {
                 Outcome::Claimed { grants } => grants,
                 other => panic!("claim answered {other:?}"),
             }
@@ -622,6 +767,9 @@ mod tests {
             for datum in state.datums_of(*seq) {
                 *counts.slot(datum.state) += 1;
                 assert_eq!(datum.claim.is_some(), datum.state.is_claimed(), "{datum:?}");
+                if datum.claim.is_some_and(|c| c.queued) {
+                    assert_eq!(datum.state, DatumState::Claimed, "{datum:?}");
+                }
             }
             assert_eq!(counts, job.counts, "counts of job {seq}");
             assert_eq!(counts.total(), job.datum_count);
@@ -630,6 +778,7 @@ mod tests {
         copy.rebuild_indexes();
         assert_eq!(copy.pending, state.pending, "pending index");
         assert_eq!(copy.claims, state.claims, "claim index");
+        assert_eq!(copy.queued, state.queued, "queued index");
         assert_eq!(copy.job_ids, state.job_ids, "id index");
     }
 
@@ -865,7 +1014,8 @@ mod tests {
         assert!(matches!(
             log.apply(Command::ClaimBatch {
                 node_id: 99,
-                max: 1
+                max: 1,
+                queue: 0,
             }),
             Outcome::UnknownNode { .. }
         ));
@@ -910,6 +1060,94 @@ mod tests {
     }
 
     #[test]
+    fn queued_claims_are_stolen_latest_first_only_when_nothing_is_pending() {
+        let mut log = Log::new();
+        let job = log.submit("j", 4, 0, 1);
+        let grants = log.claim_with_queue(N1, 1, 2);
+        assert_eq!(keys(&grants), [(job, 0), (job, 1), (job, 2)]);
+        assert_eq!(
+            grants.iter().map(|g| g.queued).collect::<Vec<_>>(),
+            [false, true, true]
+        );
+        let fresh = log.claim(N2, 1);
+        assert_eq!(
+            keys(&fresh),
+            [(job, 3)],
+            "pending work comes before stealing"
+        );
+
+        let stolen = log.claim(N2, 1);
+        assert_eq!(
+            keys(&stolen),
+            [(job, 2)],
+            "the latest queued claim is stolen"
+        );
+        assert_eq!((stolen[0].attempt, stolen[0].queued), (1, false));
+        let datum = log.datum(job, 2);
+        assert_eq!(
+            datum.attempts.len(),
+            1,
+            "a stolen claim was never an attempt"
+        );
+        assert_eq!(datum.attempts[0].node, N2);
+        let begin = |grant: Grant| Command::Begin {
+            node_id: N1,
+            datum: grant.datum,
+            fence: grant.fence,
+        };
+        assert_eq!(
+            log.apply(begin(grants[2])),
+            Outcome::Reported {
+                accepted: 0,
+                stale: vec![grants[2].datum]
+            },
+            "the old holder cannot begin what was stolen"
+        );
+        assert!(matches!(
+            log.apply(begin(grants[1])),
+            Outcome::Reported { accepted: 1, .. }
+        ));
+        assert!(log.claim(N2, 1).is_empty(), "a begun claim stays put");
+        assert!(log.claim_with_queue(N1, 0, 0).is_empty());
+    }
+
+    #[test]
+    fn queued_claims_canceled_handed_back_or_expired_spend_nothing() {
+        let mut log = Log::new();
+        let canceled = log.submit("c", 1, 0, 1);
+        let queued = log.claim_with_queue(N1, 0, 1);
+        assert!(queued[0].queued);
+        log.apply(Command::CancelJob { job_id: "c".into() });
+        assert_eq!(
+            log.datum(canceled, 0).state,
+            DatumState::Canceled,
+            "nothing ran, so nothing has to stop first"
+        );
+
+        let job = log.submit("j", 2, 0, 1);
+        let queued = log.claim_with_queue(N1, 0, 2);
+        let handed = log.apply(Command::HandBack {
+            node_id: N1,
+            datums: vec![(queued[0].datum, queued[0].fence)],
+        });
+        assert_eq!(handed, Outcome::Changed { datums: 1 });
+        let back = log.datum(job, 0);
+        assert_eq!((back.state, back.attempts.len()), (DatumState::Pending, 0));
+
+        log.now_ms += LEASE_MS + 1;
+        log.heartbeat(N2);
+        log.apply(Command::ExpireLeases { lease_ms: LEASE_MS });
+        let expired = log.datum(job, 1);
+        assert_eq!(
+            (expired.state, expired.attempts.len()),
+            (DatumState::Pending, 0)
+        );
+        let again = log.claim(N2, 2);
+        assert_eq!(keys(&again), [(job, 0), (job, 1)]);
+        assert!(again.iter().all(|g| g.attempt == 1));
+    }
+
+    #[test]
     fn a_batch_applies_each_command_in_order_and_refuses_claims_inside() {
         let mut log = Log::new();
         let submit = |id: &str| Command::SubmitJob {
@@ -919,7 +1157,11 @@ mod tests {
         };
         let batch = Command::Batch(vec![
             submit("a"),
-            Command::ClaimBatch { node_id: N1, max: 1 },
+            Command::ClaimBatch {
+                node_id: N1,
+                max: 1,
+                queue: 0,
+            },
             submit("b"),
             Command::Batch(Vec::new()),
             submit("a"),
@@ -932,9 +1174,16 @@ mod tests {
         assert!(matches!(outcomes[1], Outcome::Refused { .. }));
         assert!(matches!(&outcomes[2], Outcome::JobSubmitted { job_id, .. } if job_id == "b"));
         assert!(matches!(outcomes[3], Outcome::Refused { .. }));
-        assert_eq!(outcomes[4], outcomes[0], "a repeat inside a batch is a repeat");
+        assert_eq!(
+            outcomes[4], outcomes[0],
+            "a repeat inside a batch is a repeat"
+        );
         assert_eq!(log.state.jobs.len(), 2);
-        assert_eq!(log.state.pending_count(), 2, "the claim inside took nothing");
+        assert_eq!(
+            log.state.pending_count(),
+            2,
+            "the claim inside took nothing"
+        );
         assert!(log.state.claims_of(N1).next().is_none());
     }
 
