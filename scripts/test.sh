@@ -5,10 +5,15 @@
 #   scripts/test.sh            # every test, the slow fault-injection group included
 #   scripts/test.sh --fast     # skip the slow group
 #
-# Installed when missing: cargo-nextest, bubblewrap (apt), moto[server] (PyPI, into .venv/).
+# Installed when missing: cargo-nextest, bubblewrap and busybox-static (apt), moto[server]
+# (PyPI, into .venv/).
+# Built: the test image shoal-test/busybox:latest (FROM scratch + Debian's static busybox; no
+# registry needed), when a Docker engine answers. Without one the docker tests are skipped
+# with a message, unless SHOAL_REQUIRE_DOCKER=1 (the default when CI is set).
 # Services started here (each on 127.0.0.1, on a free port, stopped on exit):
 #   - moto_server: a real S3-compatible server (PyPI `moto[server]`), in .venv/
-# Exported to the tests: SHOAL_BIN, SHOAL_TEST_S3_ENDPOINT, SHOAL_TEST_S3_KEY, SHOAL_TEST_S3_SECRET.
+# Exported to the tests: SHOAL_BIN, SHOAL_TEST_S3_ENDPOINT, SHOAL_TEST_S3_KEY, SHOAL_TEST_S3_SECRET,
+# SHOAL_TEST_IMAGE (when the engine answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -31,13 +36,35 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# --- bubblewrap, the process executor's sandbox (Debian package) -------------------------------
-if ! command -v bwrap >/dev/null 2>&1; then
-  log "installing bubblewrap"
+# --- Debian packages: bubblewrap (the process executor's sandbox), busybox-static (test image) --
+missing=()
+command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
+dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
   sudo_cmd=""
   if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq bubblewrap >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- the test image, built locally (there is no registry to pull from) -------------------------
+test_image="shoal-test/busybox:latest"
+if docker version >/dev/null 2>&1; then
+  if ! docker image inspect "$test_image" >/dev/null 2>&1; then
+    log "building $test_image from Debian's static busybox"
+    context=$(mktemp -d)
+    cp /bin/busybox "$context/busybox"
+    printf 'FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox","--install","-s","/bin"]\nCMD ["/bin/sh"]\n' >"$context/Dockerfile"
+    DOCKER_BUILDKIT=0 docker build -q -t "$test_image" "$context" >/dev/null 2>&1
+    rm -rf "$context"
+  fi
+  export SHOAL_TEST_IMAGE="$test_image"
+elif [ "${SHOAL_REQUIRE_DOCKER:-${CI:+1}}" = 1 ]; then
+  log "no Docker engine answers, and the docker tests are required here (CI or SHOAL_REQUIRE_DOCKER=1)"
+  exit 1
+else
+  log "no Docker engine answers: the docker executor tests will be skipped"
 fi
 
 # --- python venv with moto (S3) ------------------------------------------------------------

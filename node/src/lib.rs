@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use libp2p::Multiaddr;
 use shoal_raft::{Cluster, ClusterConfig};
+use shoal_worker::{DockerExecutor, ExecutorKind};
 
 pub use config::Config;
 
@@ -45,20 +46,43 @@ pub enum NodeError {
 /// Stdout and stderr bytes kept per step in a task's log.
 const TAIL_BYTES_MAX: usize = 64 * 1024;
 
-/// The executor this node runs attempts with; `auto` is `process` until the docker executor
-/// exists.
-fn executor_kind(config: &Config) -> Result<shoal_worker::ExecutorKind, config::ConfigError> {
+/// The executor this node runs attempts with: `auto` is `docker` when a container engine
+/// answers, else `process`.
+async fn executor_kind(config: &Config) -> Result<ExecutorKind, config::ConfigError> {
     match config.worker.executor.as_str() {
-        "auto" | "process" => Ok(shoal_worker::ExecutorKind::Process),
-        "noop" => Ok(shoal_worker::ExecutorKind::Noop),
+        "docker" => match DockerExecutor::connect().await {
+            Ok(docker) => Ok(ExecutorKind::Docker(docker)),
+            Err(reason) => Err(config::ConfigError::Invalid {
+                key: "worker.executor",
+                reason: format!("docker: {reason}"),
+            }),
+        },
+        "auto" => match DockerExecutor::connect().await {
+            Ok(docker) => {
+                tracing::info!(
+                    api = docker.api_version(),
+                    "container engine found: docker executor"
+                );
+                Ok(ExecutorKind::Docker(docker))
+            }
+            Err(reason) => {
+                tracing::info!(%reason, "no container engine: process executor");
+                Ok(ExecutorKind::Process)
+            }
+        },
+        "process" => Ok(ExecutorKind::Process),
+        "noop" => Ok(ExecutorKind::Noop),
         other => Err(config::ConfigError::Invalid {
             key: "worker.executor",
-            reason: format!("{other:?} is not available in this build (use process or noop)"),
+            reason: format!("{other:?} is not an executor (use auto, docker, process or noop)"),
         }),
     }
 }
 
-fn worker_config(config: &Config) -> Result<shoal_worker::WorkerConfig, NodeError> {
+fn worker_config(
+    config: &Config,
+    executor: ExecutorKind,
+) -> Result<shoal_worker::WorkerConfig, NodeError> {
     let work_dir = if config.worker.workdir.is_empty() {
         config.data_dir.join("work")
     } else {
@@ -79,7 +103,7 @@ fn worker_config(config: &Config) -> Result<shoal_worker::WorkerConfig, NodeErro
     };
     Ok(shoal_worker::WorkerConfig {
         slots: config.slots(),
-        executor: executor_kind(config)?,
+        executor,
         work_dir,
         tail_bytes_max: TAIL_BYTES_MAX,
         keep_workdirs: false,
@@ -87,7 +111,11 @@ fn worker_config(config: &Config) -> Result<shoal_worker::WorkerConfig, NodeErro
     })
 }
 
-fn cluster_config(config: &Config, http_url: String) -> Result<ClusterConfig, NodeError> {
+fn cluster_config(
+    config: &Config,
+    http_url: String,
+    executor: &ExecutorKind,
+) -> Result<ClusterConfig, NodeError> {
     let parse = |key: &'static str, text: &str| {
         Multiaddr::from_str(text).map_err(|e| config::ConfigError::Invalid {
             key,
@@ -119,7 +147,7 @@ fn cluster_config(config: &Config, http_url: String) -> Result<ClusterConfig, No
         log_kept_entries: config.raft.log_kept_entries,
         lease_ms: config.worker.lease_ms,
         slots: config.slots(),
-        executor: executor_kind(config)?.name().to_string(),
+        executor: executor.name().to_string(),
     })
 }
 
@@ -144,8 +172,10 @@ pub async fn run(
     } else {
         config.http.advertise_url.trim_end_matches('/').to_string()
     };
-    let worker_config = worker_config(&config)?;
-    let cluster = Cluster::start(cluster_config(&config, http_url.clone())?).await?;
+    let executor = executor_kind(&config).await?;
+    let cluster_config = cluster_config(&config, http_url.clone(), &executor)?;
+    let worker_config = worker_config(&config, executor)?;
+    let cluster = Cluster::start(cluster_config).await?;
     let worker = shoal_worker::Worker::start(cluster.clone(), worker_config).await?;
     tracing::info!(%http_url, data_dir = %config.data_dir.display(), "node serving");
 

@@ -174,6 +174,8 @@ impl TestCluster {
         config.worker.executor = self.options.executor.clone();
         config.worker.lease_ms = self.options.lease_ms;
         config.worker.slots = self.options.slots;
+        std::fs::create_dir_all(self.files_dir())?;
+        config.storage.allowed_local_roots = vec![self.files_dir()];
         if let Some(key) = &self.options.cluster_key_file {
             config.p2p.cluster_key_file = key.display().to_string();
         }
@@ -188,6 +190,12 @@ impl TestCluster {
             child: None,
         });
         Ok(index)
+    }
+
+    /// A directory every node may read and write through `file://` URLs (task inputs and
+    /// outputs in tests).
+    pub fn files_dir(&self) -> PathBuf {
+        self.dir.path().join("files")
     }
 
     /// Starts `count` nodes and waits until they form one cluster with every member registered.

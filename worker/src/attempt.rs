@@ -15,7 +15,7 @@ use shoal_storage::{EntryKind, Transfers, host_path_for};
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::executor::{Bind, ExecutorKind, StepRun};
+use crate::executor::{Bind, StepRun, container_name};
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -174,7 +174,8 @@ async fn upload_outputs(
     Ok(files)
 }
 
-/// Runs the executors in order; returns whether one failed.
+/// Runs the executors in order, stopping at the first that fails unless it says
+/// `ignore_error`; returns whether one failed (ignored or not).
 async fn run_steps(
     shared: &Shared,
     job: &Job,
@@ -192,8 +193,10 @@ async fn run_steps(
         ),
         ("SHOAL_ATTEMPT".to_string(), grant.attempt.to_string()),
     ];
+    let node_label = shoal_raft::format_node_id(shared.cluster.node_id());
+    let (datum_index, attempt) = (grant.datum.index.to_string(), grant.attempt.to_string());
     let mut failed = false;
-    for spec in &job.spec.task.executors {
+    for (index, spec) in job.spec.task.executors.iter().enumerate() {
         if cancel.is_cancelled() {
             break;
         }
@@ -215,6 +218,15 @@ async fn run_steps(
             binds,
             extra_env: &extra_env,
             tail_bytes_max: shared.config.tail_bytes_max,
+            resources: &job.spec.task.resources,
+            container_name: container_name(&[
+                &node_label,
+                &job.spec.id,
+                &datum_index,
+                &attempt,
+                &index.to_string(),
+            ]),
+            node_label: &node_label,
         };
         let start_ms = now_ms();
         let outcome = match shared.config.executor.run(&step, cancel).await {
@@ -236,6 +248,8 @@ async fn run_steps(
             stdout_tail: outcome.stdout_tail,
             stderr_tail: outcome.stderr_tail,
         });
+        // As in Funnel: with `ignore_error` the next executor still runs, but the failure
+        // stands and the task ends EXECUTOR_ERROR.
         if exit_code != 0 {
             failed = true;
             if !spec.ignore_error {
@@ -282,7 +296,7 @@ pub async fn run(shared: Arc<Shared>, grant: Grant, cancel: CancellationToken) -
         grant.attempt,
         shared.config.executor.name()
     ));
-    if shared.config.executor == ExecutorKind::Noop && !moves_files(&job, &datum) {
+    if shared.config.executor.is_noop() && !moves_files(&job, &datum) {
         // Nothing runs and nothing moves: no attempt dir to make (the benchmark executor
         // measures orchestration, not the file system).
         return run_without_files(&shared, &job, &grant, run, &cancel).await;

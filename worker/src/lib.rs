@@ -33,7 +33,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use executor::{ExecutorKind, bwrap_available};
+pub use executor::{DockerExecutor, ExecutorKind, bwrap_available};
 
 /// Most claims a node holds in its queue beyond its free slots.
 const PREFETCH_MAX: u32 = 4;
@@ -132,6 +132,16 @@ impl Worker {
                 path: config.work_dir.clone(),
                 source: std::io::Error::other(e),
             })??;
+        if let ExecutorKind::Docker(docker) = &config.executor {
+            let node = shoal_raft::format_node_id(cluster.node_id());
+            match docker.remove_leftovers(&node).await {
+                Ok(0) => {}
+                Ok(count) => {
+                    tracing::info!(count, "removed containers of this node's previous run")
+                }
+                Err(error) => tracing::warn!(%error, "cannot list this node's old containers"),
+            }
+        }
         let (reports, queue) = mpsc::channel(REPORT_QUEUE_MAX);
         let shared = Arc::new(Shared {
             cluster,

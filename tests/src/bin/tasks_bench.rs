@@ -5,10 +5,14 @@
 //! (b) the same with the `process` executor running `true`, beside the rate of spawning
 //!     `true` in a plain loop on this machine;
 //! (c) submit-to-COMPLETE latency of a single `true` task through the `process` executor,
-//!     as a client sees it (p50, p99).
+//!     as a client sees it (p50, p99);
+//! (d) the same through the `docker` executor in the test image (`SHOAL_TEST_IMAGE`, default
+//!     `shoal-test/busybox:latest`, built by `scripts/test.sh`), beside `docker run --rm` of
+//!     the same image and command.
 //!
-//! `tasks_bench [--tasks N] [--process-tasks N] [--latency-runs N]`; use a release build of
-//! `shoal` through `SHOAL_BIN=target/release/shoal`.
+//! `tasks_bench [--tasks N] [--process-tasks N] [--latency-runs N] [--docker-runs N]`; use a
+//! release build of `shoal` through `SHOAL_BIN=target/release/shoal`. `--docker-runs 0` skips
+//! (d).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,6 +28,7 @@ struct Args {
     tasks: usize,
     process_tasks: usize,
     latency_runs: usize,
+    docker_runs: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -31,6 +36,7 @@ fn parse_args() -> Result<Args> {
         tasks: 10_000,
         process_tasks: 10_000,
         latency_runs: 200,
+        docker_runs: 100,
     };
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
@@ -42,6 +48,7 @@ fn parse_args() -> Result<Args> {
             "--tasks" => args.tasks = value,
             "--process-tasks" => args.process_tasks = value,
             "--latency-runs" => args.latency_runs = value,
+            "--docker-runs" => args.docker_runs = value,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -49,7 +56,11 @@ fn parse_args() -> Result<Args> {
 }
 
 fn true_task() -> serde_json::Value {
-    json!({ "executors": [{ "image": "busybox", "command": ["true"] }] })
+    task_in("busybox")
+}
+
+fn task_in(image: &str) -> serde_json::Value {
+    json!({ "executors": [{ "image": image, "command": ["true"] }] })
 }
 
 async fn start(executor: &str, slots: u32) -> Result<TestCluster> {
@@ -132,13 +143,14 @@ fn percentile(samples: &mut [Duration], q: f64) -> f64 {
     samples[rank - 1].as_secs_f64() * 1000.0
 }
 
-async fn latency(runs: usize) -> Result<()> {
-    let cluster = start("process", 2).await?;
+/// Submit-to-COMPLETE of one task at a time, round-robin over the nodes: (p50, p99) in ms.
+async fn latency(executor: &str, task: &serde_json::Value, runs: usize) -> Result<(f64, f64)> {
+    let cluster = start(executor, 2).await?;
     let mut samples = Vec::with_capacity(runs);
     for i in 0..runs {
         let node = i % 3;
         let started = Instant::now();
-        let id = cluster.submit_task(node, &true_task()).await?;
+        let id = cluster.submit_task(node, task).await?;
         loop {
             let task = cluster.task(node, &id, "MINIMAL").await?;
             match task["state"].as_str() {
@@ -149,12 +161,45 @@ async fn latency(runs: usize) -> Result<()> {
         }
         samples.push(started.elapsed());
     }
-    let (p50, p99) = (
+    Ok((
         percentile(&mut samples, 0.5),
         percentile(&mut samples, 0.99),
-    );
+    ))
+}
+
+/// `docker run --rm IMAGE true`, one at a time: (p50, p99) in ms.
+fn docker_run_latency(image: &str, runs: usize) -> Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        let status = std::process::Command::new("docker")
+            .args(["run", "--rm", image, "true"])
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("docker run --rm {image} true failed");
+        }
+        samples.push(started.elapsed());
+    }
+    Ok((
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.99),
+    ))
+}
+
+async fn container_latency(runs: usize) -> Result<()> {
+    let image = std::env::var("SHOAL_TEST_IMAGE")
+        .unwrap_or_else(|_| "shoal-test/busybox:latest".to_string());
+    let (p50, p99) = latency("docker", &task_in(&image), runs).await?;
     println!(
-        "  submit to COMPLETE, one `true` task at a time: p50 {p50:.1} ms, p99 {p99:.1} ms (n = {runs})"
+        "  shoal, docker executor, `true` in {image}: p50 {p50:.1} ms, p99 {p99:.1} ms (n = {runs})"
+    );
+    let (raw50, raw99) = docker_run_latency(&image, runs)?;
+    println!("  docker run --rm {image} true: p50 {raw50:.1} ms, p99 {raw99:.1} ms (n = {runs})");
+    println!(
+        "  shoal / docker run: p50 {:.2}, p99 {:.2}",
+        p50 / raw50,
+        p99 / raw99
     );
     Ok(())
 }
@@ -173,5 +218,14 @@ async fn main() -> Result<()> {
         shoal / raw
     );
     println!("\n(c) latency:");
-    latency(args.latency_runs).await
+    let (p50, p99) = latency("process", &true_task(), args.latency_runs).await?;
+    println!(
+        "  submit to COMPLETE, one `true` task at a time: p50 {p50:.1} ms, p99 {p99:.1} ms (n = {})",
+        args.latency_runs
+    );
+    if args.docker_runs > 0 {
+        println!("\n(d) container latency, one task at a time:");
+        container_latency(args.docker_runs).await?;
+    }
+    Ok(())
 }

@@ -2,36 +2,43 @@
 //! container paths the task names, stdout/stderr captured into tails (and files when asked).
 //!
 //! - `process`: host processes in a private root built by bubblewrap (`bwrap`).
+//! - `docker`: containers through the local engine's API (bollard).
 //! - `noop`: succeeds at once without running anything — for benchmarks only.
-//!
-//! The `docker` executor (bollard) is still to come.
 
+mod docker;
 mod noop;
 mod process;
 
 use std::path::{Path, PathBuf};
 
-use shoal_raft::job::ExecutorSpec;
+use shoal_raft::job::{ExecutorSpec, Resources};
 use tokio_util::sync::CancellationToken;
 
+pub use docker::{DockerExecutor, container_name};
 pub use process::bwrap_available;
 
 /// Exit code reported for a step killed by cancellation (as a shell reports SIGKILL).
 pub const KILLED_EXIT_CODE: i32 = 137;
 
 /// Which executor a node runs attempts with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ExecutorKind {
+    Docker(DockerExecutor),
     Process,
     Noop,
 }
 
 impl ExecutorKind {
-    pub fn name(self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
+            ExecutorKind::Docker(_) => "docker",
             ExecutorKind::Process => "process",
             ExecutorKind::Noop => "noop",
         }
+    }
+
+    pub fn is_noop(&self) -> bool {
+        matches!(self, ExecutorKind::Noop)
     }
 }
 
@@ -56,6 +63,12 @@ pub struct StepRun<'a> {
     /// Variables set on top of the task's `env`.
     pub extra_env: &'a [(String, String)],
     pub tail_bytes_max: usize,
+    /// The task's cpu and memory limits (applied by the docker executor).
+    pub resources: &'a Resources,
+    /// A name unique to this step of this attempt on this node (a container's name).
+    pub container_name: String,
+    /// Marks what this node creates, so a restart finds it (a container label).
+    pub node_label: &'a str,
 }
 
 /// How a step ended.
@@ -83,16 +96,21 @@ pub enum ExecutorError {
     Io(#[from] std::io::Error),
     #[error("the executor has no command")]
     NoCommand,
+    #[error("image {image:?} is not available: {reason}")]
+    Image { image: String, reason: String },
+    #[error("container engine: {0}")]
+    Engine(String),
 }
 
 impl ExecutorKind {
     /// Runs one step until it exits or `cancel` fires (then it is killed).
     pub async fn run(
-        self,
+        &self,
         step: &StepRun<'_>,
         cancel: &CancellationToken,
     ) -> Result<StepOutcome, ExecutorError> {
         match self {
+            ExecutorKind::Docker(docker) => docker.run(step, cancel).await,
             ExecutorKind::Process => process::run(step, cancel).await,
             ExecutorKind::Noop => Ok(noop::run(step)),
         }

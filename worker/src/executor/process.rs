@@ -72,10 +72,10 @@ fn check_beneath(root: &Path, path: &Path) -> std::io::Result<()> {
 }
 
 /// The step's stdio files, opened without following symlinks.
-struct Stdio3 {
-    stdin: Option<std::fs::File>,
-    stdout: Option<std::fs::File>,
-    stderr: Option<std::fs::File>,
+pub(super) struct Stdio3 {
+    pub(super) stdin: Option<std::fs::File>,
+    pub(super) stdout: Option<std::fs::File>,
+    pub(super) stderr: Option<std::fs::File>,
 }
 
 fn open_checked(root: &Path, path: &Path, write: bool) -> std::io::Result<std::fs::File> {
@@ -91,7 +91,7 @@ fn open_checked(root: &Path, path: &Path, write: bool) -> std::io::Result<std::f
 }
 
 /// Checks every bind source and opens the stdio files — blocking, so run off the reactor.
-fn prepare(
+pub(super) fn prepare(
     root: PathBuf,
     binds: Vec<PathBuf>,
     stdio: [Option<PathBuf>; 3],

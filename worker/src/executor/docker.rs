@@ -1,0 +1,413 @@
+//! The `docker` executor: each step runs in a container of its executor's image, through the
+//! local engine's API (bollard; Docker, or Podman's compatible socket).
+//!
+//! A step's container is named after the node, datum, attempt and step, and labelled with the
+//! node id so a restarted node finds and removes what its previous life left. It gets the
+//! attempt's paths as bind mounts (inputs read-only), the task's `workdir` and `env`, stdin
+//! from the task's file, stdout/stderr captured into tails and files, the task's cpu and
+//! memory limits, a read-only root filesystem with a writable `/tmp`, no privileges and no new
+//! ones. The image is pulled when the engine does not have it. Cancel kills the container;
+//! it is removed whatever happened.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use super::{ExecutorError, KILLED_EXIT_CODE, StepOutcome, StepRun};
+use crate::tail::Tail;
+
+/// Label naming the node that created a container.
+pub const NODE_LABEL: &str = "shoal.node";
+/// How long connecting to the engine may take before it counts as absent.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Processes one container may run (a fork bomb stays inside its step).
+const PIDS_MAX: i64 = 4096;
+
+/// A connection to the local container engine.
+#[derive(Clone)]
+pub struct DockerExecutor {
+    client: Docker,
+    /// The engine's API version after negotiation, for the logs.
+    api_version: String,
+}
+
+impl std::fmt::Debug for DockerExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerExecutor")
+            .field("api_version", &self.api_version)
+            .finish()
+    }
+}
+
+fn engine_error(error: &DockerError) -> String {
+    match error {
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => format!("the engine answered {status_code}: {message}"),
+        other => other.to_string(),
+    }
+}
+
+impl DockerExecutor {
+    /// Connects to the engine (`DOCKER_HOST`, else the local socket, else Podman's), agrees
+    /// on an API version and checks it answers.
+    pub async fn connect() -> Result<DockerExecutor, String> {
+        let mut reasons = Vec::new();
+        let candidates: [fn() -> Result<Docker, DockerError>; 2] = [
+            Docker::connect_with_local_defaults,
+            Docker::connect_with_podman_defaults,
+        ];
+        for connect in candidates {
+            let attempt = async {
+                let client = connect().map_err(|e| engine_error(&e))?;
+                let client = client
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| engine_error(&e))?;
+                client.ping().await.map_err(|e| engine_error(&e))?;
+                Ok::<_, String>(client)
+            };
+            match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+                Ok(Ok(client)) => {
+                    let api_version = client.client_version().to_string();
+                    return Ok(DockerExecutor {
+                        client,
+                        api_version,
+                    });
+                }
+                Ok(Err(reason)) => reasons.push(reason),
+                Err(_) => reasons.push(format!("no answer within {CONNECT_TIMEOUT:?}")),
+            }
+            if std::env::var_os("DOCKER_HOST").is_some() {
+                break;
+            }
+        }
+        Err(format!(
+            "no container engine answered: {}",
+            reasons.join("; ")
+        ))
+    }
+
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+
+    /// Removes every container labelled with `node` (left by a previous life of this node);
+    /// returns how many there were.
+    pub async fn remove_leftovers(&self, node: &str) -> Result<usize, String> {
+        let filters = HashMap::from([("label", vec![format!("{NODE_LABEL}={node}")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .client
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| engine_error(&e))?;
+        let mut removed = 0;
+        for container in containers {
+            let Some(id) = container.id else { continue };
+            self.remove(&id).await.map_err(|e| engine_error(&e))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match self.client.remove_container(id, Some(options)).await {
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Pulls `image` unless the engine has it.
+    async fn ensure_image(&self, image: &str) -> Result<(), ExecutorError> {
+        let image_error = |reason: String| ExecutorError::Image {
+            image: image.to_string(),
+            reason,
+        };
+        match self.client.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(error) => return Err(image_error(engine_error(&error))),
+        }
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut pull = self.client.create_image(Some(options), None, None);
+        while let Some(progress) = pull.next().await {
+            let progress = progress.map_err(|e| image_error(engine_error(&e)))?;
+            if let Some(error) = progress.error_detail.and_then(|d| d.message) {
+                return Err(image_error(error));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step in a fresh container until it exits or `cancel` fires.
+    pub async fn run(
+        &self,
+        step: &StepRun<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, ExecutorError> {
+        if step.spec.command.is_empty() {
+            return Err(ExecutorError::NoCommand);
+        }
+        if step.spec.image.is_empty() {
+            return Err(ExecutorError::Image {
+                image: String::new(),
+                reason: "the executor names no image".to_string(),
+            });
+        }
+        self.ensure_image(&step.spec.image).await?;
+        let binds = step.binds.iter().map(|b| b.host.clone()).collect();
+        let stdio = [step.stdin.clone(), step.stdout.clone(), step.stderr.clone()];
+        let root = step.attempt_dir.to_path_buf();
+        let files =
+            tokio::task::spawn_blocking(move || super::process::prepare(root, binds, stdio))
+                .await
+                .map_err(std::io::Error::other)??;
+        let name = &step.container_name;
+        // A container of the same name can only be this step's, from a run that was cut off.
+        self.remove(name).await.map_err(docker_failed)?;
+        let body = self.container_body(step, files.stdin.is_some())?;
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        self.client
+            .create_container(Some(options), body)
+            .await
+            .map_err(docker_failed)?;
+        let result = self.run_created(step, files, cancel).await;
+        if let Err(error) = self.remove(name).await {
+            tracing::warn!(container = %name, error = %engine_error(&error), "removing a container failed");
+        }
+        result
+    }
+
+    fn container_body(
+        &self,
+        step: &StepRun<'_>,
+        stdin: bool,
+    ) -> Result<ContainerCreateBody, ExecutorError> {
+        let mut mounts = Vec::new();
+        for bind in step.binds {
+            let source = std::path::absolute(&bind.host)?;
+            mounts.push(Mount {
+                target: Some(bind.container.to_string_lossy().into_owned()),
+                source: Some(source.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(bind.read_only),
+                ..Default::default()
+            });
+        }
+        mounts.sort_by_key(|m| m.target.as_ref().map(|t| t.matches('/').count()));
+        let resources = step.resources;
+        let memory = (resources.ram_bytes > 0).then_some(resources.ram_bytes as i64);
+        let nano_cpus = if resources.cpu_millis > 0 {
+            Some(resources.cpu_millis as i64 * 1_000_000)
+        } else if resources.cpu_cores > 0 {
+            Some(i64::from(resources.cpu_cores) * 1_000_000_000)
+        } else {
+            None
+        };
+        let host_config = HostConfig {
+            mounts: Some(mounts),
+            memory,
+            // No swap beyond the memory limit: a step over its limit is killed, not slowed.
+            memory_swap: memory,
+            nano_cpus,
+            pids_limit: Some(PIDS_MAX),
+            privileged: Some(false),
+            readonly_rootfs: Some(true),
+            tmpfs: Some(HashMap::from([("/tmp".to_string(), String::new())])),
+            security_opt: Some(vec!["no-new-privileges".to_string()]),
+            ..Default::default()
+        };
+        let env = step
+            .spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(step.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        Ok(ContainerCreateBody {
+            image: Some(step.spec.image.clone()),
+            cmd: Some(step.spec.command.clone()),
+            env: Some(env),
+            working_dir: (!step.spec.workdir.is_empty()).then(|| step.spec.workdir.clone()),
+            labels: Some(HashMap::from([(
+                NODE_LABEL.to_string(),
+                step.node_label.to_string(),
+            )])),
+            attach_stdin: Some(stdin),
+            open_stdin: Some(stdin),
+            stdin_once: Some(stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        })
+    }
+
+    async fn run_created(
+        &self,
+        step: &StepRun<'_>,
+        files: super::process::Stdio3,
+        cancel: &CancellationToken,
+    ) -> Result<StepOutcome, ExecutorError> {
+        let name = step.container_name.as_str();
+        let options = AttachContainerOptionsBuilder::default()
+            .stream(true)
+            .stdin(files.stdin.is_some())
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let attached = self
+            .client
+            .attach_container(name, Some(options))
+            .await
+            .map_err(docker_failed)?;
+        self.client
+            .start_container(name, None)
+            .await
+            .map_err(docker_failed)?;
+
+        let mut input = attached.input;
+        let feed = async {
+            if let Some(file) = files.stdin {
+                let mut file = tokio::fs::File::from_std(file);
+                let mut buf = vec![0_u8; 64 * 1024];
+                loop {
+                    let read = file.read(&mut buf).await?;
+                    if read == 0 {
+                        break;
+                    }
+                    // The step may exit without reading all of its input: not an error.
+                    if input.write_all(&buf[..read]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = input.shutdown().await;
+            Ok::<_, std::io::Error>(())
+        };
+        let max = step.tail_bytes_max;
+        let mut output = attached.output;
+        let capture = async {
+            let mut tails = (Tail::new(max), Tail::new(max));
+            let mut out = files.stdout.map(tokio::fs::File::from_std);
+            let mut err = files.stderr.map(tokio::fs::File::from_std);
+            while let Some(chunk) = output.next().await {
+                let (tail, file, bytes) = match chunk.map_err(docker_failed)? {
+                    bollard::container::LogOutput::StdOut { message } => {
+                        (&mut tails.0, out.as_mut(), message)
+                    }
+                    bollard::container::LogOutput::StdErr { message } => {
+                        (&mut tails.1, err.as_mut(), message)
+                    }
+                    _ => continue,
+                };
+                tail.push(&bytes);
+                if let Some(file) = file {
+                    file.write_all(&bytes).await?;
+                }
+            }
+            Ok::<_, ExecutorError>((tails.0.into_string(), tails.1.into_string()))
+        };
+        let waited = async {
+            let mut wait = self.client.wait_container(name, None);
+            tokio::select! {
+                status = wait.next() => Ok((exit_code(status)?, false)),
+                () = cancel.cancelled() => {
+                    let kill = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
+                    if let Err(error) = self.client.kill_container(name, Some(kill)).await {
+                        tracing::debug!(error = %engine_error(&error), "kill after cancel");
+                    }
+                    Ok::<_, ExecutorError>((KILLED_EXIT_CODE, true))
+                }
+            }
+        };
+        let ((), (stdout_tail, stderr_tail), (code, killed)) = tokio::try_join!(
+            async { feed.await.map_err(ExecutorError::Io) },
+            capture,
+            waited
+        )?;
+        let mut note = killed.then(|| "step killed: the attempt was canceled".to_string());
+        if !killed {
+            let inspect = self.client.inspect_container(name, None).await;
+            let oom = inspect
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.oom_killed)
+                .unwrap_or(false);
+            if oom {
+                note = Some(format!(
+                    "step killed for memory: it exceeded its limit of {} bytes",
+                    step.resources.ram_bytes
+                ));
+            }
+        }
+        Ok(StepOutcome {
+            exit_code: code,
+            stdout_tail,
+            stderr_tail,
+            note,
+        })
+    }
+}
+
+fn docker_failed(error: DockerError) -> ExecutorError {
+    ExecutorError::Engine(engine_error(&error))
+}
+
+/// The exit code from `wait_container`'s first answer. bollard reports a non-zero exit as
+/// an error carrying the code: that is the step's result, not a failure.
+fn exit_code(
+    status: Option<Result<bollard::models::ContainerWaitResponse, DockerError>>,
+) -> Result<i32, ExecutorError> {
+    match status {
+        Some(Ok(response)) => Ok(response.status_code as i32),
+        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code as i32),
+        Some(Err(error)) => Err(docker_failed(error)),
+        None => Err(ExecutorError::Engine(
+            "the engine ended the wait without a status".to_string(),
+        )),
+    }
+}
+
+/// A container name for a step: what Docker allows (`[a-zA-Z0-9][a-zA-Z0-9_.-]*`).
+pub fn container_name(parts: &[&str]) -> String {
+    let joined = parts.join("-");
+    let cleaned: String = joined
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("shoal-{cleaned}")
+}
