@@ -57,11 +57,50 @@ pub struct Config {
 pub struct HttpConfig {
     pub listen: String,
     /// Bearer tokens; empty means no auth, which is allowed only on loopback.
-    pub tokens: Vec<String>,
+    pub tokens: Vec<TokenConfig>,
     /// URL peers and clients should use for this node; defaults to `http://<listen>`.
     pub advertise_url: String,
     /// Largest request body accepted; larger ones get 413.
     pub body_bytes_max: usize,
+}
+
+/// One bearer token: a bare string is an administrator's; a table names a user, who sees only
+/// the tasks submitted with a token of the same name (unless `admin = true`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenConfig {
+    Admin(String),
+    User {
+        token: String,
+        name: String,
+        #[serde(default)]
+        admin: bool,
+    },
+}
+
+/// Name recorded for tasks submitted with a bare (administrator) token.
+pub const ADMIN_NAME: &str = "admin";
+
+impl TokenConfig {
+    pub fn token(&self) -> &str {
+        match self {
+            TokenConfig::Admin(token) | TokenConfig::User { token, .. } => token,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            TokenConfig::Admin(_) => ADMIN_NAME,
+            TokenConfig::User { name, .. } => name,
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        match self {
+            TokenConfig::Admin(_) => true,
+            TokenConfig::User { admin, .. } => *admin,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,11 +243,22 @@ impl Config {
                 ),
             ));
         }
-        if self.http.tokens.len() > TOKENS_MAX || self.http.tokens.iter().any(|t| t.len() < 16) {
+        let tokens = &self.http.tokens;
+        if tokens.len() > TOKENS_MAX || tokens.iter().any(|t| t.token().len() < 16) {
             return Err(invalid(
                 "http.tokens",
                 format!("at most {TOKENS_MAX}, each at least 16 characters"),
             ));
+        }
+        if tokens
+            .iter()
+            .any(|t| t.name().is_empty() || t.name().len() > 128)
+        {
+            return Err(invalid("http.tokens", "a name must be 1 to 128 bytes"));
+        }
+        let distinct: std::collections::BTreeSet<&str> = tokens.iter().map(|t| t.token()).collect();
+        if distinct.len() != tokens.len() {
+            return Err(invalid("http.tokens", "a token is listed twice"));
         }
         Multiaddr::from_str(&self.p2p.listen).map_err(|e| invalid("p2p.listen", e.to_string()))?;
         let p2p_loopback =
@@ -330,7 +380,7 @@ mod tests {
         let error = config.validate(false).expect_err("refused");
         assert!(error.to_string().contains("http.listen"), "{error}");
         config.validate(true).expect("allowed with --insecure");
-        config.http.tokens = vec!["a-token-of-enough-length".to_string()];
+        config.http.tokens = vec![TokenConfig::Admin("a-token-of-enough-length".to_string())];
         config.validate(false).expect("allowed with tokens");
     }
 

@@ -45,6 +45,6 @@ pub use download::{DownloadSummary, EntryKind};
 pub use error::StorageError;
 pub use expand::{AtomInput, InputTree, expand_atom, expand_tree};
 pub use local::{LocalRoots, container_path_below_mount, host_path_for};
-pub use resolve::{Access, Backend, Location, Resolver};
+pub use resolve::{Access, Backend, Location, Resolver, SCHEMES};
 pub use transfers::Transfers;
 pub use upload::UploadedFile;

@@ -75,6 +75,10 @@ pub struct Resolver {
     stores: Mutex<HashMap<StoreKey, Arc<dyn ObjectStore>>>,
 }
 
+/// URL schemes the resolver handles (`http` and `https` for reading only), as the TES
+/// service-info lists them.
+pub const SCHEMES: [&str; 7] = ["file", "s3", "gs", "az", "http", "https", "content"];
+
 impl Resolver {
     /// Builds a resolver. `work_dir` is where attempts keep their files; it is always allowed
     /// and is created if missing. Blocking (creates and canonicalises directories, reads the

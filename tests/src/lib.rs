@@ -104,6 +104,10 @@ pub struct ClusterOptions {
     pub executor: String,
     pub slots: u32,
     pub extra_env: Vec<(String, String)>,
+    /// `http.tokens` of every node.
+    pub tokens: Vec<shoal_node::config::TokenConfig>,
+    /// Bearer token the harness's own requests carry.
+    pub client_token: Option<String>,
 }
 
 impl Default for ClusterOptions {
@@ -118,6 +122,8 @@ impl Default for ClusterOptions {
             executor: "process".to_string(),
             slots: 2,
             extra_env: Vec::new(),
+            tokens: Vec::new(),
+            client_token: None,
         }
     }
 }
@@ -140,8 +146,16 @@ impl TestCluster {
             .iter()
             .map(|p| format!("/ip4/127.0.0.1/tcp/{p}"))
             .collect();
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &options.client_token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse()?,
+            );
+        }
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(headers)
             .build()?;
         let mut cluster = TestCluster {
             dir,
@@ -174,6 +188,7 @@ impl TestCluster {
         config.worker.executor = self.options.executor.clone();
         config.worker.lease_ms = self.options.lease_ms;
         config.worker.slots = self.options.slots;
+        config.http.tokens = self.options.tokens.clone();
         std::fs::create_dir_all(self.files_dir())?;
         config.storage.allowed_local_roots = vec![self.files_dir()];
         if let Some(key) = &self.options.cluster_key_file {
@@ -403,6 +418,33 @@ impl TestCluster {
             status,
             response.json().await.unwrap_or(serde_json::Value::Null),
         ))
+    }
+
+    /// Sends `method path` to node `index` with exactly the given bearer token (none: no
+    /// header) and headers; returns the status, the answer's headers and its JSON (or Null).
+    pub async fn request(
+        &self,
+        index: usize,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, serde_json::Value)> {
+        let url = format!("{}{path}", self.nodes[index].http_url());
+        let mut request = reqwest::Client::new()
+            .request(method, &url)
+            .timeout(Duration::from_secs(30));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(serde_json::Value::Null);
+        Ok((status, headers, body))
     }
 
     /// Submits a TES task through node `index`; returns its id.

@@ -1,13 +1,13 @@
 //! `/v1/cluster`: who is in the cluster, and the operator's actions on nodes
 //! (drain, undrain, remove). A node is named by its 16-hex-digit id or its name.
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use shoal_raft::cluster::{Op, OpResult};
 use shoal_raft::{Command, NodeId, Outcome, format_node_id, parse_node_id};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::api::{ClusterView, DrainView, RemovedView};
 
 #[derive(Debug, Deserialize)]
@@ -66,8 +66,10 @@ fn resolve_node(state: &AppState, name_or_id: &str) -> Result<NodeId, ApiError> 
 /// `POST /v1/cluster/nodes/{id}:drain` and `{id}:undrain`.
 pub async fn node_action(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(target): Path<String>,
 ) -> Result<Json<DrainView>, ApiError> {
+    caller.require_admin()?;
     let (node, action) = target
         .rsplit_once(':')
         .ok_or_else(|| ApiError::not_found(format!("no action in {target:?}; use {{id}}:drain")))?;
@@ -104,8 +106,10 @@ pub async fn node_action(
 /// `DELETE /v1/cluster/nodes/{id}`: takes the node out of the Raft group and the registry.
 pub async fn remove(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(target): Path<String>,
 ) -> Result<Json<RemovedView>, ApiError> {
+    caller.require_admin()?;
     let node_id = resolve_node(&state, &target)?;
     let member = state
         .cluster

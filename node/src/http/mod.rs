@@ -1,10 +1,13 @@
 //! The HTTP API every node serves (axum): operations endpoints and shoal's own `/v1` API.
 //!
-//! Layers, outermost first: body-size limit (413 beyond `http.body_bytes_max`), bearer-token
-//! auth when `http.tokens` is set (health probes stay open), then the routes.
+//! Layers, outermost first: CORS (any origin, so browser clients work; preflights are
+//! answered before auth), body-size limit (413 beyond `http.body_bytes_max`), bearer-token
+//! auth when `http.tokens` is set (health probes and `/openapi.json` stay open), then the
+//! routes. Auth tells the handlers who calls ([`Caller`]).
 
 mod cluster;
 mod error;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -18,11 +21,42 @@ use shoal_raft::Cluster;
 
 pub use error::ApiError;
 
+use crate::config::TokenConfig;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub cluster: Cluster,
-    pub tokens: Arc<Vec<String>>,
+    pub tokens: Arc<Vec<TokenConfig>>,
+}
+
+/// Who sent a request, as its bearer token says. Without tokens configured every caller is
+/// an anonymous administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// Recorded as the owner of what the caller submits.
+    pub name: String,
+    /// Sees everyone's tasks and may manage the cluster.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// Whether this caller may see and cancel what `owner` submitted.
+    pub fn sees(&self, owner: &str) -> bool {
+        self.admin || self.name == owner
+    }
+
+    /// Refuses callers who are not administrators (403).
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.admin {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("token {:?} is not an administrator's", self.name),
+            ))
+        }
+    }
 }
 
 /// Where the TES API is served: its own base path, and `/v1` (used by the TES compliance
@@ -35,7 +69,11 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         router = router
             .route(
                 &format!("{prefix}/tasks"),
-                axum::routing::post(crate::tes::create),
+                get(crate::tes::list).post(crate::tes::create),
+            )
+            .route(
+                &format!("{prefix}/service-info"),
+                get(crate::tes::service_info),
             )
             .route(
                 &format!("{prefix}/tasks/{{target}}"),
@@ -45,6 +83,7 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
     router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
         .route("/v1/cluster", get(cluster::status))
         .route(
             "/v1/cluster/nodes/{target}",
@@ -52,7 +91,12 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(tower_http::cors::CorsLayer::permissive())
         .with_state(state)
+}
+
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(openapi::document())
 }
 
 async fn healthz() -> &'static str {
@@ -81,9 +125,16 @@ fn same_token(given: &[u8], known: &[u8]) -> bool {
             == 0
 }
 
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let open = matches!(request.uri().path(), "/healthz" | "/readyz");
+async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let open = matches!(
+        request.uri().path(),
+        "/healthz" | "/readyz" | "/openapi.json"
+    );
     if state.tokens.is_empty() || open {
+        request.extensions_mut().insert(Caller {
+            name: String::new(),
+            admin: state.tokens.is_empty(),
+        });
         return next.run(request).await;
     }
     let given = request
@@ -92,11 +143,25 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::as_bytes);
-    match given {
-        Some(given) if state.tokens.iter().any(|t| same_token(given, t.as_bytes())) => {
+    let known = given.and_then(|given| {
+        state.tokens.iter().fold(None, |found, t| match found {
+            None if same_token(given, t.token().as_bytes()) => Some(t),
+            found => found,
+        })
+    });
+    match (given, known) {
+        (_, Some(token)) => {
+            request.extensions_mut().insert(Caller {
+                name: token.name().to_string(),
+                admin: token.is_admin(),
+            });
             next.run(request).await
         }
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token").into_response(),
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response(),
+        (Some(_), None) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token").into_response()
+        }
+        (None, _) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response()
+        }
     }
 }

@@ -24,8 +24,9 @@ pub const ENV_MAX: usize = 1024;
 /// Backend parameters this cluster honours (none yet).
 pub const BACKEND_PARAMETERS: [&str; 0] = [];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum View {
+    #[default]
     Minimal,
     Basic,
     Full,

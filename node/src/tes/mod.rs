@@ -3,24 +3,37 @@
 //!
 //! - `model`: the TES JSON types.
 //! - `convert`: validation into a `JobSpec`, and views of a job as a TES task.
-//! - this file: the handlers (create, get, cancel) and task ids.
+//! - this file: the handlers (service-info, create, get, list, cancel) and task ids.
+//!
+//! A caller sees only the tasks submitted under its token's name, unless it is an
+//! administrator (or the node has no tokens); others' tasks answer 404 as if absent.
 
 pub mod convert;
 pub mod model;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use shoal_raft::job::JobKind;
 use shoal_raft::{Command, Outcome, format_node_id};
 
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, Caller};
 use convert::View;
-use model::{TesCreateTaskResponse, TesTask};
+use model::{
+    ServiceOrganization, ServiceType, TesCreateTaskResponse, TesListTasksResponse, TesServiceInfo,
+    TesState, TesTask,
+};
+
+/// Tasks in one list page unless the client asks otherwise.
+pub const PAGE_SIZE_DEFAULT: usize = 256;
+/// Most tasks in one list page; larger requests are cut to it.
+pub const PAGE_SIZE_MAX: usize = 2047;
+/// Most tag filters in one list request.
+const TAG_FILTERS_MAX: usize = 64;
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -67,16 +80,54 @@ pub struct GetParams {
     view: Option<String>,
 }
 
+/// `GET /service-info`.
+pub async fn service_info(State(state): State<AppState>) -> Json<TesServiceInfo> {
+    let cluster_id = state
+        .cluster
+        .view()
+        .read()
+        .cluster_id
+        .clone()
+        .unwrap_or_default();
+    let url = state.cluster.addr().http_url.clone();
+    Json(TesServiceInfo {
+        id: format!("shoal.cluster.{}", cluster_id.to_lowercase()),
+        name: "shoal".to_string(),
+        kind: ServiceType {
+            group: "org.ga4gh".to_string(),
+            artifact: "tes".to_string(),
+            version: "1.1.0".to_string(),
+        },
+        description: "shoal: a masterless batch-processing cluster".to_string(),
+        organization: ServiceOrganization {
+            name: format!("shoal cluster {cluster_id}"),
+            url: url.clone(),
+        },
+        documentation_url: format!("{url}/openapi.json"),
+        environment: "production".to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        storage: shoal_storage::SCHEMES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        backend_parameters: convert::BACKEND_PARAMETERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    })
+}
+
 /// `POST /tasks`.
 pub async fn create(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<TesCreateTaskResponse>, ApiError> {
     let task: TesTask = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid task: {e}")))?;
     let id = new_task_id(state.cluster.node_id());
     let spec =
-        convert::job_spec(&task, id.clone(), String::new()).map_err(ApiError::bad_request)?;
+        convert::job_spec(&task, id.clone(), caller.name.clone()).map_err(ApiError::bad_request)?;
     let command = Command::SubmitJob {
         spec: Box::new(spec),
         datums: vec![Vec::new()],
@@ -96,6 +147,7 @@ fn not_found(id: &str) -> ApiError {
 /// `GET /tasks/{id}`.
 pub async fn get(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(params): Query<GetParams>,
 ) -> Result<Json<TesTask>, ApiError> {
@@ -104,7 +156,7 @@ pub async fn get(
     let state_view = state.cluster.view().read();
     let job = state_view
         .job(&id)
-        .filter(|job| job.spec.kind == JobKind::Task)
+        .filter(|job| job.spec.kind == JobKind::Task && caller.sees(&job.spec.owner))
         .ok_or_else(|| not_found(&id))?;
     let datum = state_view
         .datums_of(job.seq)
@@ -123,6 +175,7 @@ pub async fn get(
 /// `POST /tasks/{id}:cancel`.
 pub async fn action(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(target): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = target.strip_suffix(":cancel").ok_or_else(|| {
@@ -134,7 +187,7 @@ pub async fn action(
         .view()
         .read()
         .job(id)
-        .is_some_and(|job| job.spec.kind == JobKind::Task);
+        .is_some_and(|job| job.spec.kind == JobKind::Task && caller.sees(&job.spec.owner));
     if !is_task {
         return Err(not_found(id));
     }
@@ -148,5 +201,200 @@ pub async fn action(
         Outcome::Changed { .. } => Ok(Json(serde_json::json!({}))),
         Outcome::UnknownJob { .. } => Err(not_found(id)),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// The parsed query of `GET /tasks`.
+#[derive(Debug, Default, PartialEq)]
+struct ListQuery {
+    name_prefix: String,
+    state: Option<TesState>,
+    /// (key, value): an empty value asks only for the key.
+    tags: Vec<(String, String)>,
+    page_size: usize,
+    /// List tasks older than this job sequence number.
+    before: Option<u64>,
+    view: View,
+}
+
+/// Page tokens are opaque to clients: the sequence number of the last task listed.
+fn page_token(seq: u64) -> String {
+    format!("p{seq:x}")
+}
+
+fn parse_page_token(token: &str) -> Result<u64, String> {
+    token
+        .strip_prefix('p')
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .ok_or_else(|| format!("page_token: {token:?} is not a token this server gave"))
+}
+
+fn parse_list_query(query: &str) -> Result<ListQuery, String> {
+    let mut parsed = ListQuery {
+        page_size: PAGE_SIZE_DEFAULT,
+        view: View::Minimal,
+        ..Default::default()
+    };
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        let value = value.into_owned();
+        match name.as_ref() {
+            "name_prefix" => parsed.name_prefix = value,
+            "state" => {
+                let state: TesState =
+                    serde_json::from_value(serde_json::Value::String(value.clone()))
+                        .map_err(|_| format!("state: {value:?} is not a TES state"))?;
+                parsed.state = Some(state);
+            }
+            "tag_key" => keys.push(value),
+            "tag_value" => values.push(value),
+            "page_size" => {
+                let size: i64 = value
+                    .parse()
+                    .map_err(|_| format!("page_size: {value:?} is not a whole number"))?;
+                parsed.page_size = match size {
+                    ..0 => return Err(format!("page_size: {size} is negative")),
+                    0 => PAGE_SIZE_DEFAULT,
+                    size => (size as usize).min(PAGE_SIZE_MAX),
+                };
+            }
+            "page_token" if value.is_empty() => {}
+            "page_token" => parsed.before = Some(parse_page_token(&value)?),
+            "view" => parsed.view = View::parse(Some(&value))?,
+            _ => {}
+        }
+    }
+    if values.len() > keys.len() {
+        return Err("tag_value: given without a matching tag_key".to_string());
+    }
+    if keys.len() > TAG_FILTERS_MAX {
+        return Err(format!("tag_key: at most {TAG_FILTERS_MAX} filters"));
+    }
+    values.resize(keys.len(), String::new());
+    parsed.tags = keys.into_iter().zip(values).collect();
+    Ok(parsed)
+}
+
+/// Whether a task's tags pass every filter: the key present, and the value equal unless the
+/// filter's value is empty.
+fn tags_match(
+    tags: &std::collections::BTreeMap<String, String>,
+    filters: &[(String, String)],
+) -> bool {
+    filters.iter().all(|(key, value)| {
+        tags.get(key)
+            .is_some_and(|have| value.is_empty() || have == value)
+    })
+}
+
+/// `GET /tasks`: newest first, filtered, a page at a time. Pages are cut at a task's sequence
+/// number, so tasks submitted while a client pages through never shift what it sees next.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<TesListTasksResponse>, ApiError> {
+    let query = parse_list_query(query.as_deref().unwrap_or("")).map_err(ApiError::bad_request)?;
+    state.cluster.linearize().await?;
+    let state_view = state.cluster.view().read();
+    let node_name = |node_id: u64| {
+        state_view
+            .nodes
+            .get(&node_id)
+            .map(|n| n.info.name.clone())
+            .unwrap_or_else(|| format_node_id(node_id))
+    };
+    let upper = query.before.unwrap_or(u64::MAX);
+    let mut tasks = Vec::new();
+    let mut last_seq = None;
+    let mut more = false;
+    for (seq, job) in state_view.jobs.range(..upper).rev() {
+        let spec = &job.spec;
+        if spec.kind != JobKind::Task
+            || !caller.sees(&spec.owner)
+            || !spec.name.starts_with(&query.name_prefix)
+            || !tags_match(&spec.tags, &query.tags)
+        {
+            continue;
+        }
+        let Some(datum) = state_view.datums_of(*seq).next() else {
+            continue;
+        };
+        if query.state.is_some_and(|s| convert::tes_state(datum) != s) {
+            continue;
+        }
+        if tasks.len() == query.page_size {
+            more = true;
+            break;
+        }
+        tasks.push(convert::tes_task(job, datum, query.view, &node_name));
+        last_seq = Some(*seq);
+    }
+    Ok(Json(TesListTasksResponse {
+        tasks,
+        next_page_token: last_seq.filter(|_| more).map(page_token),
+    }))
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_parse_with_zipped_tags_and_clear_errors() {
+        let query = parse_list_query(
+            "name_prefix=ab&state=COMPLETE&tag_key=a&tag_value=1&tag_key=b&page_size=5000&view=BASIC&page_token=p1f",
+        )
+        .expect("valid");
+        assert_eq!(query.name_prefix, "ab");
+        assert_eq!(query.state, Some(TesState::Complete));
+        assert_eq!(
+            query.tags,
+            [("a".into(), "1".into()), ("b".into(), String::new())]
+        );
+        assert_eq!(query.page_size, PAGE_SIZE_MAX, "cut to the maximum");
+        assert_eq!(query.before, Some(0x1f));
+        assert_eq!(query.view, View::Basic);
+        assert_eq!(
+            parse_list_query("").expect("empty").page_size,
+            PAGE_SIZE_DEFAULT
+        );
+        for (bad, field) in [
+            ("state=DONE", "state"),
+            ("page_size=-1", "page_size"),
+            ("page_size=x", "page_size"),
+            ("page_token=zz", "page_token"),
+            ("view=ALL", "view"),
+            ("tag_value=v", "tag_value"),
+        ] {
+            let error = parse_list_query(bad).expect_err(bad);
+            assert!(error.starts_with(field), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn tag_filters_need_the_key_and_an_equal_value_unless_empty() {
+        let tags = std::collections::BTreeMap::from([
+            ("foo".to_string(), "bar".to_string()),
+            ("empty".to_string(), String::new()),
+        ]);
+        let filter = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert!(tags_match(&tags, &filter(&[("foo", "bar")])));
+        assert!(tags_match(&tags, &filter(&[("foo", "")])));
+        assert!(tags_match(&tags, &filter(&[("empty", "")])));
+        assert!(
+            !tags_match(&tags, &filter(&[("foo", "ba")])),
+            "no prefix match"
+        );
+        assert!(!tags_match(
+            &tags,
+            &filter(&[("foo", "bar"), ("other", "")])
+        ));
+        assert!(tags_match(&tags, &[]));
     }
 }

@@ -186,3 +186,45 @@ pub struct TesTask {
 pub struct TesCreateTaskResponse {
     pub id: String,
 }
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TesListTasksResponse {
+    pub tasks: Vec<TesTask>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceType {
+    pub group: String,
+    pub artifact: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceOrganization {
+    pub name: String,
+    pub url: String,
+}
+
+/// GA4GH service-info plus the TES additions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TesServiceInfo {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ServiceType,
+    pub description: String,
+    pub organization: ServiceOrganization,
+    #[serde(rename = "documentationUrl")]
+    pub documentation_url: String,
+    pub environment: String,
+    pub version: String,
+    pub storage: Vec<String>,
+    #[serde(rename = "tesResources_backend_parameters")]
+    pub backend_parameters: Vec<String>,
+}
