@@ -6,14 +6,14 @@
 #   scripts/test.sh --fast     # skip the slow group
 #
 # Installed when missing: cargo-nextest, bubblewrap and busybox-static (apt), moto[server]
-# (PyPI, into .venv/).
+# and py-tes (PyPI, into .venv/).
 # Built: the test image shoal-test/busybox:latest (FROM scratch + Debian's static busybox; no
 # registry needed), when a Docker engine answers. Without one the docker tests are skipped
 # with a message, unless SHOAL_REQUIRE_DOCKER=1 (the default when CI is set).
 # Services started here (each on 127.0.0.1, on a free port, stopped on exit):
 #   - moto_server: a real S3-compatible server (PyPI `moto[server]`), in .venv/
 # Exported to the tests: SHOAL_BIN, SHOAL_TEST_S3_ENDPOINT, SHOAL_TEST_S3_KEY, SHOAL_TEST_S3_SECRET,
-# SHOAL_TEST_IMAGE (when the engine answers).
+# SHOAL_TEST_IMAGE (when the engine answers), SHOAL_TEST_PYTHON (the venv's python, with py-tes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -69,11 +69,12 @@ fi
 
 # --- python venv with moto (S3) ------------------------------------------------------------
 venv="$root/.venv"
-if [ ! -x "$venv/bin/moto_server" ]; then
-  log "creating $venv with moto[server]"
+if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c 'import tes' 2>/dev/null; then
+  log "creating $venv with moto[server] and py-tes"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*'
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*' 'py-tes==1.1.4'
 fi
+export SHOAL_TEST_PYTHON="$venv/bin/python"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 

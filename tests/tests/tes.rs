@@ -520,3 +520,100 @@ async fn every_operation_in_the_openapi_document_is_served() -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs the `shoal` CLI against node 0; returns the exit code, stdout and stderr.
+fn shoal(
+    cluster: &TestCluster,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<(i32, String, String)> {
+    use std::io::Write;
+    let mut child = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(["--server", &cluster.nodes[0].http_url(), "--output", "json"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.unwrap_or("").as_bytes())?;
+    drop(input);
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[tokio::test]
+async fn the_task_commands_create_get_list_wait_show_logs_and_cancel() -> Result<()> {
+    let cluster = TestCluster::formed(1, single()).await?;
+
+    phase("create from standard input, wait, get, logs");
+    let mut task = shell("echo out; echo err >&2");
+    task["name"] = json!("cli-task");
+    task["tags"] = json!({ "via": "cli" });
+    let (code, out, err) = shoal(&cluster, &["task", "create", "-"], Some(&task.to_string()))?;
+    ensure!(code == 0, "create: {code} {err}");
+    let id = serde_json::from_str::<Value>(&out)?["id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let (code, out, err) = shoal(&cluster, &["task", "wait", &id], None)?;
+    ensure!(
+        code == 0 && out.contains("COMPLETE"),
+        "wait: {code} {out} {err}"
+    );
+    let (code, out, _) = shoal(&cluster, &["task", "get", &id, "--view", "basic"], None)?;
+    let got: Value = serde_json::from_str(&out)?;
+    ensure!(
+        code == 0 && got["name"] == "cli-task" && got["state"] == "COMPLETE",
+        "{out}"
+    );
+    let (code, out, err) = shoal(&cluster, &["task", "logs", &id], None)?;
+    ensure!(
+        code == 0 && out == "out\n" && err.contains("err\n"),
+        "logs: {out:?} {err:?}"
+    );
+
+    phase("list with filters");
+    let other = cluster.submit_task(0, &shell("exit 2")).await?;
+    cluster.wait_task(0, &other, TASK_TIMEOUT).await?;
+    let listed = |args: &[&str]| -> Result<Vec<String>> {
+        let mut all = vec!["task", "list", "--all"];
+        all.extend(args);
+        let (code, out, err) = shoal(&cluster, &all, None)?;
+        ensure!(code == 0, "list {args:?}: {err}");
+        Ok(serde_json::from_str::<Vec<Value>>(&out)?
+            .iter()
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect())
+    };
+    ensure!(listed(&[])? == vec![other.clone(), id.clone()]);
+    ensure!(listed(&["--tag", "via=cli"])? == vec![id.clone()]);
+    ensure!(listed(&["--tag", "via"])? == vec![id.clone()]);
+    ensure!(listed(&["--state", "executor_error"])? == vec![other.clone()]);
+    ensure!(listed(&["--name-prefix", "cli-"])? == vec![id.clone()]);
+
+    phase("wait on a failed task exits 1; an unknown task exits 2");
+    let (code, _, _) = shoal(&cluster, &["task", "wait", &other], None)?;
+    ensure!(code == 1, "wait on a failed task: {code}");
+    let (code, _, err) = shoal(&cluster, &["task", "get", "NOSUCHTASK"], None)?;
+    ensure!(code == 2 && err.contains("not found"), "{code} {err}");
+
+    phase("cancel a running task");
+    let running = cluster.submit_task(0, &shell("sleep 300")).await?;
+    let this = &cluster;
+    shoal_tests::wait_for("the task to run", TASK_TIMEOUT, async || {
+        (this.task(0, &running, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
+    })
+    .await?;
+    let (code, _, err) = shoal(&cluster, &["task", "cancel", &running], None)?;
+    ensure!(code == 0, "cancel: {err}");
+    let ended = cluster
+        .wait_task(0, &running, Duration::from_secs(10))
+        .await?;
+    ensure!(ended["state"] == "CANCELED", "{ended}");
+    Ok(())
+}

@@ -9,6 +9,7 @@ pub mod dev_cluster;
 mod node;
 mod run;
 mod table;
+mod task;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -56,6 +57,9 @@ pub enum Command {
     DevCluster(dev_cluster::DevClusterArgs),
     /// Submit a one-executor TES task: shoal run [--wait] -- CMD ARGS…
     Run(run::RunArgs),
+    /// TES tasks: create, get, list, cancel, wait, logs.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
     /// Inspect and manage the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -131,6 +135,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Node(args) => node::run(args).await,
         Command::DevCluster(args) => dev_cluster::run(args).await,
         Command::Run(args) => run::run(args, &cli.client()?, output).await,
+        Command::Task(command) => task::run(command, &cli.client()?, output).await,
         Command::Cluster(command) => cluster::run(command, &cli.client()?, output).await,
     }
 }

@@ -41,6 +41,7 @@ pub struct NodeRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum RowKey {
     ClusterId,
+    Clock,
     Node(NodeId),
     Job(JobSeq),
     Datum(DatumKey),
@@ -50,11 +51,13 @@ const TAG_CLUSTER_ID: u8 = 0;
 const TAG_NODE: u8 = 1;
 const TAG_JOB: u8 = 2;
 const TAG_DATUM: u8 = 3;
+const TAG_CLOCK: u8 = 4;
 
 impl RowKey {
     pub fn to_bytes(self) -> Vec<u8> {
         match self {
             RowKey::ClusterId => vec![TAG_CLUSTER_ID],
+            RowKey::Clock => vec![TAG_CLOCK],
             RowKey::Node(node_id) => {
                 let mut bytes = vec![TAG_NODE];
                 bytes.extend_from_slice(&node_id.to_be_bytes());
@@ -77,6 +80,7 @@ impl RowKey {
     pub fn from_bytes(bytes: &[u8]) -> Option<RowKey> {
         match bytes.split_first()? {
             (&TAG_CLUSTER_ID, []) => Some(RowKey::ClusterId),
+            (&TAG_CLOCK, []) => Some(RowKey::Clock),
             (&TAG_NODE, rest) => Some(RowKey::Node(u64::from_be_bytes(rest.try_into().ok()?))),
             (&TAG_JOB, rest) => Some(RowKey::Job(u64::from_be_bytes(rest.try_into().ok()?))),
             (&TAG_DATUM, rest) if rest.len() == 12 => {
@@ -101,6 +105,9 @@ pub enum RowError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub cluster_id: Option<String>,
+    /// The latest entry time applied: entries are applied at `max(their time, this)`, so the
+    /// state's clock never runs backwards, even when a new leader's clock is behind.
+    pub clock_ms: u64,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Jobs in submission order.
     pub jobs: BTreeMap<JobSeq, Job>,
@@ -121,7 +128,11 @@ impl State {
     /// Applies the entry at log `index`. Deterministic: the same state, index and proposal
     /// give the same result. `index` becomes the fence of any claim the entry grants.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Outcome {
-        self.apply_command(index, proposal.time_ms, &proposal.command)
+        if proposal.time_ms > self.clock_ms {
+            self.clock_ms = proposal.time_ms;
+            self.dirty.insert(RowKey::Clock);
+        }
+        self.apply_command(index, self.clock_ms, &proposal.command)
     }
 
     fn apply_command(&mut self, index: u64, now_ms: u64, command: &Command) -> Outcome {
@@ -278,6 +289,7 @@ impl State {
     pub fn row(&self, key: RowKey) -> Result<Option<Vec<u8>>, CodecError> {
         match key {
             RowKey::ClusterId => self.cluster_id.as_ref().map(codec::encode).transpose(),
+            RowKey::Clock => Some(codec::encode(&self.clock_ms)).transpose(),
             RowKey::Node(node_id) => self.nodes.get(&node_id).map(codec::encode).transpose(),
             RowKey::Job(seq) => self.jobs.get(&seq).map(codec::encode).transpose(),
             RowKey::Datum(key) => self.datums.get(&key).map(codec::encode).transpose(),
@@ -307,6 +319,7 @@ impl State {
             RowKey::ClusterId => {
                 self.cluster_id = Some(codec::decode(value).map_err(decode_error)?)
             }
+            RowKey::Clock => self.clock_ms = codec::decode(value).map_err(decode_error)?,
             RowKey::Node(node_id) => {
                 self.nodes
                     .insert(node_id, codec::decode(value).map_err(decode_error)?);
@@ -405,8 +418,41 @@ mod tests {
                 Outcome::UnknownNode { node_id: 9 }
             );
         }
-        assert_eq!(state, State::default());
-        assert!(state.take_dirty().is_empty());
+        let only_the_clock_moved = State {
+            clock_ms: 1,
+            ..State::default()
+        };
+        assert_eq!(state.take_dirty(), BTreeSet::from([RowKey::Clock]));
+        assert_eq!(state, only_the_clock_moved);
+    }
+
+    #[test]
+    fn the_clock_never_runs_backwards() {
+        let mut state = State::default();
+        state.apply(
+            0,
+            &at(
+                50,
+                Command::Heartbeat {
+                    node_id: 9,
+                    running: 0,
+                },
+            ),
+        );
+        state.apply(
+            0,
+            &at(
+                20,
+                Command::Heartbeat {
+                    node_id: 9,
+                    running: 0,
+                },
+            ),
+        );
+        assert_eq!(
+            state.clock_ms, 50,
+            "an entry stamped earlier is applied at the latest time"
+        );
     }
 
     #[test]
@@ -468,7 +514,11 @@ mod tests {
         state.apply(0, &at(4, Command::RemoveNode { node_id: 1 }));
 
         let dirty = state.take_dirty();
-        assert_eq!(dirty.len(), 3, "cluster id and two node rows were touched");
+        assert_eq!(
+            dirty.len(),
+            4,
+            "cluster id, clock and two node rows were touched"
+        );
         let rows: Vec<(Vec<u8>, Vec<u8>)> = dirty
             .into_iter()
             .filter_map(|key| {
