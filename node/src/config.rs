@@ -256,6 +256,15 @@ impl Config {
         {
             return Err(invalid("http.tokens", "a name must be 1 to 128 bytes"));
         }
+        if tokens
+            .iter()
+            .any(|t| t.name() == ADMIN_NAME && !t.is_admin())
+        {
+            return Err(invalid(
+                "http.tokens",
+                format!("the name {ADMIN_NAME:?} is kept for administrators' tokens"),
+            ));
+        }
         let distinct: std::collections::BTreeSet<&str> = tokens.iter().map(|t| t.token()).collect();
         if distinct.len() != tokens.len() {
             return Err(invalid("http.tokens", "a token is listed twice"));

@@ -121,11 +121,16 @@ pub enum Command {
 impl Command {
     /// Whether the command may ride in a [`Command::Batch`]. Claims and lease expiry may not:
     /// a claim's fence is its entry's index, so one entry must never release a datum and
-    /// grant it again.
+    /// grant it again. Nor may commands that are not idempotent (`AddDatums`, `RetryFailed`),
+    /// since a batch is resent whole when its answer is lost.
     pub fn is_batchable(&self) -> bool {
         !matches!(
             self,
-            Command::ClaimBatch { .. } | Command::ExpireLeases { .. } | Command::Batch(_)
+            Command::ClaimBatch { .. }
+                | Command::ExpireLeases { .. }
+                | Command::AddDatums { .. }
+                | Command::RetryFailed { .. }
+                | Command::Batch(_)
         )
     }
 }

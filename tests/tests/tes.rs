@@ -499,6 +499,25 @@ async fn every_operation_in_the_openapi_document_is_served() -> Result<()> {
     }
     ensure!(checked >= 17, "only {checked} operations described");
 
+    phase("without tokens, another site's web page cannot drive the node");
+    let url = format!("{}/ga4gh/tes/v1/tasks", cluster.nodes[0].http_url());
+    let from = |origin: &str| {
+        reqwest::Client::new()
+            .post(&url)
+            .header("Origin", origin)
+            .header("Content-Type", "text/plain")
+            .body(shell("true").to_string())
+            .send()
+    };
+    ensure!(
+        from("https://example.org").await?.status() == 403,
+        "a cross-site POST went through"
+    );
+    ensure!(
+        from("http://127.0.0.1:3000").await?.status() == 200,
+        "a local page was refused"
+    );
+
     phase("service-info says it is TES 1.1 and lists the storage schemes");
     for prefix in ["/ga4gh/tes/v1", "/v1"] {
         let info: Value = cluster.get(0, &format!("{prefix}/service-info")).await?;

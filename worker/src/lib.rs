@@ -93,7 +93,7 @@ pub(crate) struct Shared {
     queue: Mutex<VecDeque<Grant>>,
     /// Fences of attempts that ended here and whose report may not be applied yet: their
     /// claims must not be adopted again.
-    finished: Mutex<std::collections::HashSet<u64>>,
+    finished: Mutex<std::collections::HashSet<(DatumKey, u64)>>,
     /// Set while a `ClaimBatch` is in flight and its grants not yet started: its claims are
     /// not orphans, whatever the applied state shows meanwhile.
     claiming: std::sync::atomic::AtomicBool,
@@ -220,17 +220,39 @@ fn wants_work(shared: &Shared) -> (u32, u32) {
     }
 }
 
-/// Begins queued claims while slots are free.
+/// Begins queued claims while slots are free. A grant leaves the queue and takes its slot
+/// under the same locks, so the claim watch never sees it in neither place.
 fn start_queued(shared: &Arc<Shared>) {
-    loop {
-        let free = shared.config.slots as usize > shared.running().len();
-        let next = if free && !shared.stop.is_cancelled() {
-            lock(&shared.queue).pop_front()
-        } else {
-            None
+    while !shared.stop.is_cancelled() {
+        let (grant, cancel, count) = {
+            // Lock order everywhere: finished, running, queue.
+            let finished = lock(&shared.finished);
+            let mut running = shared.running();
+            if running.len() >= shared.config.slots as usize {
+                return;
+            }
+            let Some(grant) = lock(&shared.queue).pop_front() else {
+                return;
+            };
+            let known = running
+                .get(&grant.datum)
+                .is_some_and(|r| r.fence == grant.fence)
+                || finished.contains(&(grant.datum, grant.fence));
+            if known {
+                continue;
+            }
+            let cancel = CancellationToken::new();
+            running.insert(
+                grant.datum,
+                Running {
+                    fence: grant.fence,
+                    cancel: cancel.clone(),
+                },
+            );
+            (grant, cancel, running.len())
         };
-        let Some(grant) = next else { return };
-        start_attempt(shared, grant);
+        shared.cluster.set_running(count as u32);
+        spawn_attempt(shared, grant, cancel);
     }
 }
 
@@ -272,18 +294,19 @@ async fn claim_loop(shared: Arc<Shared>) {
     }
 }
 
-/// Adds a queued claim to this node's queue unless it is there or running already.
+/// Adds a queued claim to this node's queue unless it is there, running or ran already.
 fn enqueue(shared: &Shared, grant: Grant) {
-    let running = shared
-        .running()
-        .get(&grant.datum)
-        .is_some_and(|r| r.fence == grant.fence);
+    let finished = lock(&shared.finished);
+    let running = shared.running();
     let mut queue = lock(&shared.queue);
-    if !running
-        && !queue
+    let known = running
+        .get(&grant.datum)
+        .is_some_and(|r| r.fence == grant.fence)
+        || finished.contains(&(grant.datum, grant.fence))
+        || queue
             .iter()
-            .any(|g| g.fence == grant.fence && g.datum == grant.datum)
-    {
+            .any(|g| g.fence == grant.fence && g.datum == grant.datum);
+    if !known {
         queue.push_back(grant);
     }
 }
@@ -305,14 +328,17 @@ async fn hand_back_queue(shared: &Shared) {
     }
 }
 
+/// Runs `grant` now unless it runs or ran here already.
 fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
     let cancel = CancellationToken::new();
     let count = {
+        let finished = lock(&shared.finished);
         let mut running = shared.running();
-        if running
+        let known = running
             .get(&grant.datum)
             .is_some_and(|r| r.fence == grant.fence)
-        {
+            || finished.contains(&(grant.datum, grant.fence));
+        if known {
             return;
         }
         running.insert(
@@ -325,6 +351,11 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
         running.len()
     };
     shared.cluster.set_running(count as u32);
+    spawn_attempt(shared, grant, cancel);
+}
+
+/// Runs an attempt that holds its slot already.
+fn spawn_attempt(shared: &Arc<Shared>, grant: Grant, cancel: CancellationToken) {
     let shared = shared.clone();
     let span = tracing::info_span!(
         "attempt",
@@ -339,7 +370,7 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
         }
         let report = attempt::run(shared.clone(), grant, cancel).await;
         let stopped = shared.stop.is_cancelled() && report.outcome == AttemptOutcome::Canceled;
-        lock(&shared.finished).insert(grant.fence);
+        lock(&shared.finished).insert((grant.datum, grant.fence));
         if !stopped {
             let _ = shared
                 .reports
@@ -546,13 +577,13 @@ fn orphaned_claims(shared: &Shared, applied: u64) -> Vec<Grant> {
         .collect();
     drop(state);
     let mut finished = lock(&shared.finished);
-    finished.retain(|fence| held.iter().any(|g| g.fence == *fence));
+    finished.retain(|(datum, fence)| held.iter().any(|g| g.datum == *datum && g.fence == *fence));
     let running = shared.running();
     let queue = lock(&shared.queue);
     held.into_iter()
         .filter(|grant| {
             grant.fence <= applied
-                && !finished.contains(&grant.fence)
+                && !finished.contains(&(grant.datum, grant.fence))
                 && running
                     .get(&grant.datum)
                     .is_none_or(|r| r.fence != grant.fence)

@@ -1,7 +1,9 @@
 //! The HTTP API every node serves (axum): operations endpoints and shoal's own `/v1` API.
 //!
-//! Layers, outermost first: CORS (any origin, so browser clients work; preflights are
-//! answered before auth), body-size limit (413 beyond `http.body_bytes_max`), bearer-token
+//! Layers, outermost first: CORS (only when `http.tokens` is set: any origin, so browser
+//! clients work, preflights answered before auth; without tokens, a request a browser sends
+//! from another site's page is refused, so no web page can drive an unauthenticated node),
+//! body-size limit (413 beyond `http.body_bytes_max`), bearer-token
 //! auth when `http.tokens` is set (health probes and `/openapi.json` stay open), then the
 //! routes. Auth tells the handlers who calls ([`Caller`]).
 
@@ -64,6 +66,7 @@ impl Caller {
 const TES_PREFIXES: [&str; 2] = ["/ga4gh/tes/v1", "/v1"];
 
 pub fn router(state: AppState, body_bytes_max: usize) -> Router {
+    let cors = !state.tokens.is_empty();
     let mut router = Router::new();
     for prefix in TES_PREFIXES {
         router = router
@@ -80,7 +83,7 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
                 get(crate::tes::get).post(crate::tes::action),
             );
     }
-    router
+    let router = router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
@@ -90,9 +93,31 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
             axum::routing::post(cluster::node_action).delete(cluster::remove),
         )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(DefaultBodyLimit::max(body_bytes_max))
-        .layer(tower_http::cors::CorsLayer::permissive())
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_bytes_max));
+    let router = if cors {
+        router.layer(tower_http::cors::CorsLayer::permissive())
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// Whether `origin` (a browser's `Origin` header) is a page served from this machine.
+fn is_loopback_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => rest.split(':').next().unwrap_or(""),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn openapi() -> axum::Json<serde_json::Value> {
@@ -130,6 +155,19 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         request.uri().path(),
         "/healthz" | "/readyz" | "/openapi.json"
     );
+    if state.tokens.is_empty() {
+        let origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|value| value.to_str().ok());
+        if origin.is_some_and(|origin| !is_loopback_origin(origin)) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "requests from other sites' web pages need http.tokens on this node",
+            )
+            .into_response();
+        }
+    }
     if state.tokens.is_empty() || open {
         request.extensions_mut().insert(Caller {
             name: String::new(),
@@ -162,6 +200,29 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         }
         (None, _) => {
             ApiError::new(StatusCode::UNAUTHORIZED, "missing bearer token").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_pages_from_this_machine_count_as_loopback_origins() {
+        for origin in [
+            "http://127.0.0.1:8000",
+            "http://localhost:3000",
+            "https://[::1]:9",
+            "http://127.0.0.2",
+        ] {
+            assert!(super::is_loopback_origin(origin), "{origin}");
+        }
+        for origin in [
+            "https://example.org",
+            "http://10.0.0.1:8000",
+            "null",
+            "http://localhost.evil.org",
+        ] {
+            assert!(!super::is_loopback_origin(origin), "{origin}");
         }
     }
 }

@@ -34,6 +34,29 @@ pub const PAGE_SIZE_DEFAULT: usize = 256;
 pub const PAGE_SIZE_MAX: usize = 2047;
 /// Most tag filters in one list request.
 const TAG_FILTERS_MAX: usize = 64;
+/// A list page stops growing at about this many bytes of logs and contents (FULL views of
+/// tasks with large tails); the rest follows through `next_page_token`.
+const LIST_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Rough size of a task's answer: what grows with the task.
+fn approx_bytes(task: &TesTask) -> usize {
+    let logs: usize = task
+        .logs
+        .iter()
+        .flatten()
+        .flat_map(|log| &log.logs)
+        .map(|e| {
+            e.stdout.as_ref().map_or(0, String::len) + e.stderr.as_ref().map_or(0, String::len)
+        })
+        .sum();
+    let contents: usize = task
+        .inputs
+        .iter()
+        .flatten()
+        .map(|i| i.content.as_ref().map_or(0, String::len))
+        .sum();
+    logs + contents + 512
+}
 
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -140,6 +163,15 @@ pub async fn create(
     }
 }
 
+/// A node's name for task logs, or its id once it left the registry.
+fn node_name(state: &shoal_raft::state::State, node_id: u64) -> String {
+    state
+        .nodes
+        .get(&node_id)
+        .map(|n| n.info.name.clone())
+        .unwrap_or_else(|| format_node_id(node_id))
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("task {id:?} not found"))
 }
@@ -162,13 +194,7 @@ pub async fn get(
         .datums_of(job.seq)
         .next()
         .ok_or_else(|| not_found(&id))?;
-    let node_name = |node_id: u64| {
-        state_view
-            .nodes
-            .get(&node_id)
-            .map(|n| n.info.name.clone())
-            .unwrap_or_else(|| format_node_id(node_id))
-    };
+    let node_name = |node_id: u64| node_name(&state_view, node_id);
     Ok(Json(convert::tes_task(job, datum, view, &node_name)))
 }
 
@@ -297,15 +323,10 @@ pub async fn list(
     let query = parse_list_query(query.as_deref().unwrap_or("")).map_err(ApiError::bad_request)?;
     state.cluster.linearize().await?;
     let state_view = state.cluster.view().read();
-    let node_name = |node_id: u64| {
-        state_view
-            .nodes
-            .get(&node_id)
-            .map(|n| n.info.name.clone())
-            .unwrap_or_else(|| format_node_id(node_id))
-    };
+    let node_name = |node_id: u64| node_name(&state_view, node_id);
     let upper = query.before.unwrap_or(u64::MAX);
     let mut tasks = Vec::new();
+    let mut bytes = 0;
     let mut last_seq = None;
     let mut more = false;
     for (seq, job) in state_view.jobs.range(..upper).rev() {
@@ -323,11 +344,13 @@ pub async fn list(
         if query.state.is_some_and(|s| convert::tes_state(datum) != s) {
             continue;
         }
-        if tasks.len() == query.page_size {
+        if tasks.len() == query.page_size || bytes >= LIST_BYTES_MAX {
             more = true;
             break;
         }
-        tasks.push(convert::tes_task(job, datum, query.view, &node_name));
+        let task = convert::tes_task(job, datum, query.view, &node_name);
+        bytes += approx_bytes(&task);
+        tasks.push(task);
         last_seq = Some(*seq);
     }
     Ok(Json(TesListTasksResponse {

@@ -105,8 +105,10 @@ pub enum RowError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub cluster_id: Option<String>,
-    /// The latest entry time applied: entries are applied at `max(their time, this)`, so the
-    /// state's clock never runs backwards, even when a new leader's clock is behind.
+    /// The latest entry time applied. Jobs are stamped with it, so creation times never run
+    /// backwards in log order, even when proposals are stamped out of order or a new
+    /// leader's clock is behind. (Leases use each entry's own time: a clock that jumped
+    /// ahead once must not freeze them.)
     pub clock_ms: u64,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Jobs in submission order.
@@ -132,7 +134,7 @@ impl State {
             self.clock_ms = proposal.time_ms;
             self.dirty.insert(RowKey::Clock);
         }
-        self.apply_command(index, self.clock_ms, &proposal.command)
+        self.apply_command(index, proposal.time_ms, &proposal.command)
     }
 
     fn apply_command(&mut self, index: u64, now_ms: u64, command: &Command) -> Outcome {
@@ -451,7 +453,7 @@ mod tests {
         );
         assert_eq!(
             state.clock_ms, 50,
-            "an entry stamped earlier is applied at the latest time"
+            "an entry stamped earlier leaves the clock as it is"
         );
     }
 

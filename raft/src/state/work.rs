@@ -8,8 +8,9 @@
 //!   their `parallelism`; draining nodes get nothing.
 //! - A claim granted for a node's queue (prefetch) is `queued` until the node `Begin`s it.
 //!   When nothing is pending, a node with free slots steals queued claims from other nodes,
-//!   the latest first; the attempt keeps its number, since it never began. Queued claims
-//!   canceled, handed back or expired were never attempts: they spend nothing.
+//!   last in claim order first (what their holders would begin last); the attempt keeps its
+//!   number, since it never began. Queued claims canceled, handed back or expired were
+//!   never attempts: they spend nothing.
 //! - Counts per job and the pending, claim and id indexes always agree with the datums.
 
 use std::ops::Bound;
@@ -80,7 +81,8 @@ impl State {
         let job = Job {
             seq,
             spec: spec.clone(),
-            created_ms: now_ms,
+            // Never earlier than a job before it (see `State::clock_ms`).
+            created_ms: self.clock_ms.max(now_ms),
             datum_count: 0,
             sealed: false,
             canceled: false,
@@ -1077,11 +1079,7 @@ mod tests {
         );
 
         let stolen = log.claim(N2, 1);
-        assert_eq!(
-            keys(&stolen),
-            [(job, 2)],
-            "the latest queued claim is stolen"
-        );
+        assert_eq!(keys(&stolen), [(job, 2)], "the last queued claim is stolen");
         assert_eq!((stolen[0].attempt, stolen[0].queued), (1, false));
         let datum = log.datum(job, 2);
         assert_eq!(
@@ -1145,6 +1143,18 @@ mod tests {
         let again = log.claim(N2, 2);
         assert_eq!(keys(&again), [(job, 0), (job, 1)]);
         assert!(again.iter().all(|g| g.attempt == 1));
+    }
+
+    #[test]
+    fn jobs_never_get_an_earlier_creation_time_than_the_job_before() {
+        let mut log = Log::new();
+        let first = log.submit("first", 1, 0, 1);
+        log.now_ms -= 300;
+        let second = log.submit("second", 1, 0, 1);
+        assert_eq!(
+            log.state.jobs[&second].created_ms, log.state.jobs[&first].created_ms,
+            "a leader whose clock is behind does not make a later job look older"
+        );
     }
 
     #[test]

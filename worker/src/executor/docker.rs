@@ -32,6 +32,21 @@ pub const NODE_LABEL: &str = "shoal.node";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Processes one container may run (a fork bomb stays inside its step).
 const PIDS_MAX: i64 = 4096;
+/// How long the output stream may keep going after the container exited.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+
+/// Splits an image reference into (name, tag) for a pull; a reference without a tag or
+/// digest means `latest` (the engine would otherwise pull every tag).
+fn pull_reference(image: &str) -> (&str, &str) {
+    if image.contains('@') {
+        return (image, "");
+    }
+    let last_segment = image.rsplit('/').next().unwrap_or(image);
+    match last_segment.rsplit_once(':') {
+        Some((_, tag)) => (&image[..image.len() - tag.len() - 1], tag),
+        None => (image, "latest"),
+    }
+}
 
 /// A connection to the local container engine.
 #[derive(Clone)]
@@ -151,9 +166,12 @@ impl DockerExecutor {
             }) => {}
             Err(error) => return Err(image_error(engine_error(&error))),
         }
-        let options = CreateImageOptionsBuilder::default()
-            .from_image(image)
-            .build();
+        let (name, tag) = pull_reference(image);
+        let mut options = CreateImageOptionsBuilder::default().from_image(name);
+        if !tag.is_empty() {
+            options = options.tag(tag);
+        }
+        let options = options.build();
         let mut pull = self.client.create_image(Some(options), None, None);
         while let Some(progress) = pull.next().await {
             let progress = progress.map_err(|e| image_error(engine_error(&e)))?;
@@ -179,7 +197,11 @@ impl DockerExecutor {
                 reason: "the executor names no image".to_string(),
             });
         }
-        self.ensure_image(&step.spec.image).await?;
+        let cancelled = || ExecutorError::Engine("canceled before the container started".into());
+        tokio::select! {
+            pulled = self.ensure_image(&step.spec.image) => pulled?,
+            () = cancel.cancelled() => return Err(cancelled()),
+        }
         let binds = step.binds.iter().map(|b| b.host.clone()).collect();
         let stdio = [step.stdin.clone(), step.stdout.clone(), step.stderr.clone()];
         let root = step.attempt_dir.to_path_buf();
@@ -187,6 +209,9 @@ impl DockerExecutor {
             tokio::task::spawn_blocking(move || super::process::prepare(root, binds, stdio))
                 .await
                 .map_err(std::io::Error::other)??;
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
         let name = &step.container_name;
         // A container of the same name can only be this step's, from a run that was cut off.
         self.remove(name).await.map_err(docker_failed)?;
@@ -288,10 +313,18 @@ impl DockerExecutor {
             .attach_container(name, Some(options))
             .await
             .map_err(docker_failed)?;
+        if cancel.is_cancelled() {
+            return Ok(StepOutcome {
+                exit_code: KILLED_EXIT_CODE,
+                note: Some("step canceled before its container started".to_string()),
+                ..Default::default()
+            });
+        }
         self.client
             .start_container(name, None)
             .await
             .map_err(docker_failed)?;
+        let exited = CancellationToken::new();
 
         let mut input = attached.input;
         let feed = async {
@@ -318,7 +351,20 @@ impl DockerExecutor {
             let mut tails = (Tail::new(max), Tail::new(max));
             let mut out = files.stdout.map(tokio::fs::File::from_std);
             let mut err = files.stderr.map(tokio::fs::File::from_std);
-            while let Some(chunk) = output.next().await {
+            // The stream ends when the container does; should it not, stop shortly after
+            // the container exited (or at once on cancel).
+            let drained = async {
+                exited.cancelled().await;
+                tokio::time::sleep(OUTPUT_DRAIN).await;
+            };
+            tokio::pin!(drained);
+            loop {
+                let chunk = tokio::select! {
+                    chunk = output.next() => chunk,
+                    () = &mut drained => None,
+                    () = cancel.cancelled() => None,
+                };
+                let Some(chunk) = chunk else { break };
                 let (tail, file, bytes) = match chunk.map_err(docker_failed)? {
                     bollard::container::LogOutput::StdOut { message } => {
                         (&mut tails.0, out.as_mut(), message)
@@ -337,16 +383,18 @@ impl DockerExecutor {
         };
         let waited = async {
             let mut wait = self.client.wait_container(name, None);
-            tokio::select! {
-                status = wait.next() => Ok((exit_code(status)?, false)),
+            let result = tokio::select! {
+                status = wait.next() => exit_code(status).map(|code| (code, false)),
                 () = cancel.cancelled() => {
                     let kill = KillContainerOptionsBuilder::default().signal("SIGKILL").build();
                     if let Err(error) = self.client.kill_container(name, Some(kill)).await {
                         tracing::debug!(error = %engine_error(&error), "kill after cancel");
                     }
-                    Ok::<_, ExecutorError>((KILLED_EXIT_CODE, true))
+                    Ok((KILLED_EXIT_CODE, true))
                 }
-            }
+            };
+            exited.cancel();
+            result
         };
         let ((), (stdout_tail, stderr_tail), (code, killed)) = tokio::try_join!(
             async { feed.await.map_err(ExecutorError::Io) },
@@ -387,7 +435,12 @@ fn exit_code(
     status: Option<Result<bollard::models::ContainerWaitResponse, DockerError>>,
 ) -> Result<i32, ExecutorError> {
     match status {
-        Some(Ok(response)) => Ok(response.status_code as i32),
+        Some(Ok(response)) => match response.error.and_then(|e| e.message) {
+            Some(message) if !message.is_empty() => Err(ExecutorError::Engine(format!(
+                "waiting for the container failed: {message}"
+            ))),
+            _ => Ok(response.status_code as i32),
+        },
         Some(Err(DockerError::DockerContainerWaitError { code, .. })) => Ok(code as i32),
         Some(Err(error)) => Err(docker_failed(error)),
         None => Err(ExecutorError::Engine(
@@ -410,4 +463,24 @@ pub fn container_name(parts: &[&str]) -> String {
         })
         .collect();
     format!("shoal-{cleaned}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pull_reference;
+
+    #[test]
+    fn an_image_without_a_tag_is_pulled_as_latest() {
+        assert_eq!(pull_reference("busybox"), ("busybox", "latest"));
+        assert_eq!(pull_reference("busybox:1.36"), ("busybox", "1.36"));
+        assert_eq!(
+            pull_reference("127.0.0.1:5000/team/tool"),
+            ("127.0.0.1:5000/team/tool", "latest")
+        );
+        assert_eq!(
+            pull_reference("127.0.0.1:5000/team/tool:2"),
+            ("127.0.0.1:5000/team/tool", "2")
+        );
+        assert_eq!(pull_reference("tool@sha256:abc"), ("tool@sha256:abc", ""));
+    }
 }
