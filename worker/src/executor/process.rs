@@ -22,16 +22,43 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// Host directories bound read-only into every sandbox (those that exist).
 const SYSTEM_DIRS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
 
-/// Whether `bwrap` can be run on this host (probed once).
-pub fn bwrap_available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        std::process::Command::new(BWRAP)
+/// `bwrap`'s absolute path, when it can be run on this host (probed once). Spawning by
+/// absolute path also lets the standard library use `posix_spawn` instead of copying the
+/// node's address space with `fork` (it forks when PATH is set for a bare program name).
+fn bwrap_path() -> Option<&'static Path> {
+    static PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let found = std::env::var_os("PATH")
+            .iter()
+            .flat_map(std::env::split_paths)
+            .map(|dir| dir.join(BWRAP))
+            .find(|path| path.is_file())?;
+        std::process::Command::new(&found)
             .arg("--version")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|status| status.success())
+            .then_some(found)
+    })
+    .as_deref()
+}
+
+/// Whether `bwrap` can be run on this host.
+pub fn bwrap_available() -> bool {
+    bwrap_path().is_some()
+}
+
+/// The system directories with, for those that are symlinks on the host (merged /usr),
+/// where they point. Read once.
+fn system_dirs() -> &'static [(&'static str, Option<PathBuf>)] {
+    static DIRS: std::sync::OnceLock<Vec<(&'static str, Option<PathBuf>)>> =
+        std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        SYSTEM_DIRS
+            .iter()
+            .map(|dir| (*dir, std::fs::read_link(dir).ok()))
+            .collect()
     })
 }
 
@@ -107,16 +134,21 @@ pub(super) fn prepare(
     })
 }
 
-fn sandboxed(step: &StepRun<'_>) -> Command {
-    let mut command = Command::new(BWRAP);
+fn sandboxed(bwrap: &Path, step: &StepRun<'_>) -> Command {
+    let mut command = Command::new(bwrap);
     command.args([
         "--die-with-parent",
         "--unshare-pid",
         "--unshare-ipc",
         "--new-session",
     ]);
-    for dir in SYSTEM_DIRS {
-        command.args(["--ro-bind-try", dir, dir]);
+    for (dir, link) in system_dirs() {
+        match link {
+            // Merged /usr: the same symlink inside, instead of another read-only mount (each
+            // costs bwrap a pass over the host's mount table).
+            Some(target) => command.arg("--symlink").arg(target).arg(dir),
+            None => command.args(["--ro-bind-try", dir, dir]),
+        };
     }
     command.args([
         "--proc",
@@ -168,8 +200,8 @@ fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
         || step.stdin.is_some()
         || step.stdout.is_some()
         || step.stderr.is_some();
-    let mut command = if bwrap_available() {
-        sandboxed(step)
+    let mut command = if let Some(bwrap) = bwrap_path() {
+        sandboxed(bwrap, step)
     } else if maps_paths {
         return Err(ExecutorError::NeedsBwrap);
     } else {
