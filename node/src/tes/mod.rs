@@ -18,7 +18,7 @@ use axum::extract::{Path, Query, RawQuery, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use shoal_raft::job::JobKind;
+use shoal_raft::job::{JobKind, JobSeq, JobState};
 use shoal_raft::{Command, Outcome, format_node_id};
 
 use crate::http::{ApiError, AppState, Caller};
@@ -313,6 +313,19 @@ fn tags_match(
     })
 }
 
+/// The states a job may be in while its task shows `state`.
+fn job_states(state: TesState) -> &'static [JobState] {
+    match state {
+        TesState::Queued => &[JobState::Queued, JobState::Running],
+        TesState::Initializing | TesState::Running => &[JobState::Running],
+        TesState::Complete => &[JobState::Done],
+        TesState::ExecutorError | TesState::SystemError => &[JobState::Error],
+        TesState::Canceling => &[JobState::Canceling],
+        TesState::Canceled => &[JobState::Canceled],
+        TesState::Unknown | TesState::Paused | TesState::Preempted => &[],
+    }
+}
+
 /// `GET /tasks`: newest first, filtered, a page at a time. Pages are cut at a task's sequence
 /// number, so tasks submitted while a client pages through never shift what it sees next.
 pub async fn list(
@@ -325,11 +338,25 @@ pub async fn list(
     let state_view = state.cluster.view().read();
     let node_name = |node_id: u64| node_name(&state_view, node_id);
     let upper = query.before.unwrap_or(u64::MAX);
+    // Walk the narrowest index the filters allow; every filter is still checked below.
+    let candidates: Box<dyn Iterator<Item = JobSeq> + '_> =
+        if let Some((key, value)) = query.tags.first() {
+            let value = (!value.is_empty()).then_some(value.as_str());
+            Box::new(state_view.jobs_tagged_before(key, value, upper))
+        } else if let Some(state) = query.state {
+            Box::new(state_view.jobs_in_states_before(job_states(state), upper))
+        } else {
+            Box::new(state_view.jobs.range(..upper).rev().map(|(seq, _)| *seq))
+        };
     let mut tasks = Vec::new();
     let mut bytes = 0;
     let mut last_seq = None;
     let mut more = false;
-    for (seq, job) in state_view.jobs.range(..upper).rev() {
+    for seq in candidates {
+        let Some(job) = state_view.jobs.get(&seq) else {
+            continue;
+        };
+        let seq = &seq;
         let spec = &job.spec;
         if spec.kind != JobKind::Task
             || !caller.sees(&spec.owner)

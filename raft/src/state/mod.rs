@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::command::{Command, NodeInfo, Outcome, Proposal};
-use crate::job::{Datum, DatumKey, Job, JobSeq};
+use crate::job::{Datum, DatumKey, Job, JobSeq, JobState};
 use crate::types::NodeId;
 
 /// A node as the registry knows it.
@@ -122,6 +122,12 @@ pub struct State {
     claims: BTreeMap<NodeId, BTreeSet<DatumKey>>,
     /// Derived: claimed datums waiting in their node's queue (stealable).
     queued: BTreeSet<DatumKey>,
+    /// Derived: jobs in each state, and the state each job is filed under (listing by state).
+    jobs_by_state: BTreeMap<JobState, BTreeSet<JobSeq>>,
+    job_states: BTreeMap<JobSeq, JobState>,
+    /// Derived: jobs carrying each tag key, and each tag (listing by tag).
+    jobs_by_tag_key: BTreeMap<String, BTreeSet<JobSeq>>,
+    jobs_by_tag: BTreeMap<(String, String), BTreeSet<JobSeq>>,
     /// Rows changed since the last [`State::take_dirty`]; not part of the state's value.
     dirty: BTreeSet<RowKey>,
 }
@@ -250,6 +256,81 @@ impl State {
         self.pending.len()
     }
 
+    /// Jobs (newest first, below sequence number `before`) in one of `states`.
+    pub fn jobs_in_states_before(
+        &self,
+        states: &[JobState],
+        before: JobSeq,
+    ) -> impl Iterator<Item = JobSeq> + '_ {
+        let mut lists: Vec<std::iter::Peekable<_>> = states
+            .iter()
+            .filter_map(|state| self.jobs_by_state.get(state))
+            .map(|seqs| seqs.range(..before).rev().copied().peekable())
+            .collect();
+        // Merge the lists, newest first.
+        std::iter::from_fn(move || {
+            let (best, _) = lists
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, list)| list.peek().map(|seq| (i, *seq)))
+                .max_by_key(|(_, seq)| *seq)?;
+            lists[best].next()
+        })
+    }
+
+    /// Jobs (newest first, below sequence number `before`) tagged `key`, with `value` when
+    /// given.
+    pub fn jobs_tagged_before<'a>(
+        &'a self,
+        key: &str,
+        value: Option<&str>,
+        before: JobSeq,
+    ) -> impl Iterator<Item = JobSeq> + 'a {
+        let seqs = match value {
+            Some(value) => self.jobs_by_tag.get(&(key.to_string(), value.to_string())),
+            None => self.jobs_by_tag_key.get(key),
+        };
+        seqs.into_iter()
+            .flat_map(move |seqs| seqs.range(..before).rev().copied())
+    }
+
+    /// Files the job under its current state in `jobs_by_state`.
+    fn index_job_state(&mut self, seq: JobSeq) {
+        let Some(state) = self.jobs.get(&seq).map(Job::state) else {
+            return;
+        };
+        let old = self.job_states.insert(seq, state);
+        if old == Some(state) {
+            return;
+        }
+        if let Some(old) = old
+            && let Some(seqs) = self.jobs_by_state.get_mut(&old)
+        {
+            seqs.remove(&seq);
+            if seqs.is_empty() {
+                self.jobs_by_state.remove(&old);
+            }
+        }
+        self.jobs_by_state.entry(state).or_default().insert(seq);
+    }
+
+    /// Files a new job under its tags.
+    fn index_job_tags(&mut self, seq: JobSeq) {
+        let Some(job) = self.jobs.get(&seq) else {
+            return;
+        };
+        for (key, value) in &job.spec.tags {
+            self.jobs_by_tag_key
+                .entry(key.clone())
+                .or_default()
+                .insert(seq);
+            self.jobs_by_tag
+                .entry((key.clone(), value.clone()))
+                .or_default()
+                .insert(seq);
+        }
+    }
+
     /// Recomputes the derived indexes from jobs and datums (after loading rows).
     pub fn rebuild_indexes(&mut self) {
         self.job_ids = self
@@ -260,6 +341,15 @@ impl State {
         self.pending.clear();
         self.claims.clear();
         self.queued.clear();
+        self.jobs_by_state.clear();
+        self.job_states.clear();
+        self.jobs_by_tag_key.clear();
+        self.jobs_by_tag.clear();
+        let seqs: Vec<JobSeq> = self.jobs.keys().copied().collect();
+        for seq in seqs {
+            self.index_job_state(seq);
+            self.index_job_tags(seq);
+        }
         for (key, datum) in &self.datums {
             if datum.state == crate::job::DatumState::Pending {
                 self.pending.insert(*key);

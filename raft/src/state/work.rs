@@ -91,6 +91,7 @@ impl State {
         };
         self.jobs.insert(seq, job);
         self.job_ids.insert(spec.id.clone(), seq);
+        self.index_job_tags(seq);
         self.append_datums(seq, datums, seal, now_ms);
         Outcome::JobSubmitted {
             job_id: spec.id.clone(),
@@ -171,6 +172,7 @@ impl State {
                 None
             };
             self.dirty.insert(RowKey::Job(seq));
+            self.index_job_state(seq);
         }
     }
 
@@ -781,6 +783,10 @@ mod tests {
         assert_eq!(copy.pending, state.pending, "pending index");
         assert_eq!(copy.claims, state.claims, "claim index");
         assert_eq!(copy.queued, state.queued, "queued index");
+        assert_eq!(copy.jobs_by_state, state.jobs_by_state, "state index");
+        assert_eq!(copy.job_states, state.job_states, "state index");
+        assert_eq!(copy.jobs_by_tag, state.jobs_by_tag, "tag index");
+        assert_eq!(copy.jobs_by_tag_key, state.jobs_by_tag_key, "tag key index");
         assert_eq!(copy.job_ids, state.job_ids, "id index");
     }
 
@@ -1155,6 +1161,50 @@ mod tests {
             log.state.jobs[&second].created_ms, log.state.jobs[&first].created_ms,
             "a leader whose clock is behind does not make a later job look older"
         );
+    }
+
+    #[test]
+    fn jobs_are_listed_by_state_and_tag_newest_first() {
+        let mut log = Log::new();
+        let mut tagged = |id: &str, tags: &[(&str, &str)]| {
+            let mut spec = spec(id, JobKind::Task, 0, 1);
+            spec.tags = tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            log.submit_spec(spec, 1, true)
+        };
+        let a = tagged("a", &[("team", "x")]);
+        let b = tagged("b", &[("team", "y"), ("urgent", "")]);
+        let c = tagged("c", &[("team", "x")]);
+        let grants = log.claim(N1, 1);
+        log.report(N1, grants[0], AttemptOutcome::Succeeded);
+        let by_state = |log: &Log, states: &[JobState], before| {
+            log.state
+                .jobs_in_states_before(states, before)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(by_state(&log, &[JobState::Done], u64::MAX), [a]);
+        assert_eq!(by_state(&log, &[JobState::Queued], u64::MAX), [c, b]);
+        assert_eq!(
+            by_state(&log, &[JobState::Queued, JobState::Done], u64::MAX),
+            [c, b, a],
+            "two states merge newest first"
+        );
+        assert_eq!(
+            by_state(&log, &[JobState::Queued], c),
+            [b],
+            "below a page token"
+        );
+        let by_tag = |key, value| {
+            log.state
+                .jobs_tagged_before(key, value, u64::MAX)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(by_tag("team", Some("x")), [c, a]);
+        assert_eq!(by_tag("team", None), [c, b, a]);
+        assert_eq!(by_tag("urgent", Some("")), [b]);
+        assert!(by_tag("team", Some("z")).is_empty());
     }
 
     #[test]
