@@ -254,9 +254,21 @@ async fn tasks_run_in_containers_with_their_files_env_limits_and_results() -> Re
 async fn cancel_kills_the_container_and_a_restart_removes_what_a_previous_life_left() -> Result<()>
 {
     let Some(image) = image() else { return Ok(()) };
-    let mut cluster = TestCluster::formed(1, options()).await?;
-    let node_id = cluster.status(0, false).await?.node_id;
+    let auto = ClusterOptions {
+        executor: "auto".to_string(),
+        ..options()
+    };
+    let mut cluster = TestCluster::formed(1, auto).await?;
+    let status = cluster.status(0, false).await?;
+    let node_id = status.node_id;
     let prefix = format!("shoal-{node_id}");
+
+    phase("executor auto picks docker when the engine answers, and the status says so");
+    ensure!(
+        status.members[0].executor.as_deref() == Some("docker"),
+        "{:?}",
+        status.members[0].executor
+    );
 
     phase("a running task is canceled: CANCELED, and its container is gone");
     let id = cluster
