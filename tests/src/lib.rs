@@ -271,6 +271,18 @@ impl TestCluster {
     }
 
     /// SIGTERM, then waits for the exit; returns the exit code.
+    /// Sends SIGTERM to a node without waiting for it to exit (see [`TestCluster::terminate`]).
+    pub fn send_sigterm(&self, index: usize) -> Result<()> {
+        let node = &self.nodes[index];
+        let child = node
+            .child
+            .as_ref()
+            .ok_or_else(|| anyhow!("{} is not running", node.name))?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        Ok(())
+    }
+
     pub async fn terminate(&mut self, index: usize, timeout: Duration) -> Result<Option<i32>> {
         let node = &mut self.nodes[index];
         let mut child = node

@@ -217,3 +217,68 @@ async fn an_idle_node_steals_a_claim_waiting_in_a_busy_nodes_queue() -> Result<(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_hands_queued_claims_back_at_once_instead_of_leaving_them_to_the_lease()
+-> Result<()> {
+    let options = ClusterOptions {
+        slots: 1,
+        lease_ms: 20_000,
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::formed(3, options).await?;
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let name = |i: usize| names[i].clone();
+
+    phase("node 0 runs one task and holds the next in its queue; the others are drained");
+    for i in [1, 2] {
+        let (status, body) = cluster
+            .post(0, &format!("/v1/cluster/nodes/{}:drain", name(i)))
+            .await?;
+        ensure!(status == 200, "drain answered {status}: {body}");
+    }
+    let first = cluster.submit_task(1, &shell("sleep 3")).await?;
+    let second = cluster.submit_task(1, &shell("echo later")).await?;
+    let this = &cluster;
+    let busy = name(0);
+    shoal_tests::wait_for(
+        "the second task queued on node 0",
+        TASK_TIMEOUT,
+        async || {
+            let second = this.task(1, &second, "BASIC").await.ok()?;
+            (second["logs"][0]["metadata"]["hostname"] == busy.as_str()).then_some(())
+        },
+    )
+    .await?;
+
+    phase("SIGTERM to node 0: the queued claim is handed back long before a lease would end");
+    let started = std::time::Instant::now();
+    cluster.send_sigterm(0)?;
+    let this = &cluster;
+    shoal_tests::wait_for("the hand-back", Duration::from_secs(8), async || {
+        let second = this.task(1, &second, "BASIC").await.ok()?;
+        let no_attempt = second["logs"].as_array().is_some_and(Vec::is_empty);
+        (second["state"] == "QUEUED" && no_attempt).then_some(())
+    })
+    .await?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(15),
+        "took as long as a lease"
+    );
+    let exit = cluster.terminate(0, Duration::from_secs(30)).await?;
+    ensure!(exit == Some(0), "node 0 did not exit cleanly");
+
+    phase("the running task was finished, not abandoned; the queued one runs elsewhere");
+    ensure!(
+        cluster.wait_task(1, &first, TASK_TIMEOUT).await?["state"] == "COMPLETE",
+        "the running task"
+    );
+    let (status, body) = cluster
+        .post(1, &format!("/v1/cluster/nodes/{}:undrain", name(1)))
+        .await?;
+    ensure!(status == 200, "undrain answered {status}: {body}");
+    let later = cluster.wait_task(1, &second, TASK_TIMEOUT).await?;
+    ensure!(later["state"] == "COMPLETE", "{later}");
+    ensure!(later["logs"].as_array().map(Vec::len) == Some(1), "{later}");
+    Ok(())
+}

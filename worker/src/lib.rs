@@ -156,6 +156,7 @@ impl Worker {
             reports,
             stop: CancellationToken::new(),
         });
+        // The claim loop comes first: `shutdown` stops it before the others.
         let tasks = vec![
             tokio::spawn(claim_loop(shared.clone())),
             tokio::spawn(reporter(shared.clone(), queue)),
@@ -171,8 +172,12 @@ impl Worker {
 
     /// Stops claiming, lets running attempts finish (killing them after a grace period), and
     /// sends the last reports.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shared.stop.cancel();
+        // The claim loop first, so grants of a claim in flight reach the queue before it is
+        // handed back.
+        let claim_loop = self.tasks.remove(0);
+        let _ = tokio::time::timeout(Duration::from_secs(11), claim_loop).await;
         hand_back_queue(&self.shared).await;
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while !self.shared.running().is_empty() && tokio::time::Instant::now() < deadline {
