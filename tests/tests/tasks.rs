@@ -166,28 +166,8 @@ async fn an_idle_node_steals_a_claim_waiting_in_a_busy_nodes_queue() -> Result<(
     let name = |i: usize| cluster.nodes[i].name.clone();
 
     phase("with the other two nodes drained, node 0 runs one task and queues the next");
-    for i in [1, 2] {
-        let (status, body) = cluster
-            .post(0, &format!("/v1/cluster/nodes/{}:drain", name(i)))
-            .await?;
-        ensure!(status == 200, "drain answered {status}: {body}");
-    }
-    let first = cluster.submit_task(0, &shell("sleep 4")).await?;
-    let second = cluster.submit_task(0, &shell("echo stolen")).await?;
-    let this = &cluster;
-    let busy = name(0);
-    shoal_tests::wait_for(
-        "the second task queued on node 0",
-        TASK_TIMEOUT,
-        async || {
-            let first = this.task(0, &first, "BASIC").await.ok()?;
-            let second = this.task(0, &second, "BASIC").await.ok()?;
-            let queued_here = second["state"] == "QUEUED"
-                && second["logs"][0]["metadata"]["hostname"] == busy.as_str();
-            (first["state"] == "RUNNING" && queued_here).then_some(())
-        },
-    )
-    .await?;
+    let (first, second) =
+        one_running_one_queued_on_node_0(&cluster, "sleep 4", "echo stolen").await?;
 
     phase("node 1 comes back: nothing is pending, so it steals the queued task and runs it now");
     let (status, body) = cluster
@@ -231,25 +211,8 @@ async fn sigterm_hands_queued_claims_back_at_once_instead_of_leaving_them_to_the
     let name = |i: usize| names[i].clone();
 
     phase("node 0 runs one task and holds the next in its queue; the others are drained");
-    for i in [1, 2] {
-        let (status, body) = cluster
-            .post(0, &format!("/v1/cluster/nodes/{}:drain", name(i)))
-            .await?;
-        ensure!(status == 200, "drain answered {status}: {body}");
-    }
-    let first = cluster.submit_task(1, &shell("sleep 3")).await?;
-    let second = cluster.submit_task(1, &shell("echo later")).await?;
-    let this = &cluster;
-    let busy = name(0);
-    shoal_tests::wait_for(
-        "the second task queued on node 0",
-        TASK_TIMEOUT,
-        async || {
-            let second = this.task(1, &second, "BASIC").await.ok()?;
-            (second["logs"][0]["metadata"]["hostname"] == busy.as_str()).then_some(())
-        },
-    )
-    .await?;
+    let (first, second) =
+        one_running_one_queued_on_node_0(&cluster, "sleep 3", "echo later").await?;
 
     phase("SIGTERM to node 0: the queued claim is handed back long before a lease would end");
     let started = std::time::Instant::now();
@@ -281,4 +244,39 @@ async fn sigterm_hands_queued_claims_back_at_once_instead_of_leaving_them_to_the
     ensure!(later["state"] == "COMPLETE", "{later}");
     ensure!(later["logs"].as_array().map(Vec::len) == Some(1), "{later}");
     Ok(())
+}
+
+/// Drains nodes 1 and 2, then submits a task running `first` and one running `second`
+/// through node 1: node 0 (one slot) runs the first and holds the second as a queued claim.
+/// Returns the two task ids once both are so.
+async fn one_running_one_queued_on_node_0(
+    cluster: &TestCluster,
+    first: &str,
+    second: &str,
+) -> Result<(String, String)> {
+    for i in [1, 2] {
+        let (status, body) = cluster
+            .post(
+                0,
+                &format!("/v1/cluster/nodes/{}:drain", cluster.nodes[i].name),
+            )
+            .await?;
+        ensure!(status == 200, "drain answered {status}: {body}");
+    }
+    let first = cluster.submit_task(1, &shell(first)).await?;
+    let second = cluster.submit_task(1, &shell(second)).await?;
+    let busy = cluster.nodes[0].name.as_str();
+    shoal_tests::wait_for(
+        "the second task queued on node 0",
+        TASK_TIMEOUT,
+        async || {
+            let first = cluster.task(1, &first, "BASIC").await.ok()?;
+            let second = cluster.task(1, &second, "BASIC").await.ok()?;
+            let queued_here =
+                second["state"] == "QUEUED" && second["logs"][0]["metadata"]["hostname"] == busy;
+            (first["state"] == "RUNNING" && queued_here).then_some(())
+        },
+    )
+    .await?;
+    Ok((first, second))
 }
