@@ -182,6 +182,7 @@ pub async fn run(
     let state = http::AppState {
         cluster: cluster.clone(),
         tokens: Arc::new(config.http.tokens.clone()),
+        loopback_only: listen.ip().is_loopback(),
     };
     let app = http::router(state, config.http.body_bytes_max);
     let served = axum::serve(listener, app)

@@ -517,6 +517,16 @@ async fn every_operation_in_the_openapi_document_is_served() -> Result<()> {
         from("http://127.0.0.1:3000").await?.status() == 200,
         "a local page was refused"
     );
+    let rebound = reqwest::Client::new()
+        .get(&url)
+        .header("Host", "attacker.example:8000")
+        .send()
+        .await?;
+    ensure!(
+        rebound.status() == 403,
+        "a request addressed to another name (DNS rebinding) was answered: {}",
+        rebound.status()
+    );
 
     phase("service-info says it is TES 1.1 and lists the storage schemes");
     for prefix in ["/ga4gh/tes/v1", "/v1"] {

@@ -30,6 +30,9 @@ use crate::config::TokenConfig;
 pub struct AppState {
     pub cluster: Cluster,
     pub tokens: Arc<Vec<TokenConfig>>,
+    /// The node listens on loopback only: without tokens, it then answers only requests
+    /// addressed to a loopback name (no DNS rebinding).
+    pub loopback_only: bool,
 }
 
 /// Who sent a request, as its bearer token says. Without tokens configured every caller is
@@ -102,6 +105,32 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
     router.with_state(state)
 }
 
+/// Without tokens, whether a request may be answered: no browser page of another site sent
+/// it (`Origin`, `Sec-Fetch-Site`), and, on a loopback-only node, it is addressed to a
+/// loopback name, so a page that rebinds its own name to 127.0.0.1 gets nothing.
+fn from_this_machine(request: &Request, loopback_only: bool) -> bool {
+    let headers = request.headers();
+    // A header that is not text counts as foreign.
+    let text = |name| {
+        headers
+            .get(name)
+            .map(|v: &header::HeaderValue| v.to_str().unwrap_or("\u{0}"))
+    };
+    if text(header::ORIGIN).is_some_and(|origin| !is_loopback_origin(origin)) {
+        return false;
+    }
+    if text(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site") {
+        return false;
+    }
+    if loopback_only
+        && let Some(host) = text(header::HOST)
+        && !is_loopback_origin(&format!("http://{host}"))
+    {
+        return false;
+    }
+    true
+}
+
 /// Whether `origin` (a browser's `Origin` header) is a page served from this machine.
 fn is_loopback_origin(origin: &str) -> bool {
     let Some(rest) = origin
@@ -155,18 +184,12 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
         request.uri().path(),
         "/healthz" | "/readyz" | "/openapi.json"
     );
-    if state.tokens.is_empty() {
-        let origin = request
-            .headers()
-            .get(header::ORIGIN)
-            .and_then(|value| value.to_str().ok());
-        if origin.is_some_and(|origin| !is_loopback_origin(origin)) {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "requests from other sites' web pages need http.tokens on this node",
-            )
-            .into_response();
-        }
+    if state.tokens.is_empty() && !from_this_machine(&request, state.loopback_only) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "requests from other sites' web pages need http.tokens on this node",
+        )
+        .into_response();
     }
     if state.tokens.is_empty() || open {
         request.extensions_mut().insert(Caller {

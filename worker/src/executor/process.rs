@@ -28,18 +28,25 @@ const SYSTEM_DIRS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc
 fn bwrap_path() -> Option<&'static Path> {
     static PATH: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
-        let found = std::env::var_os("PATH")
-            .iter()
-            .flat_map(std::env::split_paths)
-            .map(|dir| dir.join(BWRAP))
-            .find(|path| path.is_file())?;
-        std::process::Command::new(&found)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-            .then_some(found)
+        // The node's PATH, then the usual directories (PATH may be unset in a container).
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs = std::env::split_paths(&path).chain(std::env::split_paths(DEFAULT_PATH));
+        let found = dirs.map(|dir| dir.join(BWRAP)).find(|candidate| {
+            candidate.is_file()
+                && std::process::Command::new(candidate)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|status| status.success())
+        });
+        if found.is_none() {
+            tracing::warn!(
+                "bubblewrap (bwrap) not found: the process executor runs only tasks that map no \
+                 paths, unsandboxed, in their attempt directory"
+            );
+        }
+        found
     })
     .as_deref()
 }
@@ -55,9 +62,25 @@ fn system_dirs() -> &'static [(&'static str, Option<PathBuf>)] {
     static DIRS: std::sync::OnceLock<Vec<(&'static str, Option<PathBuf>)>> =
         std::sync::OnceLock::new();
     DIRS.get_or_init(|| {
+        // A symlink is kept as a symlink only when it leads into a directory that is bound
+        // (merged /usr: /bin -> usr/bin); any other is bound as what it points to.
+        let bound: Vec<&str> = SYSTEM_DIRS
+            .iter()
+            .copied()
+            .filter(|dir| std::fs::read_link(dir).is_err())
+            .collect();
         SYSTEM_DIRS
             .iter()
-            .map(|dir| (*dir, std::fs::read_link(dir).ok()))
+            .map(|dir| {
+                let link = std::fs::read_link(dir).ok().filter(|_| {
+                    std::fs::canonicalize(dir).is_ok_and(|target| {
+                        bound
+                            .iter()
+                            .any(|b| target.starts_with(b) && target != Path::new(b))
+                    })
+                });
+                (*dir, link)
+            })
             .collect()
     })
 }
@@ -200,7 +223,8 @@ fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
         || step.stdin.is_some()
         || step.stdout.is_some()
         || step.stderr.is_some();
-    let mut command = if let Some(bwrap) = bwrap_path() {
+    let bwrap = bwrap_path();
+    let mut command = if let Some(bwrap) = bwrap {
         sandboxed(bwrap, step)
     } else if maps_paths {
         return Err(ExecutorError::NeedsBwrap);
@@ -211,9 +235,14 @@ fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .env("HOME", "/tmp");
-    command
-        .envs(&step.spec.env)
-        .envs(step.extra_env.iter().map(|(k, v)| (k, v)));
+    if bwrap.is_none() {
+        // Only an unsandboxed step gets the task's variables in its process environment.
+        // bwrap itself runs on the host before any namespace exists, so it must never see
+        // them (LD_PRELOAD and the like); inside the sandbox they come from `--setenv`.
+        command
+            .envs(&step.spec.env)
+            .envs(step.extra_env.iter().map(|(k, v)| (k, v)));
+    }
     command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -313,7 +342,54 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::check_beneath;
+    use super::{build, bwrap_path, check_beneath};
+    use crate::executor::StepRun;
+    use shoal_raft::job::{ExecutorSpec, Resources};
+
+    #[test]
+    fn the_tasks_environment_reaches_the_step_but_never_bwrap_itself() {
+        let spec = ExecutorSpec {
+            image: "x".into(),
+            command: vec!["true".into()],
+            env: [("LD_PRELOAD".to_string(), "/tmp/evil.so".to_string())].into(),
+            ..Default::default()
+        };
+        let resources = Resources::default();
+        let step = StepRun {
+            spec: &spec,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            attempt_dir: std::path::Path::new("/tmp"),
+            binds: &[],
+            extra_env: &[],
+            tail_bytes_max: 1024,
+            resources: &resources,
+            container_name: "n".into(),
+            node_label: "n",
+        };
+        let command = build(&step).expect("build");
+        let std = command.as_std();
+        let envs: Vec<_> = std.get_envs().map(|(k, _)| k.to_owned()).collect();
+        let args: Vec<String> = std
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        if bwrap_path().is_some() {
+            assert!(!envs.iter().any(|k| k == "LD_PRELOAD"), "{envs:?}");
+            let at = args
+                .iter()
+                .position(|a| a == "LD_PRELOAD")
+                .expect("--setenv");
+            assert_eq!(args[at - 1], "--setenv");
+            assert_eq!(args[at + 1], "/tmp/evil.so");
+        } else {
+            assert!(
+                envs.iter().any(|k| k == "LD_PRELOAD"),
+                "direct steps get it"
+            );
+        }
+    }
 
     #[test]
     fn symlinks_below_the_root_are_refused_and_missing_paths_pass() {
