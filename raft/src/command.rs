@@ -84,8 +84,8 @@ pub enum Command {
         datum: DatumKey,
         fence: u64,
     },
-    /// The node gives back datums it holds in its queue (it is stopping); they go back to
-    /// pending without spending an attempt.
+    /// The node gives back claimed datums it has not begun (its queue, or grants that arrived
+    /// as it began to stop); they go back to pending without spending an attempt.
     HandBack {
         node_id: NodeId,
         datums: Vec<(DatumKey, u64)>,
@@ -113,25 +113,33 @@ pub enum Command {
         lease_ms: u64,
     },
     /// Commands proposed together in one entry and applied in order, each with its own
-    /// outcome (see [`Command::is_batchable`]). Writes that arrive together are grouped so
+    /// outcome (see [`Command::may_share_entry`]). Writes that arrive together are grouped so
     /// the log, the network and the stores handle one entry instead of many.
     Batch(Vec<Command>),
 }
 
 impl Command {
-    /// Whether the command may ride in a [`Command::Batch`]. Claims and lease expiry may not:
-    /// a claim's fence is its entry's index, so one entry must never release a datum and
-    /// grant it again. Nor may commands that are not idempotent (`AddDatums`, `RetryFailed`),
-    /// since a batch is resent whole when its answer is lost.
-    pub fn is_batchable(&self) -> bool {
+    /// Whether applying a [`Command::Batch`] carries this command out. Part of the log's
+    /// meaning, so it never changes: claims and lease expiry may not share an entry (a
+    /// claim's fence is its entry's index, so one entry must never release a datum and grant
+    /// it again), nor may a batch nest.
+    pub fn may_share_entry(&self) -> bool {
         !matches!(
             self,
-            Command::ClaimBatch { .. }
-                | Command::ExpireLeases { .. }
-                | Command::AddDatums { .. }
-                | Command::RetryFailed { .. }
-                | Command::Batch(_)
+            Command::ClaimBatch { .. } | Command::ExpireLeases { .. } | Command::Batch(_)
         )
+    }
+
+    /// Whether a node groups this command with others when writing. A policy of the writer,
+    /// free to change: beyond [`Command::may_share_entry`], commands that are not idempotent
+    /// (`AddDatums`, `RetryFailed`) go alone, since a batch is resent whole when its answer
+    /// is lost.
+    pub fn is_batchable(&self) -> bool {
+        self.may_share_entry()
+            && !matches!(
+                self,
+                Command::AddDatums { .. } | Command::RetryFailed { .. }
+            )
     }
 }
 

@@ -100,6 +100,12 @@ pub(crate) struct Shared {
     slot_freed: Notify,
     reports: mpsc::Sender<Completion>,
     stop: CancellationToken,
+    /// Set when shutdown kills what still runs after the grace period: those attempts go
+    /// unreported (their claims expire without spending a try).
+    killed_by_stop: std::sync::atomic::AtomicBool,
+    /// Fired once no attempt runs any more: the reporter sends what is left and ends, and
+    /// the claim watch ends.
+    flush: CancellationToken,
 }
 
 impl Shared {
@@ -155,6 +161,8 @@ impl Worker {
             slot_freed: Notify::new(),
             reports,
             stop: CancellationToken::new(),
+            killed_by_stop: std::sync::atomic::AtomicBool::new(false),
+            flush: CancellationToken::new(),
         });
         // The claim loop comes first: `shutdown` stops it before the others.
         let tasks = vec![
@@ -176,21 +184,37 @@ impl Worker {
         self.shared.stop.cancel();
         // The claim loop first, so grants of a claim in flight reach the queue before it is
         // handed back.
-        let claim_loop = self.tasks.remove(0);
-        let _ = tokio::time::timeout(Duration::from_secs(11), claim_loop).await;
+        let mut claim_loop = self.tasks.remove(0);
+        if tokio::time::timeout(Duration::from_secs(11), &mut claim_loop)
+            .await
+            .is_err()
+        {
+            claim_loop.abort();
+        }
         hand_back_queue(&self.shared).await;
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        self.wait_idle(deadline).await;
+        if !self.shared.running().is_empty() {
+            self.shared.killed_by_stop.store(true, Ordering::SeqCst);
+            for attempt in self.shared.running().values() {
+                attempt.cancel.cancel();
+            }
+            self.wait_idle(tokio::time::Instant::now() + Duration::from_secs(5))
+                .await;
+        }
+        self.shared.flush.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+
+    /// Waits until no attempt runs, or `deadline`.
+    async fn wait_idle(&self, deadline: tokio::time::Instant) {
         while !self.shared.running().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::select! {
                 () = self.shared.slot_freed.notified() => {}
                 () = tokio::time::sleep_until(deadline) => {}
             }
-        }
-        for attempt in self.shared.running().values() {
-            attempt.cancel.cancel();
-        }
-        for task in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
 }
@@ -236,8 +260,16 @@ fn start_queued(shared: &Arc<Shared>) {
             if running.len() >= shared.config.slots as usize {
                 return;
             }
-            let Some(grant) = lock(&shared.queue).pop_front() else {
-                return;
+            // The first grant whose datum has no older attempt still stopping here.
+            let grant = {
+                let mut queue = lock(&shared.queue);
+                let next = queue
+                    .iter()
+                    .position(|g| running.get(&g.datum).is_none_or(|r| r.fence == g.fence));
+                match next.and_then(|i| queue.remove(i)) {
+                    Some(grant) => grant,
+                    None => return,
+                }
             };
             let known = running
                 .get(&grant.datum)
@@ -277,7 +309,9 @@ async fn claim_loop(shared: Arc<Shared>) {
             match answer {
                 Ok(Outcome::Claimed { grants }) if !grants.is_empty() => {
                     for grant in grants {
-                        if grant.queued {
+                        // Granted while the node began to stop: nothing starts; shutdown
+                        // hands the whole queue back.
+                        if grant.queued || shared.stop.is_cancelled() {
                             enqueue(&shared, grant);
                         } else {
                             start_attempt(&shared, grant);
@@ -333,7 +367,8 @@ async fn hand_back_queue(shared: &Shared) {
     }
 }
 
-/// Runs `grant` now unless it runs or ran here already.
+/// Runs `grant` now unless it runs or ran here already. While an older attempt of the same
+/// datum is still being stopped here, the grant waits in the queue for its slot.
 fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
     let cancel = CancellationToken::new();
     let count = {
@@ -344,6 +379,11 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
             .is_some_and(|r| r.fence == grant.fence)
             || finished.contains(&(grant.datum, grant.fence));
         if known {
+            return;
+        }
+        if running.contains_key(&grant.datum) {
+            drop((finished, running));
+            enqueue(shared, grant);
             return;
         }
         running.insert(
@@ -374,7 +414,8 @@ fn spawn_attempt(shared: &Arc<Shared>, grant: Grant, cancel: CancellationToken) 
             return;
         }
         let report = attempt::run(shared.clone(), grant, cancel).await;
-        let stopped = shared.stop.is_cancelled() && report.outcome == AttemptOutcome::Canceled;
+        let stopped = shared.killed_by_stop.load(Ordering::SeqCst)
+            && report.outcome == AttemptOutcome::Canceled;
         lock(&shared.finished).insert((grant.datum, grant.fence));
         if !stopped {
             let _ = shared
@@ -460,9 +501,16 @@ async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Completion>) {
     loop {
         let first = match carried.take() {
             Some(completion) => completion,
-            None => match queue.recv().await {
-                Some(completion) => completion,
-                None => return,
+            // After the flush, send what is queued and end.
+            None => tokio::select! {
+                next = queue.recv() => match next {
+                    Some(completion) => completion,
+                    None => return,
+                },
+                () = shared.flush.cancelled() => match queue.try_recv() {
+                    Ok(completion) => completion,
+                    Err(_) => return,
+                },
             },
         };
         let mut bytes = report_bytes(&first);
@@ -503,14 +551,15 @@ async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Completion>) {
 async fn claim_watch(shared: Arc<Shared>) {
     let mut applied = shared.cluster.view().applied();
     loop {
+        // Cancels and lost claims are still enforced while running attempts finish.
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
-            () = shared.stop.cancelled() => return,
+            () = shared.flush.cancelled() => return,
         }
         let applied = applied.borrow().map(|id| id.index).unwrap_or(0);
         stop_lost_attempts(&shared, applied);
         drop_lost_queued(&shared, applied);
-        if shared.claiming.load(Ordering::SeqCst) {
+        if shared.claiming.load(Ordering::SeqCst) || shared.stop.is_cancelled() {
             continue;
         }
         for grant in orphaned_claims(&shared, applied) {

@@ -210,7 +210,7 @@ impl State {
                 commands
                     .iter()
                     .map(|command| {
-                        if !command.is_batchable() {
+                        if !command.may_share_entry() {
                             return Outcome::Refused {
                                 reason: "this command cannot be batched".to_string(),
                             };

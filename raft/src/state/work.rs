@@ -380,8 +380,9 @@ impl State {
         Some(claim)
     }
 
-    /// A queued claim goes back to pending as if never granted.
-    fn release_queued(&mut self, key: DatumKey, now_ms: u64) {
+    /// A claim never begun (queued, or handed back before it started) goes back to pending
+    /// as if never granted.
+    fn release_unbegun(&mut self, key: DatumKey, now_ms: u64) {
         self.drop_claim(key);
         if let Some(datum) = self.datums.get_mut(&key) {
             datum.attempts.pop();
@@ -419,8 +420,14 @@ impl State {
     ) -> Outcome {
         let mut changed = 0;
         for &(key, fence) in datums {
-            if self.holds(key, fence, Some(node)) && self.is_queued(key) {
-                self.release_queued(key, now_ms);
+            // Only the holder hands back, and only what it has not begun: a queued claim, or
+            // one granted as the node began to stop (still merely Claimed).
+            let claimed = self
+                .datums
+                .get(&key)
+                .is_some_and(|d| d.state == DatumState::Claimed);
+            if self.holds(key, fence, Some(node)) && claimed {
+                self.release_unbegun(key, now_ms);
                 changed += 1;
             }
         }
@@ -616,7 +623,7 @@ impl State {
                 .collect();
             for key in keys {
                 if self.is_queued(key) {
-                    self.release_queued(key, now_ms);
+                    self.release_unbegun(key, now_ms);
                 } else {
                     self.finish_attempt(key, AttemptOutcome::LeaseExpired, None, now_ms);
                 }
@@ -1161,6 +1168,38 @@ mod tests {
             log.state.jobs[&second].created_ms, log.state.jobs[&first].created_ms,
             "a leader whose clock is behind does not make a later job look older"
         );
+    }
+
+    #[test]
+    fn only_claims_not_yet_running_can_be_handed_back_and_only_by_their_holder() {
+        let mut log = Log::new();
+        let job = log.submit("j", 2, 0, 1);
+        let grants = log.claim(N1, 2);
+        log.apply(Command::Started {
+            datum: grants[1].datum,
+            fence: grants[1].fence,
+        });
+        let hand_back = |node_id, grant: Grant| Command::HandBack {
+            node_id,
+            datums: vec![(grant.datum, grant.fence)],
+        };
+        assert_eq!(
+            log.apply(hand_back(N2, grants[0])),
+            Outcome::Changed { datums: 0 },
+            "not the holder"
+        );
+        assert_eq!(
+            log.apply(hand_back(N1, grants[1])),
+            Outcome::Changed { datums: 0 },
+            "already running"
+        );
+        assert_eq!(
+            log.apply(hand_back(N1, grants[0])),
+            Outcome::Changed { datums: 1 }
+        );
+        let back = log.datum(job, 0);
+        assert_eq!((back.state, back.attempts.len()), (DatumState::Pending, 0));
+        assert_eq!(log.datum(job, 1).state, DatumState::Running);
     }
 
     #[test]

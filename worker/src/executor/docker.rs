@@ -396,11 +396,16 @@ impl DockerExecutor {
             exited.cancel();
             result
         };
-        let ((), (stdout_tail, stderr_tail), (code, killed)) = tokio::try_join!(
-            async { feed.await.map_err(ExecutorError::Io) },
-            capture,
-            waited
-        )?;
+        // Input the step never read must not hold the step open once its container is gone.
+        let feed = async {
+            tokio::select! {
+                fed = feed => fed.map_err(ExecutorError::Io),
+                () = exited.cancelled() => Ok(()),
+                () = cancel.cancelled() => Ok(()),
+            }
+        };
+        let ((), (stdout_tail, stderr_tail), (code, killed)) =
+            tokio::try_join!(feed, capture, waited)?;
         let mut note = killed.then(|| "step killed: the attempt was canceled".to_string());
         if !killed {
             let inspect = self.client.inspect_container(name, None).await;
