@@ -190,6 +190,9 @@ impl Worker {
             .is_err()
         {
             claim_loop.abort();
+            // An aborted task may be mid-poll: wait, so nothing reaches the queue after the
+            // hand-back.
+            let _ = claim_loop.await;
         }
         hand_back_queue(&self.shared).await;
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
@@ -536,6 +539,12 @@ async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Completion>) {
                 Ok(outcome) => {
                     tracing::debug!(?outcome, "reported attempts");
                     break;
+                }
+                Err(error) if shared.flush.is_cancelled() => {
+                    // The node is stopping and the log does not answer: the claims expire
+                    // and the datums run again elsewhere.
+                    tracing::warn!(%error, count = batch.len(), "stopping with attempts unreported");
+                    return;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "reporting attempts failed; retrying");

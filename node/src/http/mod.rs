@@ -124,7 +124,7 @@ fn from_this_machine(request: &Request, loopback_only: bool) -> bool {
     }
     if loopback_only
         && let Some(host) = text(header::HOST)
-        && !is_loopback_origin(&format!("http://{host}"))
+        && !is_loopback_origin(&format!("http://{}", host.to_ascii_lowercase()))
     {
         return false;
     }
@@ -187,7 +187,8 @@ async fn authenticate(State(state): State<AppState>, mut request: Request, next:
     if state.tokens.is_empty() && !from_this_machine(&request, state.loopback_only) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
-            "requests from other sites' web pages need http.tokens on this node",
+            "this node has no http.tokens: it answers only requests to a loopback address \
+             that no other site's web page sent",
         )
         .into_response();
     }

@@ -422,14 +422,22 @@ impl State {
         for &(key, fence) in datums {
             // Only the holder hands back, and only what it has not begun: a queued claim, or
             // one granted as the node began to stop (still merely Claimed).
-            let claimed = self
-                .datums
-                .get(&key)
-                .is_some_and(|d| d.state == DatumState::Claimed);
-            if self.holds(key, fence, Some(node)) && claimed {
-                self.release_unbegun(key, now_ms);
-                changed += 1;
+            if !self.holds(key, fence, Some(node)) {
+                continue;
             }
+            let Some(datum) = self.datums.get(&key) else {
+                continue;
+            };
+            let never_started = datum.attempts.last().is_none_or(|a| a.started_ms.is_none());
+            match datum.state {
+                DatumState::Claimed => self.release_unbegun(key, now_ms),
+                // Canceled while it waited: nothing ran, so it ends now.
+                DatumState::Canceling if never_started => {
+                    self.finish_attempt(key, AttemptOutcome::Canceled, None, now_ms)
+                }
+                _ => continue,
+            }
+            changed += 1;
         }
         Outcome::Changed { datums: changed }
     }
@@ -1200,6 +1208,24 @@ mod tests {
         let back = log.datum(job, 0);
         assert_eq!((back.state, back.attempts.len()), (DatumState::Pending, 0));
         assert_eq!(log.datum(job, 1).state, DatumState::Running);
+
+        let canceled = log.submit("c", 1, 0, 1);
+        let waiting = log
+            .claim(N1, 2)
+            .into_iter()
+            .find(|g| g.datum.job == canceled)
+            .expect("the canceled job's datum is granted");
+        log.apply(Command::CancelJob { job_id: "c".into() });
+        assert_eq!(log.datum(canceled, 0).state, DatumState::Canceling);
+        assert_eq!(
+            log.apply(hand_back(N1, waiting)),
+            Outcome::Changed { datums: 1 }
+        );
+        assert_eq!(
+            log.datum(canceled, 0).state,
+            DatumState::Canceled,
+            "canceled while it waited: nothing ran, so it ends now"
+        );
     }
 
     #[test]
