@@ -280,3 +280,60 @@ async fn one_running_one_queued_on_node_0(
     .await?;
     Ok((first, second))
 }
+
+/// A loopback HTTP server that answers every request with a body that never ends (a byte a
+/// second). Stops when the test ends (the runtime drops it).
+async fn trickling_server() -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/slow", listener.local_addr()?);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0_u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                while socket.write_all(b"x").await.is_ok() {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+    });
+    Ok(url)
+}
+
+#[tokio::test]
+async fn cancel_stops_an_attempt_while_its_inputs_still_download() -> Result<()> {
+    let cluster = TestCluster::formed(1, single_node()).await?;
+    let url = trickling_server().await?;
+    let task = json!({
+        "inputs": [{ "url": url, "path": "/in/big" }],
+        "executors": [{ "image": "busybox", "command": ["true"] }],
+    });
+    let id = cluster.submit_task(0, &task).await?;
+    let this = &cluster;
+    shoal_tests::wait_for("the download to begin", TASK_TIMEOUT, async || {
+        (this.task(0, &id, "MINIMAL").await.ok()?["state"] == "INITIALIZING").then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    phase("cancel while INITIALIZING: CANCELED within seconds, not after the download");
+    let (status, body) = cluster
+        .post_json(0, &format!("/ga4gh/tes/v1/tasks/{id}:cancel"), &json!({}))
+        .await?;
+    ensure!(status == 200, "{status} {body}");
+    let ended = cluster.wait_task(0, &id, Duration::from_secs(5)).await?;
+    ensure!(ended["state"] == "CANCELED", "{ended}");
+    Ok(())
+}
+
+fn single_node() -> ClusterOptions {
+    ClusterOptions {
+        bootstrap_expect: 1,
+        ..Default::default()
+    }
+}

@@ -400,7 +400,15 @@ async fn run_in(
         .chain(&datum.inputs)
         .cloned()
         .collect();
-    let mut binds = match fetch_inputs(&transfers, &inputs, &root).await {
+    // A cancel (or a lost claim) stops the downloads at once; what arrived is removed with
+    // the attempt directory.
+    let fetched = tokio::select! {
+        fetched = fetch_inputs(&transfers, &inputs, &root) => fetched,
+        () = cancel.cancelled() => {
+            return run.fail(AttemptOutcome::Canceled, "canceled while inputs downloaded");
+        }
+    };
+    let mut binds = match fetched {
         Ok(binds) => binds,
         Err(error) => return run.fail(AttemptOutcome::SystemError, error),
     };
@@ -420,7 +428,13 @@ async fn run_in(
     if cancel.is_cancelled() || run.report.outcome == AttemptOutcome::SystemError {
         return finish(run, failed, cancel);
     }
-    match upload_outputs(&transfers, &job.spec.task.outputs, &root).await {
+    let uploaded = tokio::select! {
+        uploaded = upload_outputs(&transfers, &job.spec.task.outputs, &root) => uploaded,
+        () = cancel.cancelled() => {
+            return run.fail(AttemptOutcome::Canceled, "canceled while outputs uploaded");
+        }
+    };
+    match uploaded {
         Ok(files) => run.report.outputs = files,
         Err(error) => return run.fail(AttemptOutcome::SystemError, error),
     }
