@@ -138,6 +138,9 @@ pub struct WorkerConfig {
     pub workdir: String,
     /// A node silent this long loses its claims.
     pub lease_ms: u64,
+    /// The network the docker executor's containers join (`none` cuts them off); empty
+    /// means the engine's default.
+    pub docker_network: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -204,6 +207,7 @@ impl Default for WorkerConfig {
             executor: "auto".to_string(),
             workdir: String::new(),
             lease_ms: 10_000,
+            docker_network: String::new(),
         }
     }
 }
@@ -322,6 +326,14 @@ impl Config {
         if self.worker.slots > SLOTS_MAX {
             return Err(invalid("worker.slots", format!("at most {SLOTS_MAX}")));
         }
+        let network = &self.worker.docker_network;
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+        if network.len() > 128 || !network.chars().all(name_ok) {
+            return Err(invalid(
+                "worker.docker_network",
+                format!("{network:?} is not a network name (letters, digits, _ . -)"),
+            ));
+        }
         match self.worker.executor.as_str() {
             "auto" | "docker" | "process" | "noop" => Ok(()),
             other => Err(invalid(
@@ -407,7 +419,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 4] = [
+        let cases: [(&str, Spoil); 5] = [
             ("p2p.seeds", |c| {
                 c.p2p.seeds = vec!["not-a-multiaddr".into()]
             }),
@@ -418,6 +430,9 @@ mod tests {
                 c.worker.executor = "kubernetes".into()
             }),
             ("worker.lease_ms", |c| c.worker.lease_ms = 1),
+            ("worker.docker_network", |c| {
+                c.worker.docker_network = "bad name!".into()
+            }),
         ];
         for (key, spoil) in cases {
             let mut config = Config::default();

@@ -46,18 +46,23 @@ pub enum NodeError {
 /// Stdout and stderr bytes kept per step in a task's log.
 const TAIL_BYTES_MAX: usize = 64 * 1024;
 
+fn docker_network(config: &Config) -> Option<String> {
+    let network = &config.worker.docker_network;
+    (!network.is_empty()).then(|| network.clone())
+}
+
 /// The executor this node runs attempts with: `auto` is `docker` when a container engine
 /// answers, else `process`.
 async fn executor_kind(config: &Config) -> Result<ExecutorKind, config::ConfigError> {
     match config.worker.executor.as_str() {
-        "docker" => match DockerExecutor::connect().await {
+        "docker" => match DockerExecutor::connect(docker_network(config)).await {
             Ok(docker) => Ok(ExecutorKind::Docker(docker)),
             Err(reason) => Err(config::ConfigError::Invalid {
                 key: "worker.executor",
                 reason: format!("docker: {reason}"),
             }),
         },
-        "auto" => match DockerExecutor::connect().await {
+        "auto" => match DockerExecutor::connect(docker_network(config)).await {
             Ok(docker) => {
                 tracing::info!(
                     api = docker.api_version(),

@@ -108,6 +108,8 @@ pub struct ClusterOptions {
     pub tokens: Vec<shoal_node::config::TokenConfig>,
     /// Bearer token the harness's own requests carry.
     pub client_token: Option<String>,
+    /// `worker.docker_network` of every node.
+    pub docker_network: String,
 }
 
 impl Default for ClusterOptions {
@@ -124,6 +126,7 @@ impl Default for ClusterOptions {
             extra_env: Vec::new(),
             tokens: Vec::new(),
             client_token: None,
+            docker_network: String::new(),
         }
     }
 }
@@ -189,6 +192,7 @@ impl TestCluster {
         config.worker.lease_ms = self.options.lease_ms;
         config.worker.slots = self.options.slots;
         config.http.tokens = self.options.tokens.clone();
+        config.worker.docker_network = self.options.docker_network.clone();
         std::fs::create_dir_all(self.files_dir())?;
         config.storage.allowed_local_roots = vec![self.files_dir()];
         if let Some(key) = &self.options.cluster_key_file {

@@ -19,11 +19,14 @@ fn image() -> Option<String> {
     image
 }
 
+/// One docker node whose containers have no network: nothing a test runs can reach beyond
+/// its container.
 fn options() -> ClusterOptions {
     ClusterOptions {
         bootstrap_expect: 1,
         executor: "docker".to_string(),
         slots: 4,
+        docker_network: "none".to_string(),
         ..Default::default()
     }
 }
@@ -66,6 +69,13 @@ async fn tasks_run_in_containers_with_their_files_env_limits_and_results() -> Re
     phase("every scenario submitted at once");
     let scenarios: Vec<(&str, Value)> = vec![
         ("echo", task(vec![executor(image, "echo hello")])),
+        (
+            "no network",
+            task(vec![executor(
+                image,
+                "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+            )]),
+        ),
         (
             "exit 3",
             task(vec![executor(image, "echo failing >&2; exit 3")]),
@@ -157,6 +167,13 @@ async fn tasks_run_in_containers_with_their_files_env_limits_and_results() -> Re
     phase("echo hello: COMPLETE with its stdout");
     ensure!(state("echo") == "COMPLETE", "{}", results["echo"]);
     ensure!(stdout(&results["echo"], 0) == "hello\n");
+
+    phase("worker.docker_network = none: the container has only a loopback interface");
+    ensure!(
+        stdout(&results["no network"], 0) == "lo\n",
+        "{}",
+        results["no network"]
+    );
 
     phase("exit 3: EXECUTOR_ERROR with exit code 3 and the stderr tail");
     let failed = &results["exit 3"];

@@ -52,6 +52,8 @@ fn pull_reference(image: &str) -> (&str, &str) {
 #[derive(Clone)]
 pub struct DockerExecutor {
     client: Docker,
+    /// The network containers join; `None`: the engine's default.
+    network: Option<String>,
     /// The engine's API version after negotiation, for the logs.
     api_version: String,
 }
@@ -77,7 +79,7 @@ fn engine_error(error: &DockerError) -> String {
 impl DockerExecutor {
     /// Connects to the engine (`DOCKER_HOST`, else the local socket, else Podman's), agrees
     /// on an API version and checks it answers.
-    pub async fn connect() -> Result<DockerExecutor, String> {
+    pub async fn connect(network: Option<String>) -> Result<DockerExecutor, String> {
         let mut reasons = Vec::new();
         let candidates: [fn() -> Result<Docker, DockerError>; 2] = [
             Docker::connect_with_local_defaults,
@@ -98,6 +100,7 @@ impl DockerExecutor {
                     let api_version = client.client_version().to_string();
                     return Ok(DockerExecutor {
                         client,
+                        network,
                         api_version,
                     });
                 }
@@ -265,6 +268,7 @@ impl DockerExecutor {
             readonly_rootfs: Some(true),
             tmpfs: Some(HashMap::from([("/tmp".to_string(), String::new())])),
             security_opt: Some(vec!["no-new-privileges".to_string()]),
+            network_mode: self.network.clone(),
             ..Default::default()
         };
         let env = step
