@@ -287,7 +287,7 @@ async fn cancel_kills_the_container_and_a_restart_removes_what_a_previous_life_l
         status.members[0].executor
     );
 
-    phase("a running task is canceled: CANCELED, and its container is gone");
+    phase("a running task shows its output so far, then is canceled: CANCELED, container gone");
     let id = cluster
         .submit_task(0, &task(vec![executor(&image, "echo started; sleep 300")]))
         .await?;
@@ -295,6 +295,11 @@ async fn cancel_kills_the_container_and_a_restart_removes_what_a_previous_life_l
     shoal_tests::wait_for("the task to run", TASK_TIMEOUT, async || {
         let running = this.task(0, &id, "MINIMAL").await.ok()?["state"] == "RUNNING";
         (running && !containers_named(&prefix).ok()?.is_empty()).then_some(())
+    })
+    .await?;
+    shoal_tests::wait_for("its output so far", Duration::from_secs(10), async || {
+        let task = this.task(0, &id, "FULL").await.ok()?;
+        (task["logs"][0]["logs"][0]["stdout"] == "started\n").then_some(())
     })
     .await?;
     let (status, body) = cluster

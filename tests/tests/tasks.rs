@@ -337,3 +337,46 @@ fn single_node() -> ClusterOptions {
         ..Default::default()
     }
 }
+
+#[tokio::test]
+async fn a_running_tasks_output_so_far_is_visible_from_every_node() -> Result<()> {
+    let cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
+    let id = cluster
+        .submit_task(0, &shell("echo a; echo b >&2; exec sleep 300"))
+        .await?;
+    let this = &cluster;
+    shoal_tests::wait_for("the task to run", TASK_TIMEOUT, async || {
+        (this.task(0, &id, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
+    })
+    .await?;
+
+    phase("while it runs, FULL shows what it printed so far on every node; BASIC hides it");
+    for node in 0..3 {
+        let seen =
+            shoal_tests::wait_for("the output so far", Duration::from_secs(10), async || {
+                let task = this.task(node, &id, "FULL").await.ok()?;
+                let log = &task["logs"][0]["logs"][0];
+                (log["stdout"] == "a\n").then(|| task.clone())
+            })
+            .await?;
+        let log = &seen["logs"][0]["logs"][0];
+        ensure!(seen["state"] == "RUNNING", "{seen}");
+        ensure!(
+            log["stderr"] == "b\n" && log.get("end_time").is_none(),
+            "{seen}"
+        );
+    }
+    let basic = cluster.task(1, &id, "BASIC").await?;
+    ensure!(
+        basic["logs"][0]["logs"][0].get("stdout").is_none(),
+        "{basic}"
+    );
+
+    let (status, _) = cluster
+        .post_json(0, &format!("/ga4gh/tes/v1/tasks/{id}:cancel"), &json!({}))
+        .await?;
+    ensure!(status == 200);
+    let ended = cluster.wait_task(0, &id, Duration::from_secs(10)).await?;
+    ensure!(ended["state"] == "CANCELED", "{ended}");
+    Ok(())
+}

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::executor::{Bind, StepRun, container_name};
+use crate::live::LiveAttempt;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -27,6 +28,8 @@ fn now_ms() -> u64 {
 /// The report being built, with helpers to end it early.
 struct Run {
     report: AttemptReport,
+    /// The executors' output so far, for clients looking while the attempt runs.
+    live: Arc<LiveAttempt>,
 }
 
 impl Run {
@@ -227,8 +230,14 @@ async fn run_steps(
                 &index.to_string(),
             ]),
             node_label: &node_label,
+            live: None,
         };
         let start_ms = now_ms();
+        let live = run.live.begin_step(start_ms, shared.config.tail_bytes_max);
+        let step = StepRun {
+            live: Some(&live),
+            ..step
+        };
         let outcome = match shared.config.executor.run(&step, cancel).await {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -241,13 +250,15 @@ async fn run_steps(
             run.log(note.clone());
         }
         let exit_code = outcome.exit_code;
-        run.report.executors.push(ExecutorLog {
+        let log = ExecutorLog {
             exit_code,
             start_ms,
             end_ms: now_ms(),
             stdout_tail: outcome.stdout_tail,
             stderr_tail: outcome.stderr_tail,
-        });
+        };
+        run.live.end_step(log.clone());
+        run.report.executors.push(log);
         // As in Funnel: with `ignore_error` the next executor still runs, but the failure
         // stands and the task ends EXECUTOR_ERROR.
         if exit_code != 0 {
@@ -261,8 +272,14 @@ async fn run_steps(
 }
 
 /// Runs the attempt granted by `grant` and returns its report.
-pub async fn run(shared: Arc<Shared>, grant: Grant, cancel: CancellationToken) -> AttemptReport {
+pub async fn run(
+    shared: Arc<Shared>,
+    grant: Grant,
+    cancel: CancellationToken,
+    live: Arc<LiveAttempt>,
+) -> AttemptReport {
     let mut run = Run {
+        live,
         report: AttemptReport {
             outcome: AttemptOutcome::Succeeded,
             start_ms: now_ms(),

@@ -17,6 +17,7 @@
 
 mod attempt;
 pub mod executor;
+mod live;
 mod tail;
 
 use std::collections::{HashMap, VecDeque};
@@ -80,6 +81,7 @@ pub enum WorkerError {
 struct Running {
     fence: u64,
     cancel: CancellationToken,
+    live: Arc<live::LiveAttempt>,
 }
 
 /// What the worker's tasks share.
@@ -164,6 +166,15 @@ impl Worker {
             killed_by_stop: std::sync::atomic::AtomicBool::new(false),
             flush: CancellationToken::new(),
         });
+        let weak = Arc::downgrade(&shared);
+        shared
+            .cluster
+            .set_live_logs(Arc::new(move |datum: DatumKey, fence: u64| {
+                let shared = weak.upgrade()?;
+                let running = shared.running();
+                let attempt = running.get(&datum).filter(|r| r.fence == fence)?;
+                Some(attempt.live.snapshot())
+            }));
         // The claim loop comes first: `shutdown` stops it before the others.
         let tasks = vec![
             tokio::spawn(claim_loop(shared.clone())),
@@ -256,7 +267,7 @@ fn wants_work(shared: &Shared) -> (u32, u32) {
 /// under the same locks, so the claim watch never sees it in neither place.
 fn start_queued(shared: &Arc<Shared>) {
     while !shared.stop.is_cancelled() {
-        let (grant, cancel, count) = {
+        let (grant, cancel, live, count) = {
             // Lock order everywhere: finished, running, queue.
             let finished = lock(&shared.finished);
             let mut running = shared.running();
@@ -282,17 +293,19 @@ fn start_queued(shared: &Arc<Shared>) {
                 continue;
             }
             let cancel = CancellationToken::new();
+            let live = Arc::new(live::LiveAttempt::default());
             running.insert(
                 grant.datum,
                 Running {
                     fence: grant.fence,
                     cancel: cancel.clone(),
+                    live: live.clone(),
                 },
             );
-            (grant, cancel, running.len())
+            (grant, cancel, live, running.len())
         };
         shared.cluster.set_running(count as u32);
-        spawn_attempt(shared, grant, cancel);
+        spawn_attempt(shared, grant, cancel, live);
     }
 }
 
@@ -374,6 +387,7 @@ async fn hand_back_queue(shared: &Shared) {
 /// datum is still being stopped here, the grant waits in the queue for its slot.
 fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
     let cancel = CancellationToken::new();
+    let live = Arc::new(live::LiveAttempt::default());
     let count = {
         let finished = lock(&shared.finished);
         let mut running = shared.running();
@@ -394,16 +408,22 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
             Running {
                 fence: grant.fence,
                 cancel: cancel.clone(),
+                live: live.clone(),
             },
         );
         running.len()
     };
     shared.cluster.set_running(count as u32);
-    spawn_attempt(shared, grant, cancel);
+    spawn_attempt(shared, grant, cancel, live);
 }
 
 /// Runs an attempt that holds its slot already.
-fn spawn_attempt(shared: &Arc<Shared>, grant: Grant, cancel: CancellationToken) {
+fn spawn_attempt(
+    shared: &Arc<Shared>,
+    grant: Grant,
+    cancel: CancellationToken,
+    live: Arc<live::LiveAttempt>,
+) {
     let shared = shared.clone();
     let span = tracing::info_span!(
         "attempt",
@@ -416,7 +436,7 @@ fn spawn_attempt(shared: &Arc<Shared>, grant: Grant, cancel: CancellationToken) 
             release_slot(&shared, &grant);
             return;
         }
-        let report = attempt::run(shared.clone(), grant, cancel).await;
+        let report = attempt::run(shared.clone(), grant, cancel, live).await;
         let stopped = shared.killed_by_stop.load(Ordering::SeqCst)
             && report.outcome == AttemptOutcome::Canceled;
         lock(&shared.finished).insert((grant.datum, grant.fence));

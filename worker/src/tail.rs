@@ -24,6 +24,11 @@ impl Tail {
 
     /// The kept bytes as text (invalid UTF-8 replaced).
     pub fn into_string(self) -> String {
+        self.text()
+    }
+
+    /// The kept bytes so far as text.
+    pub fn text(&self) -> String {
         let start = self.bytes.len().saturating_sub(self.max);
         String::from_utf8_lossy(&self.bytes[start..]).into_owned()
     }

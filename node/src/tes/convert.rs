@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use shoal_raft::job::{
-    AttemptOutcome, Datum, DatumState, ExecutorSpec, FileKind, InputSpec, Job, JobKind, JobSpec,
-    OutputSpec, Resources, TaskSpec,
+    AttemptOutcome, Datum, DatumState, ExecutorLog, ExecutorSpec, FileKind, InputSpec, Job,
+    JobKind, JobSpec, OutputSpec, Resources, TaskSpec,
 };
 
 use super::model::*;
@@ -300,20 +300,36 @@ fn kind_of(kind: FileKind) -> Option<TesFileType> {
     })
 }
 
-fn task_logs(datum: &Datum, view: View, node_name: &dyn Fn(u64) -> String) -> Vec<TesTaskLog> {
+/// What the attempt running now has printed so far, as its node told it.
+pub struct LiveLogs<'a> {
+    pub fence: u64,
+    pub logs: &'a [ExecutorLog],
+}
+
+fn task_logs(
+    datum: &Datum,
+    view: View,
+    node_name: &dyn Fn(u64) -> String,
+    live: Option<LiveLogs<'_>>,
+) -> Vec<TesTaskLog> {
     let full = view == View::Full;
     datum
         .attempts
         .iter()
         .map(|attempt| {
             let report = attempt.report.as_ref();
-            let logs = report.map(|r| r.executors.clone()).unwrap_or_default();
+            let logs = match (report, &live) {
+                (Some(report), _) => report.executors.clone(),
+                (None, Some(live)) if live.fence == attempt.fence => live.logs.to_vec(),
+                (None, _) => Vec::new(),
+            };
             TesTaskLog {
                 logs: logs
                     .into_iter()
                     .map(|log| TesExecutorLog {
                         start_time: Some(rfc3339_ms(log.start_ms)),
-                        end_time: Some(rfc3339_ms(log.end_ms)),
+                        // A running executor has no end yet.
+                        end_time: (log.end_ms > 0).then(|| rfc3339_ms(log.end_ms)),
                         stdout: full.then_some(log.stdout_tail),
                         stderr: full.then_some(log.stderr_tail),
                         exit_code: log.exit_code,
@@ -353,6 +369,7 @@ pub fn tes_task(
     datum: &Datum,
     view: View,
     node_name: &dyn Fn(u64) -> String,
+    live: Option<LiveLogs<'_>>,
 ) -> TesTask {
     let mut task = TesTask {
         id: Some(job.spec.id.clone()),
@@ -431,7 +448,7 @@ pub fn tes_task(
             .map(|(k, v)| (k.clone(), Some(v.clone())))
             .collect(),
     );
-    task.logs = Some(task_logs(datum, view, node_name));
+    task.logs = Some(task_logs(datum, view, node_name, live));
     task.creation_time = Some(rfc3339_ms(job.created_ms));
     task
 }

@@ -18,7 +18,7 @@ use axum::extract::{Path, Query, RawQuery, State};
 use axum::{Extension, Json};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use shoal_raft::job::{JobKind, JobSeq, JobState};
+use shoal_raft::job::{Datum, DatumState, JobKind, JobSeq, JobState};
 use shoal_raft::{Command, Outcome, format_node_id};
 
 use crate::http::{ApiError, AppState, Caller};
@@ -185,17 +185,37 @@ pub async fn get(
 ) -> Result<Json<TesTask>, ApiError> {
     let view = View::parse(params.view.as_deref()).map_err(ApiError::bad_request)?;
     state.cluster.linearize().await?;
+    let find = |state_view: &shoal_raft::state::State| -> Result<(u64, Datum), ApiError> {
+        let job = state_view
+            .job(&id)
+            .filter(|job| job.spec.kind == JobKind::Task && caller.sees(&job.spec.owner))
+            .ok_or_else(|| not_found(&id))?;
+        let datum = state_view
+            .datums_of(job.seq)
+            .next()
+            .ok_or_else(|| not_found(&id))?;
+        Ok((job.seq, datum.clone()))
+    };
+    // A running attempt's output so far lives on its node: ask it (outside the state lock).
+    let (_, datum) = find(&state.cluster.view().read())?;
+    let running = matches!(datum.state, DatumState::Running | DatumState::Canceling);
+    let live = match datum.claim {
+        Some(claim) if running && view != View::Minimal => state
+            .cluster
+            .live_logs(claim.node, datum.key, claim.fence)
+            .await
+            .map(|logs| (claim.fence, logs)),
+        _ => None,
+    };
     let state_view = state.cluster.view().read();
-    let job = state_view
-        .job(&id)
-        .filter(|job| job.spec.kind == JobKind::Task && caller.sees(&job.spec.owner))
-        .ok_or_else(|| not_found(&id))?;
-    let datum = state_view
-        .datums_of(job.seq)
-        .next()
-        .ok_or_else(|| not_found(&id))?;
+    let (seq, datum) = find(&state_view)?;
+    let job = state_view.jobs.get(&seq).ok_or_else(|| not_found(&id))?;
     let node_name = |node_id: u64| node_name(&state_view, node_id);
-    Ok(Json(convert::tes_task(job, datum, view, &node_name)))
+    let live = live.as_ref().map(|(fence, logs)| convert::LiveLogs {
+        fence: *fence,
+        logs,
+    });
+    Ok(Json(convert::tes_task(job, &datum, view, &node_name, live)))
 }
 
 /// `POST /tasks/{id}:cancel`.
@@ -375,7 +395,7 @@ pub async fn list(
             more = true;
             break;
         }
-        let task = convert::tes_task(job, datum, query.view, &node_name);
+        let task = convert::tes_task(job, datum, query.view, &node_name, None);
         bytes += approx_bytes(&task);
         tasks.push(task);
         last_seq = Some(*seq);

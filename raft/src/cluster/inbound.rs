@@ -45,5 +45,8 @@ async fn answer(cluster: &Cluster, request: Request) -> Response {
         Request::ReadIndex => Response::ReadIndex(Err(OpError::NotLeader {
             leader: cluster.leader(),
         })),
+        Request::LiveLogs { datum, fence } => {
+            Response::LiveLogs(cluster.local_live_logs(datum, fence))
+        }
     }
 }

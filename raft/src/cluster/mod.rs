@@ -56,6 +56,14 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// `PayloadTooLarge`).
 const APPEND_ENTRIES_MAX: u64 = 256;
 
+/// How long a node waits for another to tell what a running attempt has printed.
+const LIVE_LOGS_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Tells the executor logs so far of an attempt this node runs (datum, fence), set by the
+/// worker; `None` when it runs no such attempt.
+pub type LiveLogsSource =
+    Arc<dyn Fn(crate::job::DatumKey, u64) -> Option<Vec<crate::job::ExecutorLog>> + Send + Sync>;
+
 /// Everything a node needs to take part in the cluster. Built from the node's config.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -210,6 +218,8 @@ struct Inner {
     forwards: tokio::sync::Semaphore,
     /// Writes waiting to be grouped into a batch (see `batcher`).
     writes: mpsc::Sender<batcher::QueuedWrite>,
+    /// What running attempts have printed so far (set once by the worker).
+    live_logs: std::sync::OnceLock<LiveLogsSource>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }
@@ -307,6 +317,7 @@ impl Cluster {
                 running: AtomicU32::new(0),
                 forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
                 writes,
+                live_logs: std::sync::OnceLock::new(),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 stop,
             }),
@@ -358,6 +369,55 @@ impl Cluster {
 
     pub(crate) fn net(&self) -> &NetHandle {
         &self.inner.net
+    }
+
+    /// Lets peers and this node's API ask what running attempts have printed so far.
+    pub fn set_live_logs(&self, source: LiveLogsSource) {
+        let _ = self.inner.live_logs.set(source);
+    }
+
+    pub(crate) fn local_live_logs(
+        &self,
+        datum: crate::job::DatumKey,
+        fence: u64,
+    ) -> Option<Vec<crate::job::ExecutorLog>> {
+        self.inner
+            .live_logs
+            .get()
+            .and_then(|source| source(datum, fence))
+    }
+
+    /// What the attempt holding `fence` on `node` has printed so far, asked of that node
+    /// (within a second; `None` when it cannot tell).
+    pub async fn live_logs(
+        &self,
+        node: NodeId,
+        datum: crate::job::DatumKey,
+        fence: u64,
+    ) -> Option<Vec<crate::job::ExecutorLog>> {
+        if node == self.inner.node_id {
+            return self.local_live_logs(datum, fence);
+        }
+        let addr = self
+            .inner
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node)?
+            .clone();
+        let (peer, addrs) = peer_location(&addr)?;
+        let request = Request::LiveLogs { datum, fence };
+        match self
+            .inner
+            .net
+            .request(peer, addrs, request, LIVE_LOGS_DEADLINE)
+            .await
+        {
+            Ok(Response::LiveLogs(logs)) => logs,
+            _ => None,
+        }
     }
 
     /// Tells heartbeats how many attempts this node runs.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Op, OpError, OpResult};
 use crate::codec;
+use crate::job::{DatumKey, ExecutorLog};
 use crate::types::{NodeAddr, NodeId, TypeConfig};
 
 /// The libp2p protocol name; the version changes with incompatible message changes.
@@ -37,6 +38,11 @@ pub enum Request {
     Forward(Op),
     /// Confirm leadership and return the log index a linearizable read must wait for.
     ReadIndex,
+    /// The executor logs so far of an attempt the node runs (its claim's fence).
+    LiveLogs {
+        datum: DatumKey,
+        fence: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,6 +55,8 @@ pub enum Response {
     Hello(Hello),
     Forward(Result<OpResult, OpError>),
     ReadIndex(Result<u64, OpError>),
+    /// `None` when the node does not run that attempt (any more).
+    LiveLogs(Option<Vec<ExecutorLog>>),
 }
 
 /// A node's answer to [`Request::Hello`].

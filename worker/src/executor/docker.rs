@@ -371,9 +371,15 @@ impl DockerExecutor {
                 let Some(chunk) = chunk else { break };
                 let (tail, file, bytes) = match chunk.map_err(docker_failed)? {
                     bollard::container::LogOutput::StdOut { message } => {
+                        if let Some(live) = step.live {
+                            live.push_stdout(&message);
+                        }
                         (&mut tails.0, out.as_mut(), message)
                     }
                     bollard::container::LogOutput::StdErr { message } => {
+                        if let Some(live) = step.live {
+                            live.push_stderr(&message);
+                        }
                         (&mut tails.1, err.as_mut(), message)
                     }
                     _ => continue,

@@ -69,6 +69,8 @@ pub struct StepRun<'a> {
     pub container_name: String,
     /// Marks what this node creates, so a restart finds it (a container label).
     pub node_label: &'a str,
+    /// Where output goes as it arrives, for clients looking while the step runs.
+    pub live: Option<&'a crate::live::LiveStep>,
 }
 
 /// How a step ended.

@@ -256,6 +256,7 @@ async fn capture(
     mut stream: impl AsyncRead + Unpin,
     file: Option<std::fs::File>,
     max: usize,
+    live: impl Fn(&[u8]),
 ) -> std::io::Result<String> {
     let mut tail = Tail::new(max);
     let mut out = file.map(tokio::fs::File::from_std);
@@ -266,6 +267,7 @@ async fn capture(
             break;
         }
         tail.push(&buf[..read]);
+        live(&buf[..read]);
         if let Some(out) = out.as_mut() {
             out.write_all(&buf[..read]).await?;
         }
@@ -311,8 +313,16 @@ pub async fn run(
     let max = step.tail_bytes_max;
     let outputs = async {
         tokio::try_join!(
-            capture(stdout, files.stdout, max),
-            capture(stderr, files.stderr, max)
+            capture(stdout, files.stdout, max, |bytes| {
+                if let Some(live) = step.live {
+                    live.push_stdout(bytes);
+                }
+            }),
+            capture(stderr, files.stderr, max, |bytes| {
+                if let Some(live) = step.live {
+                    live.push_stderr(bytes);
+                }
+            })
         )
     };
     let waited = async {
@@ -367,6 +377,7 @@ mod tests {
             resources: &resources,
             container_name: "n".into(),
             node_label: "n",
+            live: None,
         };
         let command = build(&step).expect("build");
         let std = command.as_std();
