@@ -241,6 +241,7 @@ async fn run_steps(
         let outcome = match shared.config.executor.run(&step, cancel).await {
             Ok(outcome) => outcome,
             Err(error) => {
+                run.live.abort_step();
                 run.log(format!("executor {}: {error}", run.report.executors.len()));
                 run.report.outcome = AttemptOutcome::SystemError;
                 return true;

@@ -171,9 +171,15 @@ impl Worker {
             .cluster
             .set_live_logs(Arc::new(move |datum: DatumKey, fence: u64| {
                 let shared = weak.upgrade()?;
-                let running = shared.running();
-                let attempt = running.get(&datum).filter(|r| r.fence == fence)?;
-                Some(attempt.live.snapshot())
+                let live = {
+                    let running = shared.running();
+                    running
+                        .get(&datum)
+                        .filter(|r| r.fence == fence)?
+                        .live
+                        .clone()
+                };
+                Some(live.snapshot())
             }));
         // The claim loop comes first: `shutdown` stops it before the others.
         let tasks = vec![

@@ -59,6 +59,11 @@ impl LiveAttempt {
         logs.done.push(log);
     }
 
+    /// The executor ended without a result (a system error): it no longer runs.
+    pub fn abort_step(&self) {
+        lock(&self.logs).current = None;
+    }
+
     /// The finished executors' logs, then the running one's so far (exit code 0, no end).
     pub fn snapshot(&self) -> Vec<ExecutorLog> {
         let logs = lock(&self.logs);

@@ -176,6 +176,23 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("task {id:?} not found"))
 }
 
+/// The task `id` and its datum, if `caller` may see it.
+fn find_task<'a>(
+    state: &'a shoal_raft::state::State,
+    id: &str,
+    caller: &Caller,
+) -> Result<(&'a shoal_raft::job::Job, &'a Datum), ApiError> {
+    let job = state
+        .job(id)
+        .filter(|job| job.spec.kind == JobKind::Task && caller.sees(&job.spec.owner))
+        .ok_or_else(|| not_found(id))?;
+    let datum = state
+        .datums_of(job.seq)
+        .next()
+        .ok_or_else(|| not_found(id))?;
+    Ok((job, datum))
+}
+
 /// `GET /tasks/{id}`.
 pub async fn get(
     State(state): State<AppState>,
@@ -185,37 +202,29 @@ pub async fn get(
 ) -> Result<Json<TesTask>, ApiError> {
     let view = View::parse(params.view.as_deref()).map_err(ApiError::bad_request)?;
     state.cluster.linearize().await?;
-    let find = |state_view: &shoal_raft::state::State| -> Result<(u64, Datum), ApiError> {
-        let job = state_view
-            .job(&id)
-            .filter(|job| job.spec.kind == JobKind::Task && caller.sees(&job.spec.owner))
-            .ok_or_else(|| not_found(&id))?;
-        let datum = state_view
-            .datums_of(job.seq)
-            .next()
-            .ok_or_else(|| not_found(&id))?;
-        Ok((job.seq, datum.clone()))
-    };
     // A running attempt's output so far lives on its node: ask it (outside the state lock).
-    let (_, datum) = find(&state.cluster.view().read())?;
-    let running = matches!(datum.state, DatumState::Running | DatumState::Canceling);
-    let live = match datum.claim {
+    let (datum_state, claim, key) = {
+        let state_view = state.cluster.view().read();
+        let (_, datum) = find_task(&state_view, &id, &caller)?;
+        (datum.state, datum.claim, datum.key)
+    };
+    let running = matches!(datum_state, DatumState::Running | DatumState::Canceling);
+    let live = match claim {
         Some(claim) if running && view != View::Minimal => state
             .cluster
-            .live_logs(claim.node, datum.key, claim.fence)
+            .live_logs(claim.node, key, claim.fence)
             .await
             .map(|logs| (claim.fence, logs)),
         _ => None,
     };
     let state_view = state.cluster.view().read();
-    let (seq, datum) = find(&state_view)?;
-    let job = state_view.jobs.get(&seq).ok_or_else(|| not_found(&id))?;
+    let (job, datum) = find_task(&state_view, &id, &caller)?;
     let node_name = |node_id: u64| node_name(&state_view, node_id);
     let live = live.as_ref().map(|(fence, logs)| convert::LiveLogs {
         fence: *fence,
         logs,
     });
-    Ok(Json(convert::tes_task(job, &datum, view, &node_name, live)))
+    Ok(Json(convert::tes_task(job, datum, view, &node_name, live)))
 }
 
 /// `POST /tasks/{id}:cancel`.
