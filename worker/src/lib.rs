@@ -140,6 +140,10 @@ impl Worker {
                 path: config.work_dir.clone(),
                 source: std::io::Error::other(e),
             })??;
+        if matches!(config.executor, ExecutorKind::Process) {
+            // Finds bwrap once (it runs `bwrap --version`), off the async threads.
+            let _ = tokio::task::spawn_blocking(bwrap_available).await;
+        }
         if let ExecutorKind::Docker(docker) = &config.executor {
             let node = shoal_raft::format_node_id(cluster.node_id());
             match docker.remove_leftovers(&node).await {
@@ -291,23 +295,10 @@ fn start_queued(shared: &Arc<Shared>) {
                     None => return,
                 }
             };
-            let known = running
-                .get(&grant.datum)
-                .is_some_and(|r| r.fence == grant.fence)
-                || finished.contains(&(grant.datum, grant.fence));
-            if known {
+            if is_known(&finished, &running, &grant) {
                 continue;
             }
-            let cancel = CancellationToken::new();
-            let live = Arc::new(live::LiveAttempt::default());
-            running.insert(
-                grant.datum,
-                Running {
-                    fence: grant.fence,
-                    cancel: cancel.clone(),
-                    live: live.clone(),
-                },
-            );
+            let (cancel, live) = occupy(&mut running, &grant);
             (grant, cancel, live, running.len())
         };
         shared.cluster.set_running(count as u32);
@@ -360,10 +351,7 @@ fn enqueue(shared: &Shared, grant: Grant) {
     let finished = lock(&shared.finished);
     let running = shared.running();
     let mut queue = lock(&shared.queue);
-    let known = running
-        .get(&grant.datum)
-        .is_some_and(|r| r.fence == grant.fence)
-        || finished.contains(&(grant.datum, grant.fence))
+    let known = is_known(&finished, &running, &grant)
         || queue
             .iter()
             .any(|g| g.fence == grant.fence && g.datum == grant.datum);
@@ -392,16 +380,10 @@ async fn hand_back_queue(shared: &Shared) {
 /// Runs `grant` now unless it runs or ran here already. While an older attempt of the same
 /// datum is still being stopped here, the grant waits in the queue for its slot.
 fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
-    let cancel = CancellationToken::new();
-    let live = Arc::new(live::LiveAttempt::default());
-    let count = {
+    let (cancel, live, count) = {
         let finished = lock(&shared.finished);
         let mut running = shared.running();
-        let known = running
-            .get(&grant.datum)
-            .is_some_and(|r| r.fence == grant.fence)
-            || finished.contains(&(grant.datum, grant.fence));
-        if known {
+        if is_known(&finished, &running, &grant) {
             return;
         }
         if running.contains_key(&grant.datum) {
@@ -409,18 +391,41 @@ fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
             enqueue(shared, grant);
             return;
         }
-        running.insert(
-            grant.datum,
-            Running {
-                fence: grant.fence,
-                cancel: cancel.clone(),
-                live: live.clone(),
-            },
-        );
-        running.len()
+        let (cancel, live) = occupy(&mut running, &grant);
+        (cancel, live, running.len())
     };
     shared.cluster.set_running(count as u32);
     spawn_attempt(shared, grant, cancel, live);
+}
+
+/// Whether `grant` runs or ran here already.
+fn is_known(
+    finished: &std::collections::HashSet<(DatumKey, u64)>,
+    running: &HashMap<DatumKey, Running>,
+    grant: &Grant,
+) -> bool {
+    running
+        .get(&grant.datum)
+        .is_some_and(|r| r.fence == grant.fence)
+        || finished.contains(&(grant.datum, grant.fence))
+}
+
+/// Gives `grant` a slot: its cancel token and the record of its output.
+fn occupy(
+    running: &mut HashMap<DatumKey, Running>,
+    grant: &Grant,
+) -> (CancellationToken, Arc<live::LiveAttempt>) {
+    let cancel = CancellationToken::new();
+    let live = Arc::new(live::LiveAttempt::default());
+    running.insert(
+        grant.datum,
+        Running {
+            fence: grant.fence,
+            cancel: cancel.clone(),
+            live: live.clone(),
+        },
+    );
+    (cancel, live)
 }
 
 /// Runs an attempt that holds its slot already.
