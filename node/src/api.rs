@@ -115,3 +115,153 @@ impl MemberView {
         }
     }
 }
+
+/// `POST /v1/jobs`: the job is in the log; its datums follow as its steward lists the input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobCreatedView {
+    pub id: String,
+    pub name: String,
+    /// Fields of the spec accepted but not honoured (Kubernetes only), as dotted paths.
+    pub ignored: Vec<String>,
+}
+
+/// Datums of a job per state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatumCountsView {
+    pub pending: u32,
+    pub claimed: u32,
+    pub running: u32,
+    pub publishing: u32,
+    pub canceling: u32,
+    pub done: u32,
+    pub failed: u32,
+    pub canceled: u32,
+    pub total: u32,
+}
+
+/// One failed datum's message, as a job shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatumErrorView {
+    pub datum: String,
+    pub index: u32,
+    pub message: String,
+}
+
+/// `GET /v1/jobs/{id}`, and each job of `GET /v1/jobs` (without `spec`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub name: String,
+    /// queued, running, canceling, done, error or canceled.
+    pub state: String,
+    pub owner: String,
+    /// The spec as submitted (JSON); absent in lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<serde_json::Value>,
+    pub counts: DatumCountsView,
+    /// True while the steward still lists the input (more datums may come).
+    pub listing: bool,
+    pub created: String,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    /// Datums done per second, from the first claim to the end (or now).
+    pub datums_per_second: f64,
+    /// Why the cluster ended the job early (listing failure, `job_timeout`).
+    pub error: Option<String>,
+    pub first_errors: Vec<DatumErrorView>,
+    /// The node that lists the input and closes the job.
+    pub steward: Option<String>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobListView {
+    pub jobs: Vec<JobView>,
+    pub next_page_token: Option<String>,
+}
+
+/// One input of a datum: a match of one atom's glob.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatumInputView {
+    pub name: String,
+    pub url: String,
+    /// Where it is in the container.
+    pub path: String,
+    /// file or directory.
+    pub kind: String,
+}
+
+/// What one executor of an attempt printed, and how it ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecutorLogView {
+    /// Absent while the executor runs.
+    pub exit_code: Option<i32>,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A published (or publishing) output file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutputView {
+    /// Below `/pfs/out`.
+    pub path: String,
+    pub url: String,
+    pub size_bytes: u64,
+}
+
+/// One attempt of a datum.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub node: String,
+    pub claimed: String,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    /// succeeded, executor_error, system_error, lease_expired, canceled, timed_out; absent
+    /// while it runs.
+    pub outcome: Option<String>,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub system_logs: Vec<String>,
+    pub executors: Vec<ExecutorLogView>,
+    pub outputs: Vec<OutputView>,
+}
+
+/// `GET /v1/datums/{id}`, and each datum of `GET /v1/jobs/{id}/datums` (without attempts'
+/// logs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatumView {
+    pub id: String,
+    pub job: String,
+    pub index: u32,
+    /// pending, claimed, running, publishing, canceling, done, failed or canceled.
+    pub state: String,
+    pub inputs: Vec<DatumInputView>,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// `GET /v1/jobs/{id}/datums`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatumListView {
+    pub datums: Vec<DatumView>,
+    /// More may follow (a page stops early after scanning many datums that did not match).
+    pub next_page_token: Option<String>,
+}
+
+/// `GET /v1/datums/{id}/logs`: what each attempt's executors printed (a running attempt's
+/// output so far).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatumLogsView {
+    pub id: String,
+    pub job: String,
+    pub attempts: Vec<AttemptLogsView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptLogsView {
+    pub attempt: u32,
+    pub node: String,
+    pub executors: Vec<ExecutorLogView>,
+}

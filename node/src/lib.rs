@@ -5,6 +5,7 @@
 //! - [`api`]: JSON shapes of shoal's own HTTP API, shared by server and CLI.
 //! - [`http`]: the axum router and handlers.
 //! - [`tes`]: GA4GH TES v1.1 — the model, validation, views, handlers.
+//! - [`pipeline`]: pipeline jobs (Falconeri/Pachyderm specs) — the spec, views, handlers.
 //! - [`cli`]: the clap command tree and every client command; `dev-cluster`.
 //! - [`run`]: starts a node and serves until `shutdown` resolves — used by `shoal node` and by
 //!   tests alike.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod pipeline;
 pub mod tes;
 
 use std::future::Future;

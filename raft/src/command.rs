@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{AttemptReport, DatumKey, InputSpec, JobSeq, JobSpec};
+use crate::job::{AttemptReport, DatumKey, JobSeq, JobSpec, NewDatum};
 use crate::types::NodeId;
 
 /// One log entry's payload: a command plus the proposer's clock reading.
@@ -57,18 +57,41 @@ pub enum Command {
     RemoveNode {
         node_id: NodeId,
     },
-    /// A new job with its first datums (each datum: its own inputs). `seal` closes the job
-    /// to more datums; large pipelines send the rest with `AddDatums`.
+    /// A new job with its first datums. `seal` closes the job to more datums; a pipeline's
+    /// steward sends them with `AddDatums`.
     SubmitJob {
         spec: Box<JobSpec>,
-        datums: Vec<Vec<InputSpec>>,
+        datums: Vec<NewDatum>,
         seal: bool,
+        /// The pipeline's steward (the node that received it); `None` for a task.
+        steward: Option<NodeId>,
     },
-    /// More datums for an unsealed job.
+    /// More datums for an unsealed pipeline, from its steward. Applied only when
+    /// `first_index` is the job's datum count; a resend of datums already added changes
+    /// nothing, so the command is safe to repeat.
     AddDatums {
         job_id: String,
-        datums: Vec<Vec<InputSpec>>,
+        node_id: NodeId,
+        first_index: u32,
+        datums: Vec<NewDatum>,
         seal: bool,
+    },
+    /// Ends a job early with `reason` (its inputs cannot be listed, its `job_timeout`
+    /// passed): what waits is canceled, what runs is stopped, and the job ends `Error`.
+    FailJob {
+        job_id: String,
+        reason: String,
+    },
+    /// The steward of a drained pipeline cleared its staging area: the job ends.
+    CloseJob {
+        job_id: String,
+        node_id: NodeId,
+    },
+    /// The node holding these publishing claims copied their staged outputs to their final
+    /// names: the datums are done.
+    Published {
+        node_id: NodeId,
+        datums: Vec<(DatumKey, u64)>,
     },
     /// A node asks for up to `max` datums to begin now and up to `queue` more to hold in its
     /// queue (prefetch) for when a slot frees. When nothing is pending, datums to begin now
@@ -107,10 +130,12 @@ pub enum Command {
     RetryFailed {
         job_id: String,
     },
-    /// Proposed by the leader: claims of nodes silent longer than `lease_ms` (by the entry's
-    /// time) are released.
+    /// Proposed by the leader (`by`): claims of nodes silent longer than `lease_ms` (by the
+    /// entry's time) are released. What cannot be undone passes to `by` instead: publishing
+    /// claims (under this entry's index as fence) and the stewardship of pipelines.
     ExpireLeases {
         lease_ms: u64,
+        by: NodeId,
     },
     /// Commands proposed together in one entry and applied in order, each with its own
     /// outcome (see [`Command::may_share_entry`]). Writes that arrive together are grouped so
@@ -131,9 +156,9 @@ impl Command {
     }
 
     /// Whether a node groups this command with others when writing. A policy of the writer,
-    /// free to change: beyond [`Command::may_share_entry`], commands that are not idempotent
-    /// (`AddDatums`, `RetryFailed`) go alone, since a batch is resent whole when its answer
-    /// is lost.
+    /// free to change: beyond [`Command::may_share_entry`], `RetryFailed` goes alone (it is
+    /// not idempotent, and a batch is resent whole when its answer is lost), and so does
+    /// `AddDatums` (large already).
     pub fn is_batchable(&self) -> bool {
         self.may_share_entry()
             && !matches!(

@@ -37,6 +37,58 @@ pub enum FileKind {
     Directory,
 }
 
+/// A pipeline's input as submitted: atoms (a URI and a Pachyderm glob) combined by cross
+/// and union, nestable. A datum's inputs name atoms by their place in depth-first order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PipelineInput {
+    Atom {
+        /// The directory below `/pfs/` the atom's files appear in.
+        name: String,
+        uri: String,
+        glob: String,
+    },
+    Cross(Vec<PipelineInput>),
+    Union(Vec<PipelineInput>),
+}
+
+/// One atom of a pipeline's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtomRef<'a> {
+    pub name: &'a str,
+    pub uri: &'a str,
+    pub glob: &'a str,
+}
+
+impl PipelineInput {
+    /// The atoms in depth-first order: what [`DatumInput::atom`] indexes.
+    pub fn atoms(&self) -> Vec<AtomRef<'_>> {
+        let mut atoms = Vec::new();
+        self.collect_atoms(&mut atoms);
+        atoms
+    }
+
+    fn collect_atoms<'a>(&'a self, atoms: &mut Vec<AtomRef<'a>>) {
+        match self {
+            PipelineInput::Atom { name, uri, glob } => atoms.push(AtomRef { name, uri, glob }),
+            PipelineInput::Cross(children) | PipelineInput::Union(children) => {
+                for child in children {
+                    child.collect_atoms(atoms);
+                }
+            }
+        }
+    }
+}
+
+/// What a pipeline job adds to the work every datum runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PipelineSpec {
+    pub input: PipelineInput,
+    /// Files a datum writes below `/pfs/out/` are published below this URI.
+    pub egress_uri: String,
+    /// The job is ended (`error`) this long after it was submitted; 0 = no limit.
+    pub job_timeout_ms: u64,
+}
+
 /// What one executor runs (a TES executor, or a pipeline's transform).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutorSpec {
@@ -52,6 +104,15 @@ pub struct ExecutorSpec {
     pub env: BTreeMap<String, String>,
     /// Run the next executor even when this one fails.
     pub ignore_error: bool,
+    /// Exit codes besides 0 that count as success (Pachyderm's `accept_return_code`).
+    pub accept_exit_codes: Vec<i32>,
+}
+
+impl ExecutorSpec {
+    /// Whether the executor's exit code means it succeeded.
+    pub fn succeeded(&self, exit_code: i32) -> bool {
+        exit_code == 0 || self.accept_exit_codes.contains(&exit_code)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +187,8 @@ pub struct JobSpec {
     pub datum_timeout_ms: u64,
     /// Opaque record of the original request (e.g. the pipeline spec as JSON), for `describe`.
     pub source: String,
+    /// Present for pipeline jobs, absent for tasks.
+    pub pipeline: Option<PipelineSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -136,6 +199,9 @@ pub enum DatumState {
     Claimed,
     /// Its node reported the first executor started.
     Running,
+    /// A pipeline datum whose attempt succeeded and whose outputs, staged by that attempt,
+    /// are being published to their final names by the claim's holder.
+    Publishing,
     /// Canceled while claimed or running: the node has yet to report it stopped.
     Canceling,
     Done,
@@ -155,7 +221,10 @@ impl DatumState {
     pub fn is_claimed(self) -> bool {
         matches!(
             self,
-            DatumState::Claimed | DatumState::Running | DatumState::Canceling
+            DatumState::Claimed
+                | DatumState::Running
+                | DatumState::Publishing
+                | DatumState::Canceling
         )
     }
 }
@@ -183,6 +252,8 @@ pub enum AttemptOutcome {
     LeaseExpired,
     /// The job was canceled.
     Canceled,
+    /// The attempt ran longer than the job's `datum_timeout` and was killed; spends a try.
+    TimedOut,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +284,25 @@ pub struct AttemptReport {
     pub system_logs: Vec<String>,
 }
 
+impl AttemptReport {
+    /// Why the attempt failed, in one line: an executor's exit code, else the last system log
+    /// line (which says what shoal could not do); `None` when it succeeded.
+    pub fn error_message(&self) -> Option<String> {
+        if self.outcome == AttemptOutcome::Succeeded {
+            return None;
+        }
+        let exit = self.executors.iter().find(|e| e.exit_code != 0);
+        match (self.outcome, exit, self.system_logs.last()) {
+            (AttemptOutcome::ExecutorError, Some(executor), _) => {
+                Some(format!("exit code {}", executor.exit_code))
+            }
+            (_, _, Some(line)) => Some(line.clone()),
+            (_, Some(executor), None) => Some(format!("exit code {}", executor.exit_code)),
+            (outcome, None, None) => Some(format!("attempt ended {outcome:?}")),
+        }
+    }
+}
+
 /// One attempt of a datum, as the log records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -228,11 +318,48 @@ pub struct Attempt {
     pub report: Option<AttemptReport>,
 }
 
+/// One input of a pipeline datum: a match of one atom's glob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatumInput {
+    /// The atom's place in [`PipelineInput::atoms`].
+    pub atom: u16,
+    /// The match below the atom's URI, `/`-separated; empty for the whole input (glob `/`).
+    /// Downloaded to `/pfs/<atom name>/<path>`.
+    pub path: String,
+    /// An object, or a prefix with everything below it.
+    pub kind: FileKind,
+}
+
+/// A datum as a submission adds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewDatum {
+    /// Stable across jobs: a hash of the inputs' URLs and versions (0 for a TES task).
+    pub id: u64,
+    pub inputs: Vec<DatumInput>,
+}
+
+impl NewDatum {
+    /// The one datum of a TES task.
+    pub fn task() -> NewDatum {
+        NewDatum {
+            id: 0,
+            inputs: Vec::new(),
+        }
+    }
+}
+
+/// A datum's id as users see it: 16 hex digits.
+pub fn format_datum_id(id: u64) -> String {
+    format!("{id:016x}")
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Datum {
     pub key: DatumKey,
-    /// Inputs of this datum on top of the job's (pipelines); empty for a TES task.
-    pub inputs: Vec<InputSpec>,
+    /// See [`NewDatum::id`].
+    pub id: u64,
+    /// The pipeline inputs of this datum; empty for a TES task (its inputs are the job's).
+    pub inputs: Vec<DatumInput>,
     pub state: DatumState,
     pub claim: Option<Claim>,
     /// Every attempt so far, oldest first; at most `datum_tries` per retry round.
@@ -269,6 +396,7 @@ pub struct DatumCounts {
     pub pending: u32,
     pub claimed: u32,
     pub running: u32,
+    pub publishing: u32,
     pub canceling: u32,
     pub done: u32,
     pub failed: u32,
@@ -281,6 +409,7 @@ impl DatumCounts {
             DatumState::Pending => &mut self.pending,
             DatumState::Claimed => &mut self.claimed,
             DatumState::Running => &mut self.running,
+            DatumState::Publishing => &mut self.publishing,
             DatumState::Canceling => &mut self.canceling,
             DatumState::Done => &mut self.done,
             DatumState::Failed => &mut self.failed,
@@ -290,7 +419,7 @@ impl DatumCounts {
 
     /// Datums holding a claim: what `parallelism` bounds.
     pub fn active(&self) -> u32 {
-        self.claimed + self.running + self.canceling
+        self.claimed + self.running + self.publishing + self.canceling
     }
 
     pub fn total(&self) -> u32 {
@@ -312,6 +441,14 @@ pub enum JobState {
     Canceled,
 }
 
+/// Why a datum failed, kept on its job for a quick look.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatumError {
+    pub index: u32,
+    pub datum_id: u64,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub seq: JobSeq,
@@ -322,16 +459,46 @@ pub struct Job {
     pub sealed: bool,
     pub canceled: bool,
     pub counts: DatumCounts,
-    /// When the last datum reached a terminal state.
+    /// When the job finished.
     pub ended_ms: Option<u64>,
+    /// When its first datum was claimed.
+    pub started_ms: Option<u64>,
+    /// Pipelines: the node that expands the inputs into datums, ends the job at its
+    /// `job_timeout`, and clears the staging area once every datum ended. Passes to the
+    /// leader when the node goes silent longer than the lease.
+    pub steward: Option<NodeId>,
+    /// Pipelines: the steward cleared the staging area after the last datum ended.
+    pub closed: bool,
+    /// Why the cluster ended the job before its datums did (a listing failure, the job
+    /// timeout). Such a job is canceled and ends `Error`.
+    pub error: Option<String>,
+    /// The first datums that failed (at most [`FIRST_ERRORS_MAX`]), since the last retry.
+    pub first_errors: Vec<DatumError>,
+    /// `RetryFailed` rounds that changed something.
+    pub retries: u32,
 }
 
+/// Failed datums a job keeps a message of.
+pub const FIRST_ERRORS_MAX: usize = 5;
+
 impl Job {
+    /// Every datum ended and no more will come (a pipeline may still be closing).
+    pub fn drained(&self) -> bool {
+        let c = &self.counts;
+        self.sealed && c.active() == 0 && c.pending == 0
+    }
+
+    /// The job ended: drained and, for a pipeline, its staging area cleared.
+    pub fn finished(&self) -> bool {
+        self.drained() && (self.spec.kind == JobKind::Task || self.closed)
+    }
+
     /// The job's state, derived from its datum counts.
     pub fn state(&self) -> JobState {
         let c = &self.counts;
-        let finished = self.sealed && c.active() == 0 && c.pending == 0;
+        let finished = self.finished();
         match (self.canceled, finished) {
+            (true, true) if self.error.is_some() => JobState::Error,
             (true, true) => JobState::Canceled,
             (true, false) => JobState::Canceling,
             (false, true) if c.failed > 0 => JobState::Error,

@@ -2,7 +2,11 @@
 //!
 //! A datum does not list files: each of its inputs names one glob match (an object or a
 //! prefix), which the worker downloads when it runs the datum. So a datum stays small however
-//! many files its match holds.
+//! many files its match holds. Its [`Datum::id`] is a hash of what it reads — each input's
+//! URL and version — so the same inputs give the same id in every job, and a changed object
+//! gives a new one.
+
+use sha2::{Digest, Sha256};
 
 use crate::download::EntryKind;
 use crate::error::StorageError;
@@ -11,6 +15,8 @@ use crate::limits::CROSS_DATUMS_MAX;
 /// One input's share of a datum: what to download and where it goes below `/pfs/<name>/`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DatumInput {
+    /// The atom's place in its input tree, depth first.
+    pub atom: usize,
     /// The input's name (`/pfs/<name>`).
     pub name: String,
     /// The matched object (`File`) or prefix (`Directory`).
@@ -18,12 +24,33 @@ pub struct DatumInput {
     /// Path of the match below `/pfs/<name>/`, `/`-separated; empty for the whole input.
     pub path: String,
     pub kind: EntryKind,
+    /// The object's etag or version (a file), or a digest of the versions of everything
+    /// below the prefix (a directory).
+    pub version: String,
 }
 
 /// The unit of claimable work of a pipeline: one match of each crossed input.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Datum {
     pub inputs: Vec<DatumInput>,
+}
+
+impl Datum {
+    /// The datum's id: the first 8 bytes of a SHA-256 over each input's name, URL and
+    /// version. Never 0 (tasks' datums use 0).
+    pub fn id(&self) -> u64 {
+        let mut digest = Sha256::new();
+        for input in &self.inputs {
+            for part in [&input.name, &input.url, &input.version] {
+                digest.update(part.as_bytes());
+                digest.update([0]);
+            }
+        }
+        let bytes: [u8; 8] = digest.finalize()[..8]
+            .try_into()
+            .expect("a sha-256 digest has 8 bytes");
+        u64::from_be_bytes(bytes).max(1)
+    }
 }
 
 /// Every combination of one datum from each list, the first list varying slowest (Pachyderm
@@ -57,9 +84,15 @@ pub fn cross(lists: &[Vec<Datum>]) -> Result<Vec<Datum>, StorageError> {
     Ok(out)
 }
 
-/// The datums of every list, one after another (Pachyderm `union`: no deduplication).
+/// The datums of every list, one after another (Pachyderm `union`); a datum reading exactly
+/// what an earlier one reads (same id) is kept once.
 pub fn union(lists: Vec<Vec<Datum>>) -> Vec<Datum> {
-    lists.into_iter().flatten().collect()
+    let mut seen = std::collections::HashSet::new();
+    lists
+        .into_iter()
+        .flatten()
+        .filter(|datum| seen.insert(datum.id()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -69,10 +102,12 @@ mod tests {
     fn datum(name: &str, path: &str) -> Datum {
         Datum {
             inputs: vec![DatumInput {
+                atom: 0,
                 name: name.into(),
                 url: format!("s3://b/{name}/{path}"),
                 path: path.into(),
                 kind: EntryKind::File,
+                version: "v1".into(),
             }],
         }
     }
@@ -120,11 +155,23 @@ mod tests {
     }
 
     #[test]
-    fn union_concatenates_without_deduplicating() {
+    fn union_concatenates_and_keeps_a_repeated_datum_once() {
         let merged = union(vec![
             vec![datum("a", "1")],
             vec![datum("b", "1"), datum("a", "1")],
         ]);
-        assert_eq!(paths(&merged), vec!["a:1", "b:1", "a:1"]);
+        assert_eq!(paths(&merged), vec!["a:1", "b:1"]);
+    }
+
+    #[test]
+    fn ids_change_with_any_input_url_or_version_and_only_then() {
+        let base = datum("a", "1");
+        assert_eq!(base.id(), datum("a", "1").id(), "stable");
+        let mut changed = base.clone();
+        changed.inputs[0].version = "v2".into();
+        assert_ne!(base.id(), changed.id(), "a new version is a new datum");
+        assert_ne!(base.id(), datum("a", "2").id());
+        assert_ne!(base.id(), datum("b", "1").id());
+        assert_ne!(base.id(), 0);
     }
 }

@@ -4,11 +4,15 @@
 //! top-level entry (a file, or a "directory" = every object below that prefix); `/*/*` one per
 //! second-level entry; `/prefix*`, `?`, `[ab]`, `{a,b}` filter the entries at that depth. The
 //! store is listed once; objects below one directory entry arrive contiguously (lexicographic
-//! order in object stores, depth-first in a local walk), so remembering the last entry is
-//! enough to emit each once. Memory: one chunk.
+//! order in object stores, depth-first in a local walk), so a directory entry is complete —
+//! and its version, a digest of every object's path and version below it, known — as soon as
+//! the listing moves past it. Memory: one chunk.
+
+use std::collections::VecDeque;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use sha2::{Digest, Sha256};
 
 use crate::datum::{Datum, DatumInput, cross, union};
 use crate::download::EntryKind;
@@ -22,6 +26,8 @@ use crate::transfers::join_url;
 /// One named input of a pipeline (Falconeri/Pachyderm `atom`/`pfs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AtomInput {
+    /// The atom's place in its input tree, depth first (copied into each datum input).
+    pub index: usize,
     pub name: String,
     pub uri: String,
     pub glob: String,
@@ -79,7 +85,8 @@ impl DatumGlob {
         })
     }
 
-    /// The entry an object belongs to at this depth, if it is deep enough and matches.
+    /// The entry an object belongs to at this depth, if it is deep enough. At depth 0 every
+    /// object belongs to the one entry `""`, a directory.
     fn entry_of(&self, rel: &str) -> Option<(String, EntryKind)> {
         let segments: Vec<&str> = rel.split('/').collect();
         if segments.len() < self.depth {
@@ -101,14 +108,23 @@ impl DatumGlob {
     }
 }
 
+/// A directory entry whose objects are still being listed.
+struct OpenDirectory {
+    path: String,
+    matched: bool,
+    digest: Sha256,
+}
+
 /// State of one streaming expansion.
 struct Expansion {
     listing: BoxStream<'static, Result<Listed, StorageError>>,
     glob: DatumGlob,
     atom: AtomInput,
     chunk_datums: usize,
-    /// The last directory entry emitted or skipped; its later objects are skipped.
-    last_directory: Option<String>,
+    /// The directory entry the listing is inside.
+    open: Option<OpenDirectory>,
+    /// Datums found and not yet handed out.
+    ready: VecDeque<Datum>,
     finished: bool,
 }
 
@@ -121,14 +137,12 @@ pub async fn expand_atom(
 ) -> Result<BoxStream<'static, Result<Vec<Datum>, StorageError>>, StorageError> {
     let glob = DatumGlob::parse(&atom.glob)?;
     let location = resolver.resolve(&atom.uri, Access::Read).await?;
-    let expansion = Expansion {
-        listing: list_below(&location, resolver.local_roots()),
+    let expansion = Expansion::new(
+        list_below(&location, resolver.local_roots()),
         glob,
-        atom: atom.clone(),
-        chunk_datums: chunk_datums.clamp(1, DATUM_CHUNK_MAX),
-        last_directory: None,
-        finished: false,
-    };
+        atom.clone(),
+        chunk_datums,
+    );
     Ok(
         futures::stream::unfold(expansion, |mut expansion| async move {
             expansion.next_chunk().await.map(|chunk| (chunk, expansion))
@@ -137,59 +151,122 @@ pub async fn expand_atom(
     )
 }
 
+/// Checks a glob without listing anything (for validating a submission).
+pub fn check_glob(glob: &str) -> Result<(), StorageError> {
+    DatumGlob::parse(glob).map(|_| ())
+}
+
 impl Expansion {
+    fn new(
+        listing: BoxStream<'static, Result<Listed, StorageError>>,
+        glob: DatumGlob,
+        atom: AtomInput,
+        chunk_datums: usize,
+    ) -> Self {
+        Self {
+            listing,
+            glob,
+            atom,
+            chunk_datums: chunk_datums.clamp(1, DATUM_CHUNK_MAX),
+            open: None,
+            ready: VecDeque::new(),
+            finished: false,
+        }
+    }
+
     async fn next_chunk(&mut self) -> Option<Result<Vec<Datum>, StorageError>> {
-        if self.finished {
-            return None;
-        }
-        if self.glob.depth == 0 {
-            self.finished = true;
-            return match self.listing.next().await? {
-                Ok(_) => Some(Ok(vec![self.datum(String::new(), EntryKind::Directory)])),
-                Err(error) => Some(Err(error)),
-            };
-        }
-        let mut chunk = Vec::new();
-        while chunk.len() < self.chunk_datums {
-            let listed = match self.listing.next().await {
+        while self.ready.len() < self.chunk_datums && !self.finished {
+            match self.listing.next().await {
                 None => {
                     self.finished = true;
-                    break;
+                    self.close_directory();
                 }
                 Some(Err(error)) => {
                     self.finished = true;
+                    self.ready.clear();
                     return Some(Err(error));
                 }
-                Some(Ok(listed)) => listed,
-            };
-            if let Some(datum) = self.datum_for(&listed.rel) {
-                chunk.push(datum);
+                Some(Ok(listed)) => self.take(&listed),
             }
         }
-        (!chunk.is_empty()).then_some(Ok(chunk))
+        let count = self.ready.len().min(self.chunk_datums);
+        (count > 0).then(|| Ok(self.ready.drain(..count).collect()))
     }
 
-    fn datum_for(&mut self, rel: &str) -> Option<Datum> {
-        let (entry, kind) = self.glob.entry_of(rel)?;
-        if kind == EntryKind::Directory {
-            if self.last_directory.as_deref() == Some(entry.as_str()) {
-                return None;
-            }
-            self.last_directory = Some(entry.clone());
+    /// Files one listed object under its entry: a file entry is a datum at once; a
+    /// directory entry collects the object's path and version until the listing leaves it.
+    fn take(&mut self, listed: &Listed) {
+        let Some((entry, kind)) = self.glob.entry_of(&listed.rel) else {
+            return;
+        };
+        if self.open.as_ref().is_some_and(|open| open.path != entry) || kind == EntryKind::File {
+            self.close_directory();
         }
-        self.glob.matches(&entry).then(|| self.datum(entry, kind))
+        if kind == EntryKind::File {
+            if self.glob.matches(&entry) {
+                let datum = self.datum(entry, kind, listed.version.clone());
+                self.ready.push_back(datum);
+            }
+            return;
+        }
+        let glob = &self.glob;
+        let open = self.open.get_or_insert_with(|| OpenDirectory {
+            matched: glob.matches(&entry),
+            path: entry,
+            digest: Sha256::new(),
+        });
+        for part in [&listed.rel, &listed.version] {
+            open.digest.update(part.as_bytes());
+            open.digest.update([0]);
+        }
     }
 
-    fn datum(&self, path: String, kind: EntryKind) -> Datum {
+    /// Emits the open directory entry, if its name matched the glob.
+    fn close_directory(&mut self) {
+        let Some(open) = self.open.take() else {
+            return;
+        };
+        if open.matched {
+            let version: String = open.digest.finalize()[..16]
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect();
+            let datum = self.datum(open.path, EntryKind::Directory, version);
+            self.ready.push_back(datum);
+        }
+    }
+
+    fn datum(&self, path: String, kind: EntryKind, version: String) -> Datum {
         Datum {
             inputs: vec![DatumInput {
+                atom: self.atom.index,
                 name: self.atom.name.clone(),
                 url: join_url(&self.atom.uri, &path),
                 path,
                 kind,
+                version,
             }],
         }
     }
+}
+
+/// Lists a pipeline's whole input and yields its datums in chunks of at most `chunk_datums`:
+/// a plain atom streamed, cross and union (which need every list) built in memory first.
+pub async fn expand_input(
+    resolver: &Resolver,
+    tree: &InputTree,
+    chunk_datums: usize,
+) -> Result<BoxStream<'static, Result<Vec<Datum>, StorageError>>, StorageError> {
+    if let InputTree::Atom(atom) = tree {
+        return expand_atom(resolver, atom, chunk_datums).await;
+    }
+    let datums = expand_tree(resolver, tree).await?;
+    let size = chunk_datums.clamp(1, DATUM_CHUNK_MAX);
+    let chunks: Vec<Result<Vec<Datum>, StorageError>> = datums
+        .chunks(size)
+        .map(|chunk| Ok(chunk.to_vec()))
+        .collect();
+    Ok(futures::stream::iter(chunks).boxed())
 }
 
 /// Expands a whole input tree into memory, for cross and union (which need every list). At
@@ -240,35 +317,59 @@ mod tests {
         rels: &[&str],
         chunk_datums: usize,
     ) -> Vec<Vec<(String, EntryKind)>> {
+        expand_versions(glob, rels, chunk_datums)
+            .await
+            .into_iter()
+            .map(|chunk| {
+                chunk
+                    .into_iter()
+                    .map(|(path, kind, _)| (path, kind))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// As `expand`, with each datum's version; every object's version is `v1` unless listed
+    /// as `rel@version`.
+    async fn expand_versions(
+        glob: &str,
+        rels: &[&str],
+        chunk_datums: usize,
+    ) -> Vec<Vec<(String, EntryKind, String)>> {
         let listed: Vec<_> = rels
             .iter()
             .map(|rel| {
+                let (rel, version) = rel.split_once('@').unwrap_or((rel, "v1"));
                 Ok(Listed {
-                    rel: (*rel).to_owned(),
+                    rel: rel.to_owned(),
                     size_bytes: 1,
+                    version: version.to_owned(),
                     source: Source::File("/unused".into()),
                 })
             })
             .collect();
-        let mut expansion = Expansion {
-            listing: futures::stream::iter(listed).boxed(),
-            glob: DatumGlob::parse(glob).expect("glob parses"),
-            atom: AtomInput {
-                name: "in".into(),
-                uri: "s3://b/in/".into(),
-                glob: glob.into(),
-            },
-            chunk_datums,
-            last_directory: None,
-            finished: false,
+        let atom = AtomInput {
+            index: 0,
+            name: "in".into(),
+            uri: "s3://b/in/".into(),
+            glob: glob.into(),
         };
+        let mut expansion = Expansion::new(
+            futures::stream::iter(listed).boxed(),
+            DatumGlob::parse(glob).expect("glob parses"),
+            atom,
+            chunk_datums,
+        );
         let mut chunks = Vec::new();
         while let Some(chunk) = expansion.next_chunk().await {
             let chunk = chunk.expect("no listing errors");
             chunks.push(
                 chunk
                     .into_iter()
-                    .map(|d| (d.inputs[0].path.clone(), d.inputs[0].kind))
+                    .map(|d| {
+                        let input = &d.inputs[0];
+                        (input.path.clone(), input.kind, input.version.clone())
+                    })
                     .collect(),
             );
         }
@@ -308,6 +409,27 @@ mod tests {
     async fn star_star_gives_second_level_entries() {
         let chunks = expand("/*/*", RELS, 10).await;
         assert_eq!(names(&chunks), vec!["d1/x", "d1/y", "d2/x", "d20/q"]);
+    }
+
+    #[tokio::test]
+    async fn a_directory_entrys_version_changes_with_any_object_below_it() {
+        let version_of = async |rels: &[&str]| {
+            let chunks = expand_versions("/*", rels, 10).await;
+            chunks[0]
+                .iter()
+                .find(|(path, _, _)| path == "d1")
+                .map(|(_, _, version)| version.clone())
+                .expect("d1 is a datum")
+        };
+        let base = version_of(&["d1/x", "d1/y/z", "d2/x"]).await;
+        assert_eq!(base, version_of(&["d1/x", "d1/y/z", "d2/x@v9"]).await);
+        assert_ne!(base, version_of(&["d1/x", "d1/y/z@v2", "d2/x"]).await);
+        assert_ne!(
+            base,
+            version_of(&["d1/x", "d1/y/z", "d1/new", "d2/x"]).await
+        );
+        let files = expand_versions("/*", &["a@e1", "d1/x"], 10).await;
+        assert_eq!(files[0][0], ("a".into(), EntryKind::File, "e1".into()));
     }
 
     #[tokio::test]

@@ -16,7 +16,10 @@
 //!   [`DownloadSummary`]).
 //! - [`upload`] — files, trees and TES wildcard outputs out ([`UploadedFile`]).
 //! - [`expand`] / [`datum`] — pipeline inputs: URI + Pachyderm glob → streamed chunks of
-//!   [`Datum`]s; [`cross`] and [`union`] as pure functions; [`expand_tree`] for nested inputs.
+//!   [`Datum`]s with stable ids ([`Datum::id`]: inputs and their versions); [`cross`] and
+//!   [`union`] as pure functions; [`expand_input`] for a whole input tree.
+//! - [`publish`] — what publishing a pipeline's staged outputs needs: server-side copies
+//!   and deleting everything below a prefix.
 //! - [`limits`] — every bound, named with its unit.
 //! - [`error`] — [`StorageError`]; [`StorageError::is_transient`] drives retries.
 //! - private: `list` (streaming listings), `walk` (local directory walks), `retry` (backoff).
@@ -33,6 +36,7 @@ pub mod expand;
 pub mod limits;
 mod list;
 pub mod local;
+pub mod publish;
 pub mod resolve;
 mod retry;
 pub mod transfers;
@@ -43,8 +47,8 @@ pub use config::StorageConfig;
 pub use datum::{Datum, DatumInput, cross, union};
 pub use download::{DownloadSummary, EntryKind};
 pub use error::StorageError;
-pub use expand::{AtomInput, InputTree, expand_atom, expand_tree};
+pub use expand::{AtomInput, InputTree, check_glob, expand_atom, expand_input, expand_tree};
 pub use local::{LocalRoots, container_path_below_mount, host_path_for};
 pub use resolve::{Access, Backend, Location, Resolver, SCHEMES};
-pub use transfers::Transfers;
+pub use transfers::{Transfers, join_url};
 pub use upload::UploadedFile;

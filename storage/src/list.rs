@@ -28,6 +28,9 @@ pub(crate) struct Listed {
     /// The object's path below the prefix, `/`-separated, never empty.
     pub rel: String,
     pub size_bytes: u64,
+    /// Changes whenever the object does: its etag or version when the store has one, else
+    /// its modification time and size.
+    pub version: String,
     pub source: Source,
 }
 
@@ -61,9 +64,17 @@ fn list_remote(location: &Location) -> BoxStream<'static, Result<Listed, Storage
                         .map(|parts| parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>())
                         .unwrap_or_default()
                         .join("/");
+                    let version = meta.e_tag.or(meta.version).unwrap_or_else(|| {
+                        format!(
+                            "{}-{}",
+                            meta.last_modified.timestamp_nanos_opt().unwrap_or_default(),
+                            meta.size
+                        )
+                    });
                     (!rel.is_empty()).then_some(Ok(Listed {
                         rel,
                         size_bytes: meta.size,
+                        version,
                         source: Source::Object(meta.location),
                     }))
                 }
@@ -80,6 +91,7 @@ fn list_local(dir: PathBuf, roots: LocalRoots) -> BoxStream<'static, Result<List
             let listed = file.map(|file| Listed {
                 rel: file.rel,
                 size_bytes: file.size_bytes,
+                version: file.version,
                 source: Source::File(file.source),
             });
             // A closed channel means the reader stopped: stop walking.

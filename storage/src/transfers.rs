@@ -125,7 +125,7 @@ pub(crate) fn join_relative(base: &Path, rel: &str, url: &str) -> Result<PathBuf
 }
 
 /// `base` URL and a `/`-separated relative path joined with exactly one `/`.
-pub(crate) fn join_url(base: &str, rel: &str) -> String {
+pub fn join_url(base: &str, rel: &str) -> String {
     if rel.is_empty() {
         return base.to_owned();
     }

@@ -20,6 +20,8 @@ pub(crate) struct LocalFile {
     /// `path` relative to the walked directory, `/`-separated.
     pub rel: String,
     pub size_bytes: u64,
+    /// Modification time (ns) and size: changes whenever the file does.
+    pub version: String,
 }
 
 /// Walks `dir` in name order (blocking) and hands each file to `on_file` until it breaks. A
@@ -84,11 +86,18 @@ fn local_file(
     };
     let metadata = std::fs::metadata(&source).map_err(|error| StorageError::io(&source, error))?;
     let rel = relative_slash_path(dir, path)?;
+    let modified_ns = metadata
+        .modified()
+        .ok()
+        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|since| since.as_nanos())
+        .unwrap_or_default();
     Ok(Some(LocalFile {
         path: path.to_path_buf(),
         source,
         rel,
         size_bytes: metadata.len(),
+        version: format!("{modified_ns:x}-{:x}", metadata.len()),
     }))
 }
 

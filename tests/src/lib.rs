@@ -15,6 +15,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use shoal_node::Config;
 use shoal_node::api::ClusterView;
 
+pub mod s3;
+
 /// The `shoal` binary the harness runs.
 pub fn shoal_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -110,6 +112,8 @@ pub struct ClusterOptions {
     pub client_token: Option<String>,
     /// `worker.docker_network` of every node.
     pub docker_network: String,
+    /// The S3 server every node reads and writes `s3://` URLs on.
+    pub s3: Option<s3::S3Server>,
 }
 
 impl Default for ClusterOptions {
@@ -127,6 +131,7 @@ impl Default for ClusterOptions {
             tokens: Vec::new(),
             client_token: None,
             docker_network: String::new(),
+            s3: None,
         }
     }
 }
@@ -193,6 +198,11 @@ impl TestCluster {
         config.worker.slots = self.options.slots;
         config.http.tokens = self.options.tokens.clone();
         config.worker.docker_network = self.options.docker_network.clone();
+        if let Some(s3) = &self.options.s3 {
+            config.storage.s3_endpoint = s3.endpoint.clone();
+            config.storage.s3_region = "us-east-1".to_string();
+            config.storage.s3_allow_http = true;
+        }
         std::fs::create_dir_all(self.files_dir())?;
         config.storage.allowed_local_roots = vec![self.files_dir()];
         if let Some(key) = &self.options.cluster_key_file {
@@ -243,11 +253,18 @@ impl TestCluster {
             .create(true)
             .append(true)
             .open(&node.log_path)?;
+        let s3_env = self.options.s3.iter().flat_map(|s3| {
+            [
+                ("AWS_ACCESS_KEY_ID".to_string(), s3.key.clone()),
+                ("AWS_SECRET_ACCESS_KEY".to_string(), s3.secret.clone()),
+            ]
+        });
         let child = Command::new(shoal_bin())
             .arg("node")
             .arg("--config")
             .arg(&node.config_path)
             .env("RUST_LOG", "info,openraft=warn,libp2p=warn")
+            .envs(s3_env)
             .envs(self.options.extra_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -274,19 +291,34 @@ impl TestCluster {
         Ok(())
     }
 
-    /// SIGTERM, then waits for the exit; returns the exit code.
-    /// Sends SIGTERM to a node without waiting for it to exit (see [`TestCluster::terminate`]).
-    pub fn send_sigterm(&self, index: usize) -> Result<()> {
+    /// Sends `signal` to a running node's process.
+    fn signal(&self, index: usize, signal: nix::sys::signal::Signal) -> Result<()> {
         let node = &self.nodes[index];
         let child = node
             .child
             .as_ref()
             .ok_or_else(|| anyhow!("{} is not running", node.name))?;
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        nix::sys::signal::kill(pid, signal)?;
         Ok(())
     }
 
+    /// Sends SIGTERM to a node without waiting for it to exit (see [`TestCluster::terminate`]).
+    pub fn send_sigterm(&self, index: usize) -> Result<()> {
+        self.signal(index, nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// SIGSTOP: the node hangs (the processes it started run on) until [`TestCluster::resume`].
+    pub fn pause(&self, index: usize) -> Result<()> {
+        self.signal(index, nix::sys::signal::Signal::SIGSTOP)
+    }
+
+    /// SIGCONT: a paused node carries on where it stopped.
+    pub fn resume(&self, index: usize) -> Result<()> {
+        self.signal(index, nix::sys::signal::Signal::SIGCONT)
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code.
     pub async fn terminate(&mut self, index: usize, timeout: Duration) -> Result<Option<i32>> {
         let node = &mut self.nodes[index];
         let mut child = node
@@ -492,6 +524,66 @@ impl TestCluster {
         })
         .await?;
         self.task(index, id, "FULL").await
+    }
+
+    /// Submits a pipeline spec (JSON) through node `index`; returns the answer
+    /// (`id`, `name`, `ignored`).
+    pub async fn submit_job(
+        &self,
+        index: usize,
+        spec: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let (status, body) = self.post_json(index, "/v1/jobs", spec).await?;
+        if status != 200 || !body["id"].is_string() {
+            bail!("job refused: {status} {body}");
+        }
+        Ok(body)
+    }
+
+    /// A pipeline job as node `index` answers it.
+    pub async fn job(&self, index: usize, id: &str) -> Result<serde_json::Value> {
+        self.get(index, &format!("/v1/jobs/{id}")).await
+    }
+
+    /// Waits until the job ended (`done`, `error` or `canceled`); returns it.
+    pub async fn wait_job(
+        &self,
+        index: usize,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        wait_for(&format!("job {id} to end"), timeout, async || {
+            let job = self.job(index, id).await.ok()?;
+            ["done", "error", "canceled"]
+                .contains(&job["state"].as_str()?)
+                .then_some(job)
+        })
+        .await
+    }
+
+    /// Every datum of a job (all pages), optionally in one state.
+    pub async fn datums(
+        &self,
+        index: usize,
+        id: &str,
+        state: Option<&str>,
+    ) -> Result<Vec<serde_json::Value>> {
+        let mut datums = Vec::new();
+        let mut token = String::new();
+        loop {
+            let filter = state.map(|s| format!("&state={s}")).unwrap_or_default();
+            let page: serde_json::Value = self
+                .get(
+                    index,
+                    &format!("/v1/jobs/{id}/datums?page_size=1000&page_token={token}{filter}"),
+                )
+                .await?;
+            datums.extend(page["datums"].as_array().cloned().unwrap_or_default());
+            match page["next_page_token"].as_str() {
+                Some(next) => token = next.to_string(),
+                None => return Ok(datums),
+            }
+        }
     }
 
     /// All node logs, for a failing assertion's message.

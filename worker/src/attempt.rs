@@ -1,10 +1,13 @@
 //! One attempt of one datum: work dir → inputs → `Started` → executors in order → outputs →
-//! report. Outputs are uploaded even after an executor failed (not after a system error or a
-//! cancel). The report always comes back, whatever failed: errors become its outcome and
-//! system logs, never a lost attempt.
+//! report. A task's outputs are uploaded even after an executor failed (not after a system
+//! error or a cancel); a pipeline datum's are staged only when it succeeded (see `pipeline`).
+//! The executors are killed once the job's `datum_timeout` has passed. The report always
+//! comes back, whatever failed: errors become its outcome and system logs, never a lost
+//! attempt.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use shoal_raft::command::{Command, Grant, Outcome};
 use shoal_raft::job::{
@@ -14,9 +17,10 @@ use shoal_raft::job::{
 use shoal_storage::{EntryKind, Transfers, host_path_for};
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
 use crate::executor::{Bind, StepRun, container_name};
 use crate::live::LiveAttempt;
+use crate::pipeline;
+use crate::shared::Shared;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -60,6 +64,12 @@ fn host(root: &Path, container: &str) -> Result<PathBuf, String> {
 fn writable_binds(job: &Job, root: &Path) -> Result<Vec<Bind>, String> {
     let task = &job.spec.task;
     let mut dirs: Vec<String> = task.volumes.clone();
+    if job.spec.pipeline.is_some() {
+        dirs.extend([
+            pipeline::OUT_DIR.to_string(),
+            pipeline::SCRATCH_DIR.to_string(),
+        ]);
+    }
     for output in &task.outputs {
         dirs.push(output_dir(output));
     }
@@ -177,99 +187,124 @@ async fn upload_outputs(
     Ok(files)
 }
 
-/// Runs the executors in order, stopping at the first that fails unless it says
-/// `ignore_error`; returns whether one failed (ignored or not).
-async fn run_steps(
-    shared: &Shared,
-    job: &Job,
-    grant: &Grant,
-    root: &Path,
-    binds: &[Bind],
-    run: &mut Run,
-    cancel: &CancellationToken,
-) -> bool {
-    let extra_env = vec![
-        ("SHOAL_JOB_ID".to_string(), job.spec.id.clone()),
-        (
-            "SHOAL_DATUM_ID".to_string(),
-            format!("{}.{}", job.spec.id, grant.datum.index),
-        ),
-        ("SHOAL_ATTEMPT".to_string(), grant.attempt.to_string()),
-    ];
-    let node_label = shoal_raft::format_node_id(shared.cluster.node_id());
-    let (datum_index, attempt) = (grant.datum.index.to_string(), grant.attempt.to_string());
-    let mut failed = false;
-    for (index, spec) in job.spec.task.executors.iter().enumerate() {
-        if cancel.is_cancelled() {
-            break;
+/// What every step of one attempt shares.
+struct Steps<'a> {
+    shared: &'a Shared,
+    job: &'a Job,
+    grant: &'a Grant,
+    /// `SHOAL_DATUM_ID`.
+    datum_env_id: String,
+    root: &'a Path,
+    binds: &'a [Bind],
+}
+
+impl Steps<'_> {
+    /// Runs the executors, killing them once the job's `datum_timeout` (if any) has passed;
+    /// returns whether one failed and whether the timeout struck.
+    async fn run_bounded(&self, run: &mut Run, cancel: &CancellationToken) -> (bool, bool) {
+        let timeout_ms = self.job.spec.datum_timeout_ms;
+        let steps_cancel = cancel.child_token();
+        let steps = self.run(run, &steps_cancel);
+        if timeout_ms == 0 {
+            return (steps.await, false);
         }
-        let file = |path: &str| (!path.is_empty()).then(|| host(root, path)).transpose();
-        let (stdin, stdout, stderr) =
-            match (file(&spec.stdin), file(&spec.stdout), file(&spec.stderr)) {
-                (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-                    run.log(e);
-                    return true;
-                }
-            };
-        let step = StepRun {
-            spec,
-            stdin,
-            stdout,
-            stderr,
-            attempt_dir: root,
-            binds,
-            extra_env: &extra_env,
-            tail_bytes_max: shared.config.tail_bytes_max,
-            resources: &job.spec.task.resources,
-            container_name: container_name(&[
-                &node_label,
-                &job.spec.id,
-                &datum_index,
-                &attempt,
-                &index.to_string(),
-            ]),
-            node_label: &node_label,
-            live: None,
-        };
-        let start_ms = now_ms();
-        let live = run.live.begin_step(start_ms, shared.config.tail_bytes_max);
-        let step = StepRun {
-            live: Some(&live),
-            ..step
-        };
-        let outcome = match shared.config.executor.run(&step, cancel).await {
-            Ok(outcome) => outcome,
-            Err(error) => {
-                run.live.abort_step();
-                run.log(format!("executor {}: {error}", run.report.executors.len()));
-                run.report.outcome = AttemptOutcome::SystemError;
-                return true;
-            }
-        };
-        if let Some(note) = &outcome.note {
-            run.log(note.clone());
-        }
-        let exit_code = outcome.exit_code;
-        let log = ExecutorLog {
-            exit_code,
-            start_ms,
-            end_ms: now_ms(),
-            stdout_tail: outcome.stdout_tail,
-            stderr_tail: outcome.stderr_tail,
-        };
-        run.live.end_step(log.clone());
-        run.report.executors.push(log);
-        // As in Funnel: with `ignore_error` the next executor still runs, but the failure
-        // stands and the task ends EXECUTOR_ERROR.
-        if exit_code != 0 {
-            failed = true;
-            if !spec.ignore_error {
-                break;
+        tokio::pin!(steps);
+        tokio::select! {
+            failed = &mut steps => (failed, false),
+            () = tokio::time::sleep(Duration::from_millis(timeout_ms)) => {
+                steps_cancel.cancel();
+                (steps.await, true)
             }
         }
     }
-    failed
+
+    /// Runs the executors in order, stopping at the first that fails unless it says
+    /// `ignore_error`; returns whether one failed (ignored or not).
+    async fn run(&self, run: &mut Run, cancel: &CancellationToken) -> bool {
+        let Steps {
+            shared,
+            job,
+            grant,
+            root,
+            binds,
+            ..
+        } = *self;
+        let extra_env = vec![
+            ("SHOAL_JOB_ID".to_string(), job.spec.id.clone()),
+            ("SHOAL_DATUM_ID".to_string(), self.datum_env_id.clone()),
+            ("SHOAL_ATTEMPT".to_string(), grant.attempt.to_string()),
+        ];
+        let node_label = shoal_raft::format_node_id(shared.cluster.node_id());
+        let (datum_index, attempt) = (grant.datum.index.to_string(), grant.attempt.to_string());
+        let mut failed = false;
+        for (index, spec) in job.spec.task.executors.iter().enumerate() {
+            if cancel.is_cancelled() {
+                break;
+            }
+            let file = |path: &str| (!path.is_empty()).then(|| host(root, path)).transpose();
+            let (stdin, stdout, stderr) =
+                match (file(&spec.stdin), file(&spec.stdout), file(&spec.stderr)) {
+                    (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                        run.log(e);
+                        return true;
+                    }
+                };
+            let start_ms = now_ms();
+            let live = run.live.begin_step(start_ms, shared.config.tail_bytes_max);
+            let step = StepRun {
+                spec,
+                stdin,
+                stdout,
+                stderr,
+                attempt_dir: root,
+                binds,
+                extra_env: &extra_env,
+                tail_bytes_max: shared.config.tail_bytes_max,
+                resources: &job.spec.task.resources,
+                container_name: container_name(&[
+                    &node_label,
+                    &job.spec.id,
+                    &datum_index,
+                    &attempt,
+                    &index.to_string(),
+                ]),
+                node_label: &node_label,
+                live: Some(&live),
+            };
+            let outcome = match shared.config.executor.run(&step, cancel).await {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    run.live.abort_step();
+                    run.log(format!("executor {}: {error}", run.report.executors.len()));
+                    run.report.outcome = AttemptOutcome::SystemError;
+                    return true;
+                }
+            };
+            if let Some(note) = &outcome.note {
+                run.log(note.clone());
+            }
+            let exit_code = outcome.exit_code;
+            let log = ExecutorLog {
+                exit_code,
+                start_ms,
+                end_ms: now_ms(),
+                stdout_tail: outcome.stdout_tail,
+                stderr_tail: outcome.stderr_tail,
+            };
+            run.live.end_step(log.clone());
+            run.report.executors.push(log);
+            // As in Funnel: with `ignore_error` the next executor still runs, but the failure
+            // stands and the task ends EXECUTOR_ERROR.
+            if !spec.succeeded(exit_code) {
+                failed = true;
+                if !spec.ignore_error {
+                    break;
+                }
+            }
+        }
+        failed
+    }
 }
 
 /// Runs the attempt granted by `grant` and returns its report.
@@ -314,10 +349,10 @@ pub async fn run(
         grant.attempt,
         shared.config.executor.name()
     ));
-    if shared.config.executor.is_noop() && !moves_files(&job, &datum) {
+    if shared.config.executor.is_noop() {
         // Nothing runs and nothing moves: no attempt dir to make (the benchmark executor
-        // measures orchestration, not the file system).
-        return run_without_files(&shared, &job, &grant, run, &cancel).await;
+        // measures orchestration, not the file system or object storage).
+        return run_without_files(&shared, &job, &datum, &grant, run, &cancel).await;
     }
     let dir = shared.config.work_dir.join(format!(
         "{}-{}-{}",
@@ -330,21 +365,10 @@ pub async fn run(
     report
 }
 
-fn moves_files(job: &Job, datum: &Datum) -> bool {
-    let task = &job.spec.task;
-    !task.inputs.is_empty()
-        || !datum.inputs.is_empty()
-        || !task.outputs.is_empty()
-        || !task.volumes.is_empty()
-        || task
-            .executors
-            .iter()
-            .any(|e| !e.stdin.is_empty() || !e.stdout.is_empty() || !e.stderr.is_empty())
-}
-
 async fn run_without_files(
     shared: &Shared,
     job: &Job,
+    datum: &Datum,
     grant: &Grant,
     run: Run,
     cancel: &CancellationToken,
@@ -353,9 +377,16 @@ async fn run_without_files(
         Ok(run) => run,
         Err(report) => return report,
     };
-    let dir = shared.config.work_dir.clone();
-    let failed = run_steps(shared, job, grant, &dir, &[], &mut run, cancel).await;
-    finish(run, failed, cancel)
+    let steps = Steps {
+        shared,
+        job,
+        grant,
+        datum_env_id: pipeline::datum_env_id(job, datum, grant),
+        root: &shared.config.work_dir,
+        binds: &[],
+    };
+    let (failed, timed_out) = steps.run_bounded(&mut run, cancel).await;
+    finish(run, failed, timed_out, job, cancel)
 }
 
 /// Records in the log that the first executor starts; an `Err` is the attempt's report.
@@ -378,9 +409,25 @@ async fn report_started(shared: &Shared, grant: &Grant, run: Run) -> Result<Run,
 }
 
 /// The report after the executors ran and the outputs (if any) were uploaded.
-fn finish(mut run: Run, failed: bool, cancel: &CancellationToken) -> AttemptReport {
+fn finish(
+    mut run: Run,
+    failed: bool,
+    timed_out: bool,
+    job: &Job,
+    cancel: &CancellationToken,
+) -> AttemptReport {
     if cancel.is_cancelled() {
         return run.fail(AttemptOutcome::Canceled, "attempt canceled");
+    }
+    if timed_out {
+        let limit = Duration::from_millis(job.spec.datum_timeout_ms);
+        return run.fail(
+            AttemptOutcome::TimedOut,
+            format!(
+                "datum_timeout of {} exceeded: the attempt was killed",
+                humantime::format_duration(limit)
+            ),
+        );
     }
     if failed && run.report.outcome != AttemptOutcome::SystemError {
         run.report.outcome = AttemptOutcome::ExecutorError;
@@ -410,14 +457,8 @@ async fn run_in(
             Ok(transfers) => transfers,
             Err(error) => return run.fail(AttemptOutcome::SystemError, error.to_string()),
         };
-    let inputs: Vec<InputSpec> = job
-        .spec
-        .task
-        .inputs
-        .iter()
-        .chain(&datum.inputs)
-        .cloned()
-        .collect();
+    let mut inputs: Vec<InputSpec> = job.spec.task.inputs.clone();
+    inputs.extend(pipeline::datum_inputs(job, datum));
     // A cancel (or a lost claim) stops the downloads at once; what arrived is removed with
     // the attempt directory.
     let fetched = tokio::select! {
@@ -442,19 +483,88 @@ async fn run_in(
         Ok(run) => run,
         Err(report) => return report,
     };
-    let failed = run_steps(shared, job, grant, &root, &binds, &mut run, cancel).await;
-    if cancel.is_cancelled() || run.report.outcome == AttemptOutcome::SystemError {
-        return finish(run, failed, cancel);
+    let steps = Steps {
+        shared,
+        job,
+        grant,
+        datum_env_id: pipeline::datum_env_id(job, datum, grant),
+        root: &root,
+        binds: &binds,
+    };
+    let (failed, timed_out) = steps.run_bounded(&mut run, cancel).await;
+    let system_error = run.report.outcome == AttemptOutcome::SystemError;
+    // A pipeline datum's outputs count only when it succeeded.
+    if cancel.is_cancelled() || timed_out || system_error || (failed && job.spec.pipeline.is_some())
+    {
+        return finish(run, failed, timed_out, job, cancel);
     }
-    let uploaded = tokio::select! {
-        uploaded = upload_outputs(&transfers, &job.spec.task.outputs, &root) => uploaded,
-        () = cancel.cancelled() => {
-            return run.fail(AttemptOutcome::Canceled, "canceled while outputs uploaded");
+    let outputs = async {
+        match &job.spec.pipeline {
+            Some(spec) => {
+                let staging = pipeline::attempt_staging(
+                    &spec.egress_uri,
+                    &job.spec.id,
+                    datum.id,
+                    grant.fence,
+                );
+                stage_outputs(&transfers, &root, &staging).await
+            }
+            None => upload_outputs(&transfers, &job.spec.task.outputs, &root).await,
         }
+    };
+    let uploaded = tokio::select! {
+        uploaded = outputs => uploaded,
+        () = cancel.cancelled() => Err("canceled while outputs uploaded".to_string()),
     };
     match uploaded {
         Ok(files) => run.report.outputs = files,
-        Err(error) => return run.fail(AttemptOutcome::SystemError, error),
+        Err(error) => {
+            remove_staged(shared, job, datum, grant).await;
+            let outcome = if cancel.is_cancelled() {
+                AttemptOutcome::Canceled
+            } else {
+                AttemptOutcome::SystemError
+            };
+            return run.fail(outcome, error);
+        }
     }
-    finish(run, failed, cancel)
+    finish(run, failed, timed_out, job, cancel)
+}
+
+/// Removes what a pipeline attempt staged before it failed (best effort: the job's steward
+/// clears whatever is left when the job ends).
+async fn remove_staged(shared: &Shared, job: &Job, datum: &Datum, grant: &Grant) {
+    let Some(spec) = &job.spec.pipeline else {
+        return;
+    };
+    let staging = pipeline::attempt_staging(&spec.egress_uri, &job.spec.id, datum.id, grant.fence);
+    if let Err(error) = shared.resolver.delete_below(&staging).await {
+        tracing::warn!(%staging, %error, "cannot remove a failed attempt's staged outputs");
+    }
+}
+
+/// Uploads everything below `/pfs/out` to the attempt's staging prefix; the report lists
+/// each file by its path below `/pfs/out` (its final URL is the egress URI and that path).
+async fn stage_outputs(
+    transfers: &Transfers,
+    root: &Path,
+    staging: &str,
+) -> Result<Vec<OutputFile>, String> {
+    let out = host(root, pipeline::OUT_DIR)?;
+    let uploaded = transfers
+        .upload_dir(&out, staging)
+        .await
+        .map_err(|e| format!("output {}: {e}", pipeline::OUT_DIR))?;
+    Ok(uploaded
+        .into_iter()
+        .map(|file| OutputFile {
+            url: String::new(),
+            path: file
+                .url
+                .strip_prefix(staging)
+                .unwrap_or(&file.url)
+                .to_string(),
+            size_bytes: file.size_bytes,
+        })
+        .collect())
 }

@@ -92,6 +92,17 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/cluster", get(cluster::status))
         .route(
+            "/v1/jobs",
+            get(crate::pipeline::list).post(crate::pipeline::create),
+        )
+        .route(
+            "/v1/jobs/{target}",
+            get(crate::pipeline::get).post(crate::pipeline::action),
+        )
+        .route("/v1/jobs/{target}/datums", get(crate::pipeline::datums))
+        .route("/v1/datums/{id}", get(crate::pipeline::datum))
+        .route("/v1/datums/{id}/logs", get(crate::pipeline::datum_logs))
+        .route(
             "/v1/cluster/nodes/{target}",
             axum::routing::post(cluster::node_action).delete(cluster::remove),
         )

@@ -25,6 +25,14 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/v1/tasks"),
     ("get", "/v1/tasks/{id}"),
     ("post", "/v1/tasks/{id}:cancel"),
+    ("get", "/v1/jobs"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("post", "/v1/jobs/{id}:cancel"),
+    ("post", "/v1/jobs/{id}:retry"),
+    ("get", "/v1/jobs/{id}/datums"),
+    ("get", "/v1/datums/{id}"),
+    ("get", "/v1/datums/{id}/logs"),
 ];
 
 fn schema(name: &str) -> Value {
@@ -168,6 +176,93 @@ fn shoal_paths(paths: &mut serde_json::Map<String, Value>) {
     );
 }
 
+fn pipeline_paths(paths: &mut serde_json::Map<String, Value>) {
+    let page = || {
+        json!([
+            query(
+                "page_size",
+                "per page: default 100, at most 1000",
+                json!({"type": "integer"})
+            ),
+            query(
+                "page_token",
+                "next_page_token of the previous page",
+                json!({"type": "string"})
+            ),
+        ])
+    };
+    let with = |mut params: Value, more: Vec<Value>| {
+        if let Some(list) = params.as_array_mut() {
+            list.extend(more);
+        }
+        params
+    };
+    let job = path_param("id", "job id, or a pipeline name (its newest job)");
+    let datum = path_param("id", "datum id (16 hex digits)");
+    let datum_job = query(
+        "job",
+        "the job the datum belongs to (default: the newest with it)",
+        json!({"type": "string"}),
+    );
+    let mut create = operation(
+        "submit a pipeline spec (JSON, or YAML with Content-Type application/yaml)",
+        json!([]),
+        Some(schema("PipelineSpec")),
+        answer(
+            "the job is in the log; datums follow as its input is listed",
+            Some(schema("JobCreatedView")),
+        ),
+    );
+    create["requestBody"]["content"]["application/yaml"] =
+        json!({ "schema": schema("PipelineSpec") });
+    paths.insert(
+        "/v1/jobs".into(),
+        json!({
+            "get": operation("list pipeline jobs, newest first",
+                with(page(), vec![
+                    query("state", "queued, running, canceling, done, error or canceled",
+                        json!({"type": "string"})),
+                    query("name", "jobs of this pipeline name", json!({"type": "string"})),
+                ]),
+                None, answer("a page of jobs", Some(schema("JobListView")))),
+            "post": create,
+        }),
+    );
+    paths.insert(
+        "/v1/jobs/{id}".into(),
+        json!({ "get": operation("a job: spec, state, counts per datum state, times, rate, first errors",
+            json!([job.clone()]), None, answer("the job", Some(schema("JobView")))) }),
+    );
+    paths.insert(
+        "/v1/jobs/{id}:cancel".into(),
+        json!({ "post": operation("cancel a job: what waits is canceled, what runs is stopped",
+            json!([job.clone()]), None, answer("the job", Some(schema("JobView")))) }),
+    );
+    paths.insert(
+        "/v1/jobs/{id}:retry".into(),
+        json!({ "post": operation("failed datums get a fresh set of tries (at most 10 rounds)",
+            json!([job.clone()]), None, answer("the job", Some(schema("JobView")))) }),
+    );
+    paths.insert(
+        "/v1/jobs/{id}/datums".into(),
+        json!({ "get": operation("a job's datums in order",
+            with(page(), vec![job, query("state", "pending, claimed, running, publishing, \
+                canceling, done, failed or canceled", json!({"type": "string"}))]),
+            None, answer("a page of datums", Some(schema("DatumListView")))) }),
+    );
+    paths.insert(
+        "/v1/datums/{id}".into(),
+        json!({ "get": operation("a datum: inputs, and each attempt with its node, times, exit code, error and output",
+            json!([datum.clone(), datum_job.clone()]), None,
+            answer("the datum", Some(schema("DatumView")))) }),
+    );
+    paths.insert(
+        "/v1/datums/{id}/logs".into(),
+        json!({ "get": operation("what each attempt's executors printed (so far, while running)",
+            json!([datum, datum_job]), None, answer("the logs", Some(schema("DatumLogsView")))) }),
+    );
+}
+
 fn object(required: &[&str], properties: Value) -> Value {
     json!({ "type": "object", "required": required, "properties": properties,
             "additionalProperties": false })
@@ -248,6 +343,82 @@ fn schemas() -> Value {
     })
 }
 
+/// Every schema the document refers to.
+fn all_schemas() -> Value {
+    let mut all = schemas();
+    if let (Some(all), Value::Object(more)) = (all.as_object_mut(), pipeline_schemas()) {
+        all.extend(more);
+    }
+    all
+}
+
+/// The schemas of the pipeline routes.
+fn pipeline_schemas() -> Value {
+    let string = || json!({ "type": "string" });
+    let strings = || json!({ "type": "array", "items": { "type": "string" } });
+    let time = || json!({ "type": "string", "format": "date-time" });
+    let boolean = || json!({ "type": "boolean" });
+    let int = || json!({ "type": "integer", "format": "int32" });
+    let array_of = |name: &str| json!({ "type": "array", "items": schema(name) });
+    let optional_int = || json!({ "type": ["integer", "null"] });
+    let error = object(
+        &["datum", "index", "message"],
+        json!({ "datum": string(), "index": int(), "message": string() }),
+    );
+    let output = object(
+        &["path", "url", "size_bytes"],
+        json!({ "path": string(), "url": string(), "size_bytes": { "type": "integer" } }),
+    );
+    let input = object(
+        &["name", "url", "path", "kind"],
+        json!({ "name": string(), "url": string(), "path": string(), "kind": string() }),
+    );
+    let attempt_logs = object(
+        &["attempt", "node", "executors"],
+        json!({ "attempt": int(), "node": string(), "executors": array_of("ExecutorLogView") }),
+    );
+    json!({
+        "PipelineSpec": { "type": "object", "description": "a Falconeri/Pachyderm pipeline \
+            spec: pipeline.name, transform (image, cmd, env, stdin, working_dir, \
+            accept_return_code), parallelism_spec.constant, resource_requests (cpu, memory), \
+            datum_tries, datum_timeout, job_timeout, input (atom/pfs, cross, union), \
+            egress.URI; see the README" },
+        "JobCreatedView": object(&["id", "name", "ignored"],
+            json!({ "id": string(), "name": string(), "ignored": strings() })),
+        "DatumCountsView": object(&[], json!({
+            "pending": int(), "claimed": int(), "running": int(), "publishing": int(),
+            "canceling": int(), "done": int(), "failed": int(), "canceled": int(),
+            "total": int() })),
+        "JobView": object(&["id", "name", "state", "counts"], json!({
+            "id": string(), "name": string(), "state": string(), "owner": string(),
+            "spec": { "type": "object" }, "counts": schema("DatumCountsView"),
+            "listing": boolean(), "created": time(), "started": time(), "ended": time(),
+            "datums_per_second": { "type": "number" }, "error": string(),
+            "first_errors": { "type": "array", "items": error },
+            "steward": string() })),
+        "JobListView": object(&["jobs"], json!({
+            "jobs": array_of("JobView"), "next_page_token": string() })),
+        "ExecutorLogView": object(&["stdout", "stderr"], json!({
+            "exit_code": optional_int(), "started": time(), "ended": time(),
+            "stdout": string(), "stderr": string() })),
+        "AttemptView": object(&["attempt", "node", "claimed"], json!({
+            "attempt": int(), "node": string(), "claimed": time(), "started": time(),
+            "ended": time(), "outcome": string(), "exit_code": optional_int(),
+            "error": string(), "system_logs": strings(),
+            "executors": array_of("ExecutorLogView"),
+            "outputs": { "type": "array", "items": output } })),
+        "DatumView": object(&["id", "job", "index", "state"], json!({
+            "id": string(), "job": string(), "index": int(), "state": string(),
+            "inputs": { "type": "array", "items": input },
+            "attempts": array_of("AttemptView") })),
+        "DatumListView": object(&["datums"], json!({
+            "datums": array_of("DatumView"), "next_page_token": string() })),
+        "DatumLogsView": object(&["id", "job", "attempts"], json!({
+            "id": string(), "job": string(),
+            "attempts": { "type": "array", "items": attempt_logs } })),
+    })
+}
+
 /// The whole document.
 pub fn document() -> Value {
     let mut paths = serde_json::Map::new();
@@ -255,6 +426,7 @@ pub fn document() -> Value {
         tes_paths(prefix, &mut paths);
     }
     shoal_paths(&mut paths);
+    pipeline_paths(&mut paths);
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -265,7 +437,7 @@ pub fn document() -> Value {
                 /readyz and /openapi.json needs Authorization: Bearer <token>."
         },
         "components": {
-            "schemas": schemas(),
+            "schemas": all_schemas(),
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } }
         },
         "security": [{ "bearer": [] }],

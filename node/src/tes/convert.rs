@@ -102,6 +102,7 @@ fn executor(i: usize, e: &TesExecutor) -> Result<ExecutorSpec, String> {
         stderr: optional_path(&field("stderr"), &e.stderr)?,
         env,
         ignore_error: e.ignore_error.unwrap_or(false),
+        accept_exit_codes: Vec::new(),
     })
 }
 
@@ -272,6 +273,7 @@ pub fn job_spec(task: &TesTask, id: String, owner: String) -> Result<JobSpec, St
         datum_tries: 1,
         datum_timeout_ms: 0,
         source: String::new(),
+        pipeline: None,
     })
 }
 
@@ -282,7 +284,7 @@ pub fn tes_state(datum: &Datum) -> TesState {
         // Waiting in a node's queue: nothing has begun yet.
         DatumState::Claimed if datum.claim.is_some_and(|c| c.queued) => TesState::Queued,
         DatumState::Claimed => TesState::Initializing,
-        DatumState::Running => TesState::Running,
+        DatumState::Running | DatumState::Publishing => TesState::Running,
         DatumState::Canceling => TesState::Canceling,
         DatumState::Done => TesState::Complete,
         DatumState::Canceled => TesState::Canceled,

@@ -153,8 +153,9 @@ pub async fn create(
         convert::job_spec(&task, id.clone(), caller.name.clone()).map_err(ApiError::bad_request)?;
     let command = Command::SubmitJob {
         spec: Box::new(spec),
-        datums: vec![Vec::new()],
+        datums: vec![shoal_raft::job::NewDatum::task()],
         seal: true,
+        steward: None,
     };
     match state.cluster.write(command).await? {
         Outcome::JobSubmitted { .. } => Ok(Json(TesCreateTaskResponse { id })),

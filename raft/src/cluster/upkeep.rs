@@ -114,7 +114,8 @@ pub(super) async fn promote_learners(cluster: Cluster) {
     }
 }
 
-/// On the leader: releases the claims of nodes silent longer than the lease. A new leader
+/// On the leader: releases the claims of nodes silent longer than the lease (publishing
+/// claims and pipelines' stewardship pass to this node). A new leader
 /// first waits one lease, so nodes get to heartbeat to it before anything expires (after a
 /// whole-cluster restart every recorded heartbeat is old).
 pub(super) async fn expire_leases(cluster: Cluster) {
@@ -133,23 +134,24 @@ pub(super) async fn expire_leases(cluster: Cluster) {
         {
             continue;
         }
-        match cluster.write(Command::ExpireLeases { lease_ms }).await {
+        let expire = Command::ExpireLeases {
+            lease_ms,
+            by: cluster.node_id(),
+        };
+        match cluster.write(expire).await {
             Ok(outcome) => tracing::info!(?outcome, "expired the claims of silent nodes"),
             Err(error) => tracing::debug!(%error, "lease expiry failed"),
         }
     }
 }
 
-/// Whether some node holding claims has not heartbeated within the lease (by this clock).
+/// Whether some node holding claims or stewarding a pipeline has not heartbeated within the
+/// lease (by this clock).
 fn any_claim_overdue(cluster: &Cluster, lease_ms: u64) -> bool {
     let now_ms = super::now_ms();
+    let me = cluster.node_id();
     let state = cluster.view().read();
-    state.claim_holders().any(|node| {
-        let last = state
-            .nodes
-            .get(&node)
-            .map(|n| n.last_heartbeat_ms)
-            .unwrap_or(0);
-        now_ms.saturating_sub(last) > lease_ms
-    })
+    let overdue =
+        |node: crate::types::NodeId| node != me && state.is_silent(node, now_ms, lease_ms);
+    state.claim_holders().any(overdue) || state.stewardships().any(|(_, node)| overdue(node))
 }

@@ -6,12 +6,15 @@
 //! [`State::row`]). Indexes derived from the rows (pending FIFO, claims per node, job ids)
 //! are not persisted; [`State::rebuild_indexes`] recomputes them after loading.
 //!
-//! - this file: the state, the node registry, persistence.
-//! - `work`: jobs, datums, claims, leases.
+//! - this file: the state, the node registry, persistence, derived indexes.
+//! - `work`: jobs, datums, claims, publishing, leases (one file per family of transitions).
 
 mod work;
 
-pub use work::{CLAIM_BATCH_MAX, DATUM_TRIES_MAX, DATUMS_PER_COMMAND_MAX, DATUMS_PER_JOB_MAX};
+pub use work::{
+    CLAIM_BATCH_MAX, DATUM_TRIES_MAX, DATUMS_PER_COMMAND_MAX, DATUMS_PER_JOB_MAX,
+    LEASE_EXPIRIES_MAX, RETRIES_MAX,
+};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -93,6 +96,14 @@ impl RowKey {
     }
 }
 
+/// The key of an output path in a job's output index: 64-bit FNV-1a, the same on every node
+/// and in every version (a collision is checked against the owner's paths).
+pub fn output_path_hash(path: &str) -> u64 {
+    path.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RowError {
     #[error("state row has an unknown key {0:?}")]
@@ -128,6 +139,11 @@ pub struct State {
     /// Derived: jobs carrying each tag key, and each tag (listing by tag).
     jobs_by_tag_key: BTreeMap<String, BTreeSet<JobSeq>>,
     jobs_by_tag: BTreeMap<(String, String), BTreeSet<JobSeq>>,
+    /// Derived: datums by their id (stable across jobs, so one id may name several).
+    datum_ids: BTreeSet<(u64, DatumKey)>,
+    /// Derived: which datum of a job owns each output path (by [`output_path_hash`]): the
+    /// one whose successful attempt reported it first.
+    outputs: BTreeMap<(JobSeq, u64), DatumKey>,
     /// Rows changed since the last [`State::take_dirty`]; not part of the state's value.
     dirty: BTreeSet<RowKey>,
 }
@@ -180,14 +196,31 @@ impl State {
                 self.dirty.insert(RowKey::Node(*node_id));
                 Outcome::Applied
             }
-            Command::SubmitJob { spec, datums, seal } => {
-                self.submit_job(now_ms, spec, datums, *seal)
-            }
-            Command::AddDatums {
-                job_id,
+            Command::SubmitJob {
+                spec,
                 datums,
                 seal,
-            } => self.add_datums(now_ms, job_id, datums, *seal),
+                steward,
+            } => self.submit_job(now_ms, spec, datums, *seal, *steward),
+            Command::AddDatums {
+                job_id,
+                node_id,
+                first_index,
+                datums,
+                seal,
+            } => self.add_datums(
+                now_ms,
+                work::AddDatums {
+                    job_id,
+                    node_id: *node_id,
+                    first_index: *first_index,
+                    datums,
+                    seal: *seal,
+                },
+            ),
+            Command::FailJob { job_id, reason } => self.fail_job(now_ms, job_id, reason),
+            Command::CloseJob { job_id, node_id } => self.close_job(now_ms, job_id, *node_id),
+            Command::Published { node_id, datums } => self.published(now_ms, *node_id, datums),
             Command::ClaimBatch {
                 node_id,
                 max,
@@ -205,7 +238,9 @@ impl State {
             }
             Command::CancelJob { job_id } => self.cancel_job(now_ms, job_id),
             Command::RetryFailed { job_id } => self.retry_failed(now_ms, job_id),
-            Command::ExpireLeases { lease_ms } => self.expire_leases(now_ms, *lease_ms),
+            Command::ExpireLeases { lease_ms, by } => {
+                self.expire_leases(index, now_ms, *lease_ms, *by)
+            }
             Command::Batch(commands) => Outcome::Batch(
                 commands
                     .iter()
@@ -234,6 +269,22 @@ impl State {
             index: u32::MAX,
         };
         self.datums.range(range).map(|(_, datum)| datum)
+    }
+
+    /// Datums whose id is `id`, oldest job first.
+    pub fn datums_with_id(&self, id: u64) -> impl Iterator<Item = &Datum> {
+        let first = DatumKey { job: 0, index: 0 };
+        self.datum_ids
+            .range((id, first)..)
+            .take_while(move |(found, _)| *found == id)
+            .filter_map(|(_, key)| self.datums.get(key))
+    }
+
+    fn index_datum_id(&mut self, id: u64, key: DatumKey) {
+        // Tasks' datums have no id of their own.
+        if id != 0 {
+            self.datum_ids.insert((id, key));
+        }
     }
 
     /// Datums node `node_id` holds a claim on.
@@ -345,6 +396,8 @@ impl State {
         self.job_states.clear();
         self.jobs_by_tag_key.clear();
         self.jobs_by_tag.clear();
+        self.datum_ids.clear();
+        self.outputs.clear();
         let seqs: Vec<JobSeq> = self.jobs.keys().copied().collect();
         for seq in seqs {
             self.index_job_state(seq);
@@ -353,6 +406,24 @@ impl State {
         for (key, datum) in &self.datums {
             if datum.state == crate::job::DatumState::Pending {
                 self.pending.insert(*key);
+            }
+            if datum.id != 0 {
+                self.datum_ids.insert((datum.id, *key));
+            }
+            if matches!(
+                datum.state,
+                crate::job::DatumState::Publishing | crate::job::DatumState::Done
+            ) && self
+                .jobs
+                .get(&key.job)
+                .is_some_and(|j| j.spec.pipeline.is_some())
+            {
+                let report = datum.attempts.last().and_then(|a| a.report.as_ref());
+                for output in report.into_iter().flat_map(|r| &r.outputs) {
+                    self.outputs
+                        .entry((key.job, output_path_hash(&output.path)))
+                        .or_insert(*key);
+                }
             }
             if let Some(claim) = datum.claim {
                 self.claims.entry(claim.node).or_default().insert(*key);

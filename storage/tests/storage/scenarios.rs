@@ -266,6 +266,7 @@ pub async fn globs_expand_like_pachyderm(f: &Fixture) -> anyhow::Result<()> {
     let uri = f.url("books");
     let expand = |glob: &'static str| {
         let atom = AtomInput {
+            index: 0,
             name: "books".into(),
             uri: uri.clone(),
             glob: glob.into(),
@@ -311,6 +312,7 @@ pub async fn ten_thousand_objects_expand_to_ten_thousand_datums(f: &Fixture) -> 
     eprintln!("seeded {MANY_OBJECTS} objects in {:?}", started.elapsed());
 
     let atom = AtomInput {
+        index: 0,
         name: "many".into(),
         uri: f.url("many"),
         glob: "/*".into(),

@@ -1,0 +1,98 @@
+//! `ExpireLeases`: what a node silent longer than the lease held goes back or moves on.
+//!
+//! - A queued claim goes back to pending as if never granted.
+//! - A claim whose attempt may be running ends `LeaseExpired`: the datum runs again (or fails
+//!   after `LEASE_EXPIRIES_MAX` such losses).
+//! - A publishing claim cannot be undone (its attempt's outputs are the job's now): it
+//!   passes to the proposer, under the entry's index as fence, who publishes them.
+//! - The stewardship of an open pipeline passes to the proposer too.
+
+use crate::command::Outcome;
+use crate::job::{AttemptOutcome, Claim, DatumKey, DatumState, JobSeq, JobState};
+use crate::state::{RowKey, State};
+use crate::types::NodeId;
+
+impl State {
+    /// Whether `node` has been silent longer than `lease_ms` at `now_ms` (an unknown node
+    /// always has).
+    pub fn is_silent(&self, node: NodeId, now_ms: u64, lease_ms: u64) -> bool {
+        let last = self
+            .nodes
+            .get(&node)
+            .map(|n| n.last_heartbeat_ms)
+            .unwrap_or(0);
+        now_ms.saturating_sub(last) > lease_ms
+    }
+
+    /// Open pipelines (not finished) with their steward.
+    pub fn stewardships(&self) -> impl Iterator<Item = (JobSeq, NodeId)> + '_ {
+        self.jobs_in_states_before(
+            &[JobState::Queued, JobState::Running, JobState::Canceling],
+            JobSeq::MAX,
+        )
+        .filter_map(|seq| Some((seq, self.jobs.get(&seq)?.steward?)))
+    }
+
+    pub(in crate::state) fn expire_leases(
+        &mut self,
+        index: u64,
+        now_ms: u64,
+        lease_ms: u64,
+        by: NodeId,
+    ) -> Outcome {
+        let silent =
+            |state: &State, node: NodeId| node != by && state.is_silent(node, now_ms, lease_ms);
+        let holders: Vec<NodeId> = self
+            .claims
+            .keys()
+            .copied()
+            .filter(|node| silent(self, *node))
+            .collect();
+        let mut changed = 0;
+        for node in holders {
+            let keys: Vec<DatumKey> = self
+                .claims
+                .get(&node)
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect();
+            for key in keys {
+                self.expire_claim(key, index, now_ms, by);
+                changed += 1;
+            }
+        }
+        let orphans: Vec<JobSeq> = self
+            .stewardships()
+            .filter(|(_, steward)| silent(self, *steward))
+            .map(|(seq, _)| seq)
+            .collect();
+        for seq in orphans {
+            if let Some(job) = self.jobs.get_mut(&seq) {
+                job.steward = Some(by);
+                self.dirty.insert(RowKey::Job(seq));
+            }
+        }
+        Outcome::Changed { datums: changed }
+    }
+
+    fn expire_claim(&mut self, key: DatumKey, index: u64, now_ms: u64, by: NodeId) {
+        let state = self.datums.get(&key).map(|d| d.state);
+        if self.is_queued(key) {
+            self.release_unbegun(key, now_ms);
+        } else if state == Some(DatumState::Publishing) {
+            self.drop_claim(key);
+            self.set_claim(
+                key,
+                Claim {
+                    node: by,
+                    fence: index,
+                    since_ms: now_ms,
+                    queued: false,
+                },
+            );
+        } else {
+            self.finish_attempt(key, AttemptOutcome::LeaseExpired, None, now_ms);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! What nodes report about their attempts: `Started`, `CompleteBatch` and, for pipelines
+//! whose attempt staged outputs, `Published`.
+//!
+//! A pipeline attempt that succeeded with outputs does not end its datum: the datum becomes
+//! `Publishing` under the same claim, and its outputs become the job's — unless another datum
+//! of the job owns one of their paths already, in which case the datum fails naming the path
+//! (retrying cannot help) and nothing of it is published.
+
+use super::bounded;
+use crate::command::{Completion, Outcome};
+use crate::job::{AttemptOutcome, AttemptReport, DatumKey, DatumState, JobKind, format_datum_id};
+use crate::state::{RowKey, State, output_path_hash};
+use crate::types::NodeId;
+
+impl State {
+    pub(in crate::state) fn started(&mut self, now_ms: u64, key: DatumKey, fence: u64) -> Outcome {
+        if !self.holds(key, fence, None) {
+            return Outcome::Reported {
+                accepted: 0,
+                stale: vec![key],
+            };
+        }
+        if let Some(attempt) = self
+            .datums
+            .get_mut(&key)
+            .and_then(|d| d.attempts.last_mut())
+        {
+            attempt.started_ms.get_or_insert(now_ms);
+        }
+        if self
+            .datums
+            .get(&key)
+            .is_some_and(|d| d.state == DatumState::Claimed)
+        {
+            self.set_datum_state(key, DatumState::Running, now_ms);
+        }
+        Outcome::Reported {
+            accepted: 1,
+            stale: Vec::new(),
+        }
+    }
+
+    pub(in crate::state) fn complete_batch(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        reports: &[Completion],
+    ) -> Outcome {
+        let mut accepted = 0;
+        let mut stale = Vec::new();
+        for completion in reports {
+            let key = completion.datum;
+            // A publishing datum's attempt has ended already: a repeat is stale.
+            let publishing = self
+                .datums
+                .get(&key)
+                .is_some_and(|d| d.state == DatumState::Publishing);
+            if !self.holds(key, completion.fence, Some(node)) || publishing {
+                stale.push(key);
+                continue;
+            }
+            accepted += 1;
+            let report = completion.report.clone();
+            if self.stages_outputs(key, &report) {
+                self.begin_publishing(key, report, now_ms);
+            } else {
+                self.finish_attempt(key, report.outcome, Some(report), now_ms);
+            }
+        }
+        Outcome::Reported { accepted, stale }
+    }
+
+    /// Whether the report is a pipeline attempt that succeeded with outputs to publish (and
+    /// its datum is not being canceled).
+    fn stages_outputs(&self, key: DatumKey, report: &AttemptReport) -> bool {
+        let pipeline = self
+            .jobs
+            .get(&key.job)
+            .is_some_and(|j| j.spec.kind == JobKind::Pipeline && !j.canceled);
+        let running = self
+            .datums
+            .get(&key)
+            .is_some_and(|d| d.state != DatumState::Canceling);
+        pipeline
+            && running
+            && report.outcome == AttemptOutcome::Succeeded
+            && !report.outputs.is_empty()
+    }
+
+    /// Claims the report's output paths for the datum and moves it to `Publishing`; fails
+    /// the datum instead when another datum of the job owns one of them.
+    fn begin_publishing(&mut self, key: DatumKey, mut report: AttemptReport, now_ms: u64) {
+        if let Some((path, owner)) = self.output_conflict(key, &report) {
+            let owner_id = self.datums.get(&owner).map(|d| d.id).unwrap_or_default();
+            report.outcome = AttemptOutcome::SystemError;
+            report.system_logs.push(bounded(&format!(
+                "output {path:?} is written by datum {} of this job already; nothing was published",
+                format_datum_id(owner_id)
+            )));
+            let message = report.system_logs.last().cloned().unwrap_or_default();
+            self.record_report(key, report, now_ms);
+            self.drop_claim(key);
+            self.fail_datum(key, &message, now_ms);
+            return;
+        }
+        for output in &report.outputs {
+            self.outputs
+                .insert((key.job, output_path_hash(&output.path)), key);
+        }
+        self.record_report(key, report, now_ms);
+        self.set_datum_state(key, DatumState::Publishing, now_ms);
+    }
+
+    /// The first output path of `report` that another datum of the job owns, with its owner.
+    fn output_conflict(&self, key: DatumKey, report: &AttemptReport) -> Option<(String, DatumKey)> {
+        report.outputs.iter().find_map(|output| {
+            let owner = *self
+                .outputs
+                .get(&(key.job, output_path_hash(&output.path)))?;
+            // A hash shared by two different paths is no conflict.
+            let same_path = self
+                .datums
+                .get(&owner)
+                .and_then(|d| d.attempts.last())
+                .and_then(|a| a.report.as_ref())
+                .is_some_and(|r| r.outputs.iter().any(|o| o.path == output.path));
+            (owner != key && same_path).then(|| (output.path.clone(), owner))
+        })
+    }
+
+    /// Ends the current attempt with `report`, leaving the claim and the datum's state.
+    fn record_report(&mut self, key: DatumKey, report: AttemptReport, now_ms: u64) {
+        let Some(attempt) = self
+            .datums
+            .get_mut(&key)
+            .and_then(|d| d.attempts.last_mut())
+        else {
+            return;
+        };
+        attempt.ended_ms = Some(now_ms);
+        attempt.outcome = Some(report.outcome);
+        attempt.report = Some(report);
+        self.dirty.insert(RowKey::Datum(key));
+    }
+
+    pub(in crate::state) fn published(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        datums: &[(DatumKey, u64)],
+    ) -> Outcome {
+        let mut accepted = 0;
+        let mut stale = Vec::new();
+        for &(key, fence) in datums {
+            let publishing = self
+                .datums
+                .get(&key)
+                .is_some_and(|d| d.state == DatumState::Publishing);
+            if !publishing || !self.holds(key, fence, Some(node)) {
+                stale.push(key);
+                continue;
+            }
+            self.drop_claim(key);
+            self.set_datum_state(key, DatumState::Done, now_ms);
+            accepted += 1;
+        }
+        Outcome::Reported { accepted, stale }
+    }
+}

@@ -1,0 +1,992 @@
+//! Pure tests of the work queue: commands in, state and outcomes out, every index checked
+//! against a rebuild after every step.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::command::{Command, NodeInfo, Proposal};
+use crate::command::{Completion, Grant};
+use crate::job::{
+    AttemptReport, Datum, JobKind, JobSeq, JobSpec, NewDatum, PipelineInput, PipelineSpec,
+};
+use crate::job::{DatumCounts, JobState, TaskSpec};
+
+const N1: NodeId = 1;
+const N2: NodeId = 2;
+const LEASE_MS: u64 = 10_000;
+
+/// A state machine driven like the log drives it: each command gets the next index.
+struct Log {
+    state: State,
+    index: u64,
+    now_ms: u64,
+}
+
+impl Log {
+    fn new() -> Log {
+        let mut log = Log {
+            state: State::default(),
+            index: 0,
+            now_ms: 1_000,
+        };
+        for node_id in [N1, N2] {
+            let info = NodeInfo {
+                name: format!("n{node_id}"),
+                peer_id: format!("p{node_id}"),
+                http_url: String::new(),
+                p2p_addrs: Vec::new(),
+                slots: 4,
+                executor: "process".into(),
+            };
+            log.apply(Command::RegisterNode { node_id, info });
+        }
+        log
+    }
+
+    fn apply(&mut self, command: Command) -> Outcome {
+        self.index += 1;
+        let outcome = self.state.apply(
+            self.index,
+            &Proposal {
+                time_ms: self.now_ms,
+                command,
+            },
+        );
+        check_invariants(&self.state);
+        outcome
+    }
+
+    fn submit(&mut self, id: &str, datums: u32, parallelism: u32, tries: u32) -> JobSeq {
+        self.submit_spec(
+            spec(id, JobKind::Pipeline, parallelism, tries),
+            datums,
+            true,
+        )
+    }
+
+    fn submit_spec(&mut self, spec: JobSpec, datums: u32, seal: bool) -> JobSeq {
+        let steward = spec.pipeline.is_some().then_some(N1);
+        let datums = (0..datums).map(|i| new_datum(u64::from(i) + 1)).collect();
+        match self.apply(Command::SubmitJob {
+            spec: Box::new(spec),
+            datums,
+            seal,
+            steward,
+        }) {
+            Outcome::JobSubmitted { seq, .. } => seq,
+            other => panic!("submit refused: {other:?}"),
+        }
+    }
+
+    fn claim(&mut self, node_id: NodeId, max: u32) -> Vec<Grant> {
+        self.claim_with_queue(node_id, max, 0)
+    }
+
+    fn claim_with_queue(&mut self, node_id: NodeId, max: u32, queue: u32) -> Vec<Grant> {
+        match self.apply(Command::ClaimBatch {
+            node_id,
+            max,
+            queue,
+        }) {
+            Outcome::Claimed { grants } => grants,
+            other => panic!("claim answered {other:?}"),
+        }
+    }
+
+    fn report(&mut self, node_id: NodeId, grant: Grant, outcome: AttemptOutcome) -> Outcome {
+        let report = AttemptReport {
+            outcome,
+            start_ms: self.now_ms,
+            end_ms: self.now_ms,
+            executors: Vec::new(),
+            outputs: Vec::new(),
+            system_logs: Vec::new(),
+        };
+        let reports = vec![Completion {
+            datum: grant.datum,
+            fence: grant.fence,
+            report,
+        }];
+        self.apply(Command::CompleteBatch { node_id, reports })
+    }
+
+    fn heartbeat(&mut self, node_id: NodeId) {
+        self.apply(Command::Heartbeat {
+            node_id,
+            running: 0,
+        });
+    }
+
+    fn datum(&self, job: JobSeq, index: u32) -> &Datum {
+        &self.state.datums[&DatumKey { job, index }]
+    }
+
+    /// The job's state once its steward did its part: a drained pipeline is closed first.
+    fn job_state(&mut self, seq: JobSeq) -> JobState {
+        let job = &self.state.jobs[&seq];
+        if job.drained()
+            && !job.closed
+            && let Some(node_id) = job.steward
+        {
+            let job_id = job.spec.id.clone();
+            assert_eq!(
+                self.apply(Command::CloseJob { job_id, node_id }),
+                Outcome::Applied
+            );
+        }
+        self.state.jobs[&seq].state()
+    }
+}
+
+fn spec(id: &str, kind: JobKind, parallelism: u32, datum_tries: u32) -> JobSpec {
+    JobSpec {
+        id: id.to_string(),
+        kind,
+        name: id.to_string(),
+        description: String::new(),
+        tags: BTreeMap::new(),
+        owner: String::new(),
+        task: TaskSpec::default(),
+        parallelism,
+        datum_tries,
+        datum_timeout_ms: 0,
+        source: String::new(),
+        pipeline: (kind == JobKind::Pipeline).then(|| PipelineSpec {
+            input: PipelineInput::Atom {
+                name: "in".into(),
+                uri: "file:///in/".into(),
+                glob: "/*".into(),
+            },
+            egress_uri: "file:///out/".into(),
+            job_timeout_ms: 0,
+        }),
+    }
+}
+
+fn new_datum(id: u64) -> NewDatum {
+    NewDatum {
+        id,
+        inputs: Vec::new(),
+    }
+}
+
+/// Counts, the pending index and the claim index agree with the datums.
+fn check_invariants(state: &State) {
+    for (seq, job) in &state.jobs {
+        let mut counts = DatumCounts::default();
+        for datum in state.datums_of(*seq) {
+            *counts.slot(datum.state) += 1;
+            assert_eq!(datum.claim.is_some(), datum.state.is_claimed(), "{datum:?}");
+            if datum.claim.is_some_and(|c| c.queued) {
+                assert_eq!(datum.state, DatumState::Claimed, "{datum:?}");
+            }
+        }
+        assert_eq!(counts, job.counts, "counts of job {seq}");
+        assert_eq!(counts.total(), job.datum_count);
+    }
+    let mut copy = state.clone();
+    copy.rebuild_indexes();
+    assert_eq!(copy.pending, state.pending, "pending index");
+    assert_eq!(copy.claims, state.claims, "claim index");
+    assert_eq!(copy.queued, state.queued, "queued index");
+    assert_eq!(copy.jobs_by_state, state.jobs_by_state, "state index");
+    assert_eq!(copy.job_states, state.job_states, "state index");
+    assert_eq!(copy.jobs_by_tag, state.jobs_by_tag, "tag index");
+    assert_eq!(copy.jobs_by_tag_key, state.jobs_by_tag_key, "tag key index");
+    assert_eq!(copy.job_ids, state.job_ids, "id index");
+    assert_eq!(copy.datum_ids, state.datum_ids, "datum id index");
+    assert_eq!(copy.outputs, state.outputs, "output index");
+}
+
+fn keys(grants: &[Grant]) -> Vec<(JobSeq, u32)> {
+    grants
+        .iter()
+        .map(|g| (g.datum.job, g.datum.index))
+        .collect()
+}
+
+#[test]
+fn claims_go_out_fifo_across_jobs_with_the_granting_index_as_fence() {
+    let mut log = Log::new();
+    let a = log.submit("a", 3, 0, 1);
+    let b = log.submit("b", 2, 0, 1);
+    let first = log.claim(N1, 4);
+    assert_eq!(keys(&first), [(a, 0), (a, 1), (a, 2), (b, 0)]);
+    assert!(first.iter().all(|g| g.fence == log.index && g.attempt == 1));
+    assert_eq!(keys(&log.claim(N2, 4)), [(b, 1)]);
+    assert!(log.claim(N2, 4).is_empty());
+    assert_eq!(log.job_state(a), JobState::Running);
+}
+
+#[test]
+fn parallelism_caps_a_job_across_nodes_and_later_jobs_still_run() {
+    let mut log = Log::new();
+    let capped = log.submit("capped", 5, 2, 1);
+    let free = log.submit("free", 1, 0, 1);
+    assert!(log.state.has_claimable());
+    let grants = log.claim(N1, 10);
+    assert_eq!(keys(&grants), [(capped, 0), (capped, 1), (free, 0)]);
+    assert!(
+        !log.state.has_claimable(),
+        "pending datums remain, but none may be claimed"
+    );
+    assert!(log.claim(N2, 10).is_empty(), "the cap holds for every node");
+
+    log.report(N1, grants[0], AttemptOutcome::Succeeded);
+    assert_eq!(
+        keys(&log.claim(N2, 10)),
+        [(capped, 2)],
+        "a finished datum frees one place"
+    );
+}
+
+#[test]
+fn a_stale_fence_is_rejected_and_the_live_claim_holder_decides() {
+    let mut log = Log::new();
+    let job = log.submit("j", 1, 0, 3);
+    let zombie = log.claim(N1, 1)[0];
+
+    log.now_ms += LEASE_MS + 1;
+    log.heartbeat(N2);
+    assert_eq!(
+        log.apply(Command::ExpireLeases {
+            lease_ms: LEASE_MS,
+            by: N2,
+        }),
+        Outcome::Changed { datums: 1 }
+    );
+    let live = log.claim(N2, 1)[0];
+    assert_eq!(live.attempt, 2);
+    assert_ne!(live.fence, zombie.fence);
+
+    let late = log.report(N1, zombie, AttemptOutcome::Succeeded);
+    assert_eq!(
+        late,
+        Outcome::Reported {
+            accepted: 0,
+            stale: vec![zombie.datum]
+        }
+    );
+    assert_eq!(
+        log.datum(job, 0).state,
+        DatumState::Claimed,
+        "the zombie changed nothing"
+    );
+    assert_eq!(
+        log.apply(Command::Started {
+            datum: zombie.datum,
+            fence: zombie.fence
+        }),
+        Outcome::Reported {
+            accepted: 0,
+            stale: vec![zombie.datum]
+        }
+    );
+
+    log.report(N2, live, AttemptOutcome::ExecutorError);
+    let datum = log.datum(job, 0);
+    assert_eq!(datum.state, DatumState::Pending, "one try left");
+    assert_eq!(
+        datum.attempts[0].outcome,
+        Some(AttemptOutcome::LeaseExpired)
+    );
+    assert_eq!(
+        datum.attempts[1].outcome,
+        Some(AttemptOutcome::ExecutorError)
+    );
+}
+
+#[test]
+fn lease_expiry_requeues_with_the_next_attempt_without_spending_a_try() {
+    let mut log = Log::new();
+    let job = log.submit("j", 1, 0, 1);
+    for attempt in 1..=LEASE_EXPIRIES_MAX {
+        let grant = log.claim(N1, 1)[0];
+        assert_eq!(grant.attempt, attempt);
+        log.apply(Command::Started {
+            datum: grant.datum,
+            fence: grant.fence,
+        });
+        assert_eq!(log.datum(job, 0).state, DatumState::Running);
+
+        log.now_ms += LEASE_MS / 2;
+        assert_eq!(
+            log.apply(Command::ExpireLeases {
+                lease_ms: LEASE_MS,
+                by: N2,
+            }),
+            Outcome::Changed { datums: 0 },
+            "a node within its lease keeps its claims"
+        );
+        log.now_ms += LEASE_MS;
+        log.apply(Command::ExpireLeases {
+            lease_ms: LEASE_MS,
+            by: N2,
+        });
+        log.heartbeat(N1);
+        if attempt < LEASE_EXPIRIES_MAX {
+            assert_eq!(
+                log.datum(job, 0).state,
+                DatumState::Pending,
+                "one try, yet requeued"
+            );
+        }
+    }
+    let datum = log.datum(job, 0);
+    assert_eq!(
+        datum.state,
+        DatumState::Failed,
+        "a datum that keeps losing its node fails"
+    );
+    assert_eq!(datum.attempts.len() as u32, LEASE_EXPIRIES_MAX);
+    assert_eq!(log.job_state(job), JobState::Error);
+    assert!(log.state.jobs[&job].ended_ms.is_some());
+}
+
+#[test]
+fn a_failed_attempt_spends_a_try() {
+    let mut log = Log::new();
+    let job = log.submit("j", 1, 0, 2);
+    let first = log.claim(N1, 1)[0];
+    log.report(N1, first, AttemptOutcome::ExecutorError);
+    assert_eq!(log.datum(job, 0).state, DatumState::Pending);
+    let second = log.claim(N2, 1)[0];
+    assert_eq!(second.attempt, 2);
+    log.report(N2, second, AttemptOutcome::SystemError);
+    assert_eq!(log.datum(job, 0).state, DatumState::Failed);
+}
+
+#[test]
+fn cancel_of_a_running_job_stops_what_runs_and_drops_what_waits() {
+    let mut log = Log::new();
+    let job = log.submit("j", 3, 0, 1);
+    let grant = log.claim(N1, 1)[0];
+    log.apply(Command::Started {
+        datum: grant.datum,
+        fence: grant.fence,
+    });
+
+    assert_eq!(
+        log.apply(Command::CancelJob { job_id: "j".into() }),
+        Outcome::Changed { datums: 3 }
+    );
+    assert_eq!(log.datum(job, 0).state, DatumState::Canceling);
+    assert_eq!(log.datum(job, 1).state, DatumState::Canceled);
+    assert_eq!(log.job_state(job), JobState::Canceling);
+    assert!(
+        log.claim(N2, 10).is_empty(),
+        "nothing of a canceled job is claimable"
+    );
+
+    log.report(N1, grant, AttemptOutcome::Canceled);
+    assert_eq!(log.datum(job, 0).state, DatumState::Canceled);
+    assert_eq!(log.job_state(job), JobState::Canceled);
+    assert_eq!(
+        log.apply(Command::CancelJob { job_id: "j".into() }),
+        Outcome::Changed { datums: 0 }
+    );
+}
+
+#[test]
+fn cancel_of_a_finished_job_leaves_it_as_it_is() {
+    let mut log = Log::new();
+    let job = log.submit("j", 1, 0, 1);
+    let grant = log.claim(N1, 1)[0];
+    log.report(N1, grant, AttemptOutcome::Succeeded);
+    assert_eq!(
+        log.apply(Command::CancelJob { job_id: "j".into() }),
+        Outcome::Changed { datums: 0 }
+    );
+    assert_eq!(log.job_state(job), JobState::Done);
+}
+
+#[test]
+fn retry_puts_failed_datums_back_with_fresh_tries() {
+    let mut log = Log::new();
+    let job = log.submit("j", 2, 0, 1);
+    let grants = log.claim(N1, 2);
+    log.report(N1, grants[0], AttemptOutcome::Succeeded);
+    log.report(N1, grants[1], AttemptOutcome::SystemError);
+    assert_eq!(log.job_state(job), JobState::Error);
+
+    assert_eq!(
+        log.apply(Command::RetryFailed { job_id: "j".into() }),
+        Outcome::Changed { datums: 1 }
+    );
+    assert_eq!(log.job_state(job), JobState::Running);
+    assert!(log.state.jobs[&job].ended_ms.is_none());
+    let again = log.claim(N2, 2);
+    assert_eq!(keys(&again), [(job, 1)]);
+    assert_eq!(again[0].attempt, 2);
+    log.report(N2, again[0], AttemptOutcome::Succeeded);
+    assert_eq!(log.job_state(job), JobState::Done);
+}
+
+#[test]
+fn a_drained_node_gets_nothing_and_an_undrained_one_does() {
+    let mut log = Log::new();
+    log.submit("j", 1, 0, 1);
+    log.apply(Command::DrainNode {
+        node_id: N1,
+        draining: true,
+    });
+    assert!(log.claim(N1, 1).is_empty());
+    log.apply(Command::DrainNode {
+        node_id: N1,
+        draining: false,
+    });
+    assert_eq!(log.claim(N1, 1).len(), 1);
+    assert!(matches!(
+        log.apply(Command::ClaimBatch {
+            node_id: 99,
+            max: 1,
+            queue: 0,
+        }),
+        Outcome::UnknownNode { .. }
+    ));
+}
+
+#[test]
+fn a_resubmitted_job_is_not_applied_twice() {
+    let mut log = Log::new();
+    let first = log.submit("same", 2, 0, 1);
+    let again = log.submit("same", 2, 0, 1);
+    assert_eq!(first, again);
+    assert_eq!(log.state.jobs.len(), 1);
+    assert_eq!(log.state.pending_count(), 2);
+}
+
+#[test]
+fn bad_submissions_are_refused_and_change_nothing() {
+    let mut log = Log::new();
+    log.state.take_dirty();
+    let before = log.state.clone();
+    let task = spec("t", JobKind::Task, 0, 1);
+    let two = vec![NewDatum::task(), NewDatum::task()];
+    let refused = |o: &Outcome| matches!(o, Outcome::Refused { .. });
+    assert!(refused(&log.apply(Command::SubmitJob {
+        spec: Box::new(task),
+        datums: two,
+        seal: true,
+        steward: None,
+    })));
+    let no_tries = spec("p", JobKind::Pipeline, 0, 0);
+    assert!(refused(&log.apply(Command::SubmitJob {
+        spec: Box::new(no_tries),
+        datums: Vec::new(),
+        seal: true,
+        steward: Some(N1),
+    })));
+    let no_steward = spec("p", JobKind::Pipeline, 0, 1);
+    assert!(refused(&log.apply(Command::SubmitJob {
+        spec: Box::new(no_steward),
+        datums: Vec::new(),
+        seal: true,
+        steward: None,
+    })));
+    let add = Command::AddDatums {
+        job_id: "nope".into(),
+        node_id: N1,
+        first_index: 0,
+        datums: Vec::new(),
+        seal: true,
+    };
+    assert!(matches!(log.apply(add), Outcome::UnknownJob { .. }));
+    assert_eq!(log.state, before);
+}
+
+#[test]
+fn queued_claims_are_stolen_latest_first_only_when_nothing_is_pending() {
+    let mut log = Log::new();
+    let job = log.submit("j", 4, 0, 1);
+    let grants = log.claim_with_queue(N1, 1, 2);
+    assert_eq!(keys(&grants), [(job, 0), (job, 1), (job, 2)]);
+    assert_eq!(
+        grants.iter().map(|g| g.queued).collect::<Vec<_>>(),
+        [false, true, true]
+    );
+    let fresh = log.claim(N2, 1);
+    assert_eq!(
+        keys(&fresh),
+        [(job, 3)],
+        "pending work comes before stealing"
+    );
+
+    let stolen = log.claim(N2, 1);
+    assert_eq!(keys(&stolen), [(job, 2)], "the last queued claim is stolen");
+    assert_eq!((stolen[0].attempt, stolen[0].queued), (1, false));
+    let datum = log.datum(job, 2);
+    assert_eq!(
+        datum.attempts.len(),
+        1,
+        "a stolen claim was never an attempt"
+    );
+    assert_eq!(datum.attempts[0].node, N2);
+    let begin = |grant: Grant| Command::Begin {
+        node_id: N1,
+        datum: grant.datum,
+        fence: grant.fence,
+    };
+    assert_eq!(
+        log.apply(begin(grants[2])),
+        Outcome::Reported {
+            accepted: 0,
+            stale: vec![grants[2].datum]
+        },
+        "the old holder cannot begin what was stolen"
+    );
+    assert!(matches!(
+        log.apply(begin(grants[1])),
+        Outcome::Reported { accepted: 1, .. }
+    ));
+    assert!(log.claim(N2, 1).is_empty(), "a begun claim stays put");
+    assert!(log.claim_with_queue(N1, 0, 0).is_empty());
+}
+
+#[test]
+fn queued_claims_canceled_handed_back_or_expired_spend_nothing() {
+    let mut log = Log::new();
+    let canceled = log.submit("c", 1, 0, 1);
+    let queued = log.claim_with_queue(N1, 0, 1);
+    assert!(queued[0].queued);
+    log.apply(Command::CancelJob { job_id: "c".into() });
+    assert_eq!(
+        log.datum(canceled, 0).state,
+        DatumState::Canceled,
+        "nothing ran, so nothing has to stop first"
+    );
+
+    let job = log.submit("j", 2, 0, 1);
+    let queued = log.claim_with_queue(N1, 0, 2);
+    let handed = log.apply(Command::HandBack {
+        node_id: N1,
+        datums: vec![(queued[0].datum, queued[0].fence)],
+    });
+    assert_eq!(handed, Outcome::Changed { datums: 1 });
+    let back = log.datum(job, 0);
+    assert_eq!((back.state, back.attempts.len()), (DatumState::Pending, 0));
+
+    log.now_ms += LEASE_MS + 1;
+    log.heartbeat(N2);
+    log.apply(Command::ExpireLeases {
+        lease_ms: LEASE_MS,
+        by: N2,
+    });
+    let expired = log.datum(job, 1);
+    assert_eq!(
+        (expired.state, expired.attempts.len()),
+        (DatumState::Pending, 0)
+    );
+    let again = log.claim(N2, 2);
+    assert_eq!(keys(&again), [(job, 0), (job, 1)]);
+    assert!(again.iter().all(|g| g.attempt == 1));
+}
+
+#[test]
+fn jobs_never_get_an_earlier_creation_time_than_the_job_before() {
+    let mut log = Log::new();
+    let first = log.submit("first", 1, 0, 1);
+    log.now_ms -= 300;
+    let second = log.submit("second", 1, 0, 1);
+    assert_eq!(
+        log.state.jobs[&second].created_ms, log.state.jobs[&first].created_ms,
+        "a leader whose clock is behind does not make a later job look older"
+    );
+}
+
+#[test]
+fn only_claims_not_yet_running_can_be_handed_back_and_only_by_their_holder() {
+    let mut log = Log::new();
+    let job = log.submit("j", 2, 0, 1);
+    let grants = log.claim(N1, 2);
+    log.apply(Command::Started {
+        datum: grants[1].datum,
+        fence: grants[1].fence,
+    });
+    let hand_back = |node_id, grant: Grant| Command::HandBack {
+        node_id,
+        datums: vec![(grant.datum, grant.fence)],
+    };
+    assert_eq!(
+        log.apply(hand_back(N2, grants[0])),
+        Outcome::Changed { datums: 0 },
+        "not the holder"
+    );
+    assert_eq!(
+        log.apply(hand_back(N1, grants[1])),
+        Outcome::Changed { datums: 0 },
+        "already running"
+    );
+    assert_eq!(
+        log.apply(hand_back(N1, grants[0])),
+        Outcome::Changed { datums: 1 }
+    );
+    let back = log.datum(job, 0);
+    assert_eq!((back.state, back.attempts.len()), (DatumState::Pending, 0));
+    assert_eq!(log.datum(job, 1).state, DatumState::Running);
+
+    let canceled = log.submit("c", 1, 0, 1);
+    let waiting = log
+        .claim(N1, 2)
+        .into_iter()
+        .find(|g| g.datum.job == canceled)
+        .expect("the canceled job's datum is granted");
+    log.apply(Command::CancelJob { job_id: "c".into() });
+    assert_eq!(log.datum(canceled, 0).state, DatumState::Canceling);
+    assert_eq!(
+        log.apply(hand_back(N1, waiting)),
+        Outcome::Changed { datums: 1 }
+    );
+    assert_eq!(
+        log.datum(canceled, 0).state,
+        DatumState::Canceled,
+        "canceled while it waited: nothing ran, so it ends now"
+    );
+}
+
+#[test]
+fn jobs_are_listed_by_state_and_tag_newest_first() {
+    let mut log = Log::new();
+    let mut tagged = |id: &str, tags: &[(&str, &str)]| {
+        let mut spec = spec(id, JobKind::Task, 0, 1);
+        spec.tags = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        log.submit_spec(spec, 1, true)
+    };
+    let a = tagged("a", &[("team", "x")]);
+    let b = tagged("b", &[("team", "y"), ("urgent", "")]);
+    let c = tagged("c", &[("team", "x")]);
+    let grants = log.claim(N1, 1);
+    log.report(N1, grants[0], AttemptOutcome::Succeeded);
+    let by_state = |log: &Log, states: &[JobState], before| {
+        log.state
+            .jobs_in_states_before(states, before)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_state(&log, &[JobState::Done], u64::MAX), [a]);
+    assert_eq!(by_state(&log, &[JobState::Queued], u64::MAX), [c, b]);
+    assert_eq!(
+        by_state(&log, &[JobState::Queued, JobState::Done], u64::MAX),
+        [c, b, a],
+        "two states merge newest first"
+    );
+    assert_eq!(
+        by_state(&log, &[JobState::Queued], c),
+        [b],
+        "below a page token"
+    );
+    let by_tag = |key, value| {
+        log.state
+            .jobs_tagged_before(key, value, u64::MAX)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_tag("team", Some("x")), [c, a]);
+    assert_eq!(by_tag("team", None), [c, b, a]);
+    assert_eq!(by_tag("urgent", Some("")), [b]);
+    assert!(by_tag("team", Some("z")).is_empty());
+}
+
+#[test]
+fn a_batch_applies_each_command_in_order_and_refuses_claims_inside() {
+    let mut log = Log::new();
+    let submit = |id: &str| Command::SubmitJob {
+        spec: Box::new(spec(id, JobKind::Pipeline, 0, 1)),
+        datums: vec![new_datum(1)],
+        seal: true,
+        steward: Some(N1),
+    };
+    let batch = Command::Batch(vec![
+        submit("a"),
+        Command::ClaimBatch {
+            node_id: N1,
+            max: 1,
+            queue: 0,
+        },
+        submit("b"),
+        Command::Batch(Vec::new()),
+        submit("a"),
+    ]);
+    let Outcome::Batch(outcomes) = log.apply(batch) else {
+        panic!("a batch answers a batch");
+    };
+    assert_eq!(outcomes.len(), 5);
+    assert!(matches!(&outcomes[0], Outcome::JobSubmitted { job_id, .. } if job_id == "a"));
+    assert!(matches!(outcomes[1], Outcome::Refused { .. }));
+    assert!(matches!(&outcomes[2], Outcome::JobSubmitted { job_id, .. } if job_id == "b"));
+    assert!(matches!(outcomes[3], Outcome::Refused { .. }));
+    assert_eq!(
+        outcomes[4], outcomes[0],
+        "a repeat inside a batch is a repeat"
+    );
+    assert_eq!(log.state.jobs.len(), 2);
+    assert_eq!(
+        log.state.pending_count(),
+        2,
+        "the claim inside took nothing"
+    );
+    assert!(log.state.claims_of(N1).next().is_none());
+}
+
+#[test]
+fn datums_arrive_in_chunks_from_the_steward_until_sealed_and_resends_change_nothing() {
+    let mut log = Log::new();
+    let job = log.submit_spec(spec("p", JobKind::Pipeline, 0, 1), 0, false);
+    let add = |node_id, first_index: u32, seal| Command::AddDatums {
+        job_id: "p".into(),
+        node_id,
+        first_index,
+        datums: (0..3)
+            .map(|i| new_datum(u64::from(first_index + i) + 1))
+            .collect(),
+        seal,
+    };
+    assert!(
+        matches!(log.apply(add(N2, 0, false)), Outcome::Refused { .. }),
+        "only the steward adds datums"
+    );
+    assert_eq!(log.apply(add(N1, 0, false)), Outcome::Changed { datums: 3 });
+    assert_eq!(
+        log.apply(add(N1, 0, false)),
+        Outcome::Changed { datums: 0 },
+        "a resend is recognised"
+    );
+    assert!(
+        matches!(log.apply(add(N1, 4, false)), Outcome::Refused { .. }),
+        "a gap is refused"
+    );
+    assert_eq!(log.job_state(job), JobState::Queued);
+    log.apply(add(N1, 3, true));
+    assert_eq!(log.state.jobs[&job].datum_count, 6);
+    assert_eq!(
+        log.apply(add(N1, 3, true)),
+        Outcome::Changed { datums: 0 },
+        "the sealing chunk resent after the seal is still a resend"
+    );
+    assert!(
+        matches!(log.apply(add(N1, 6, true)), Outcome::Refused { .. }),
+        "a sealed job takes no more"
+    );
+    assert_eq!(
+        log.state
+            .datums_with_id(5)
+            .map(|d| d.key.index)
+            .collect::<Vec<_>>(),
+        [4]
+    );
+}
+
+/// A report of a successful pipeline attempt that staged `paths`.
+fn staged(paths: &[&str]) -> AttemptReport {
+    AttemptReport {
+        outcome: AttemptOutcome::Succeeded,
+        start_ms: 0,
+        end_ms: 0,
+        executors: Vec::new(),
+        outputs: paths
+            .iter()
+            .map(|path| crate::job::OutputFile {
+                url: String::new(),
+                path: path.to_string(),
+                size_bytes: 1,
+            })
+            .collect(),
+        system_logs: Vec::new(),
+    }
+}
+
+fn complete(log: &mut Log, node_id: NodeId, grant: Grant, report: AttemptReport) -> Outcome {
+    log.apply(Command::CompleteBatch {
+        node_id,
+        reports: vec![Completion {
+            datum: grant.datum,
+            fence: grant.fence,
+            report,
+        }],
+    })
+}
+
+#[test]
+fn a_pipeline_datum_with_outputs_publishes_under_its_claim_before_it_is_done() {
+    let mut log = Log::new();
+    let job = log.submit("p", 2, 0, 1);
+    let grants = log.claim(N1, 2);
+    complete(&mut log, N1, grants[0], staged(&["a.txt"]));
+    let datum = log.datum(job, 0);
+    assert_eq!(datum.state, DatumState::Publishing);
+    assert_eq!(datum.claim.map(|c| c.fence), Some(grants[0].fence));
+    assert_eq!(
+        complete(&mut log, N1, grants[0], staged(&["a.txt"])),
+        Outcome::Reported {
+            accepted: 0,
+            stale: vec![grants[0].datum]
+        },
+        "a repeated report of a publishing datum is stale"
+    );
+    let publish = |node_id, grant: Grant| Command::Published {
+        node_id,
+        datums: vec![(grant.datum, grant.fence)],
+    };
+    assert!(matches!(
+        log.apply(publish(N2, grants[0])),
+        Outcome::Reported { accepted: 0, .. }
+    ));
+    assert!(matches!(
+        log.apply(publish(N1, grants[0])),
+        Outcome::Reported { accepted: 1, .. }
+    ));
+    assert_eq!(log.datum(job, 0).state, DatumState::Done);
+
+    complete(&mut log, N1, grants[1], staged(&[]));
+    assert_eq!(
+        log.datum(job, 1).state,
+        DatumState::Done,
+        "nothing to publish: done at once"
+    );
+    assert!(log.state.jobs[&job].drained());
+    assert_eq!(
+        log.state.jobs[&job].state(),
+        JobState::Running,
+        "open until the steward closes it"
+    );
+    let close = |node_id| Command::CloseJob {
+        job_id: "p".into(),
+        node_id,
+    };
+    assert!(matches!(log.apply(close(N2)), Outcome::Refused { .. }));
+    assert_eq!(log.apply(close(N1)), Outcome::Applied);
+    assert_eq!(log.job_state(job), JobState::Done);
+    assert!(log.state.jobs[&job].ended_ms.is_some());
+}
+
+#[test]
+fn a_second_datum_writing_the_same_output_fails_naming_the_path_and_publishes_nothing() {
+    let mut log = Log::new();
+    let job = log.submit("p", 3, 0, 3);
+    let grants = log.claim(N1, 3);
+    complete(&mut log, N1, grants[0], staged(&["shared.txt", "a.txt"]));
+    complete(&mut log, N2, grants[1], staged(&["b.txt"]));
+    assert_eq!(
+        log.datum(job, 1).state,
+        DatumState::Claimed,
+        "not its claim"
+    );
+    complete(&mut log, N1, grants[1], staged(&["b.txt", "shared.txt"]));
+    let loser = log.datum(job, 1);
+    assert_eq!(loser.state, DatumState::Failed, "no retry can help");
+    assert!(loser.claim.is_none());
+    let message = &log.state.jobs[&job].first_errors[0].message;
+    assert!(message.contains("\"shared.txt\""), "{message}");
+    complete(&mut log, N1, grants[2], staged(&["c.txt"]));
+    assert_eq!(log.datum(job, 2).state, DatumState::Publishing);
+}
+
+#[test]
+fn a_silent_nodes_publishing_claims_and_stewardships_pass_to_the_proposer() {
+    let mut log = Log::new();
+    let job = log.submit("p", 2, 0, 1);
+    let grants = log.claim(N1, 2);
+    complete(&mut log, N1, grants[0], staged(&["a.txt"]));
+    log.now_ms += LEASE_MS + 1;
+    log.heartbeat(N2);
+    log.apply(Command::ExpireLeases {
+        lease_ms: LEASE_MS,
+        by: N2,
+    });
+    let expiry = log.index;
+    let publishing = log.datum(job, 0);
+    assert_eq!(publishing.state, DatumState::Publishing);
+    let claim = publishing.claim.expect("still claimed");
+    assert_eq!((claim.node, claim.fence), (N2, expiry));
+    assert_eq!(
+        publishing.attempts.len(),
+        1,
+        "the attempt that ran stays the one that counts"
+    );
+    assert_eq!(log.datum(job, 1).state, DatumState::Pending, "runs again");
+    assert_eq!(log.state.jobs[&job].steward, Some(N2));
+    assert!(matches!(
+        log.apply(Command::Published {
+            node_id: N2,
+            datums: vec![(grants[0].datum, expiry)],
+        }),
+        Outcome::Reported { accepted: 1, .. }
+    ));
+}
+
+#[test]
+fn a_failed_job_cancels_what_is_left_and_ends_error_once_closed() {
+    let mut log = Log::new();
+    let job = log.submit("p", 3, 0, 1);
+    let grant = log.claim(N1, 1)[0];
+    let fail = Command::FailJob {
+        job_id: "p".into(),
+        reason: "job_timeout of 1s exceeded".into(),
+    };
+    assert_eq!(log.apply(fail.clone()), Outcome::Changed { datums: 3 });
+    assert_eq!(log.job_state(job), JobState::Canceling);
+    assert_eq!(log.apply(fail), Outcome::Changed { datums: 0 });
+    log.report(N1, grant, AttemptOutcome::Canceled);
+    assert!(log.state.jobs[&job].drained());
+    log.apply(Command::CloseJob {
+        job_id: "p".into(),
+        node_id: N1,
+    });
+    assert_eq!(log.job_state(job), JobState::Error);
+    assert!(
+        matches!(
+            log.apply(Command::RetryFailed { job_id: "p".into() }),
+            Outcome::Refused { .. }
+        ),
+        "a job the cluster ended is not retried"
+    );
+}
+
+#[test]
+fn retries_are_bounded_and_reopen_a_closed_pipeline() {
+    let mut log = Log::new();
+    let job = log.submit("p", 1, 0, 1);
+    for round in 0..=RETRIES_MAX {
+        let grant = log.claim(N1, 1)[0];
+        log.report(N1, grant, AttemptOutcome::ExecutorError);
+        log.apply(Command::CloseJob {
+            job_id: "p".into(),
+            node_id: N1,
+        });
+        assert_eq!(log.job_state(job), JobState::Error);
+        assert_eq!(log.state.jobs[&job].first_errors.len(), 1);
+        let retry = log.apply(Command::RetryFailed { job_id: "p".into() });
+        if round < RETRIES_MAX {
+            assert_eq!(retry, Outcome::Changed { datums: 1 });
+            assert_eq!(log.job_state(job), JobState::Queued);
+            assert!(log.state.jobs[&job].ended_ms.is_none());
+        } else {
+            assert!(matches!(retry, Outcome::Refused { .. }), "{retry:?}");
+        }
+    }
+}
+
+#[test]
+fn persisted_rows_rebuild_the_same_state_with_its_indexes() {
+    let mut log = Log::new();
+    log.submit("a", 4, 2, 2);
+    log.submit("b", 2, 0, 1);
+    let grants = log.claim(N1, 3);
+    log.report(N1, grants[0], AttemptOutcome::Succeeded);
+    log.apply(Command::CancelJob { job_id: "b".into() });
+
+    let dirty = log.state.take_dirty();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = dirty
+        .into_iter()
+        .filter_map(|key| {
+            log.state
+                .row(key)
+                .expect("encode")
+                .map(|v| (key.to_bytes(), v))
+        })
+        .collect();
+    let rebuilt =
+        State::from_rows(rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).expect("rows");
+    assert_eq!(rebuilt, log.state);
+}

@@ -1,0 +1,90 @@
+//! What publishing a pipeline's staged outputs needs: copying an object to its final name in
+//! the same store (server side where the store can: S3 `CopyObject`, a hard link on local
+//! disks), deleting everything below a prefix, and asking whether an object exists.
+//!
+//! Each operation resolves its URLs like every transfer (so `file://` stays inside the
+//! allowed roots) and retries transient errors.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+
+use crate::error::StorageError;
+use crate::list::{Source, list_below};
+use crate::resolve::{Access, Backend, Resolver};
+use crate::retry::with_retries;
+
+impl Resolver {
+    /// Copies the object at `from` to `to`, replacing what is there. Both must live in one
+    /// store (one bucket, container or the local disk).
+    pub async fn copy_object(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let source = self.resolve(from, Access::Read).await?;
+        let target = self.resolve(to, Access::Write).await?;
+        if !Arc::ptr_eq(&source.store, &target.store) {
+            return Err(StorageError::InvalidUrl {
+                url: to.to_owned(),
+                reason: format!("not in the same store as {from}"),
+            });
+        }
+        with_retries(to, || async {
+            source
+                .store
+                .copy(&source.path, &target.path)
+                .await
+                .map_err(|error| StorageError::from_store(from, error))
+        })
+        .await
+    }
+
+    /// Deletes every object below `prefix` (path segments match whole) and answers how many
+    /// there were; nothing below it is no error.
+    pub async fn delete_below(&self, prefix: &str) -> Result<u64, StorageError> {
+        let location = self.resolve(prefix, Access::Write).await?;
+        if let Backend::Local { path } = &location.backend {
+            let count = list_below(&location, self.local_roots()).count().await as u64;
+            return match tokio::fs::remove_dir_all(path).await {
+                Ok(()) => Ok(count),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
+                Err(error) => Err(StorageError::io(path, error)),
+            };
+        }
+        with_retries(prefix, || async {
+            let paths = list_below(&location, self.local_roots())
+                .try_filter_map(|listed| async move {
+                    Ok(match listed.source {
+                        Source::Object(path) => Some(path),
+                        Source::File(_) => None,
+                    })
+                })
+                .map_err(|error| object_store::Error::Generic {
+                    store: "listing",
+                    source: Box::new(error),
+                })
+                .boxed();
+            location
+                .store
+                .delete_stream(paths)
+                .try_fold(0_u64, |count, _| async move { Ok(count + 1) })
+                .await
+                .map_err(|error| StorageError::from_store(prefix, error))
+        })
+        .await
+    }
+
+    /// Whether an object exists at `url`.
+    pub async fn exists(&self, url: &str) -> Result<bool, StorageError> {
+        let location = self.resolve(url, Access::Read).await?;
+        if let Backend::Local { path } = &location.backend {
+            return Ok(tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()));
+        }
+        with_retries(url, || async {
+            match location.store.head(&location.path).await {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(error) => Err(StorageError::from_store(url, error)),
+            }
+        })
+        .await
+    }
+}

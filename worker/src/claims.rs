@@ -1,0 +1,282 @@
+//! The claim loop: woken by applied-state changes and freed slots (never by a timer), it
+//! begins queued claims while slots are free, asks the log for more work when the local state
+//! holds something claimable (or, with a free slot, something to steal), and runs each grant
+//! as an attempt in its own task.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shoal_raft::command::{Command, Completion, Grant, Outcome};
+use shoal_raft::job::{AttemptOutcome, DatumKey};
+use tokio_util::sync::CancellationToken;
+
+use crate::shared::{Running, Shared, lock};
+use crate::{attempt, live};
+
+/// Most claims a node holds in its queue beyond its free slots.
+const PREFETCH_MAX: u32 = 4;
+
+/// How many claims this node holds in its queue when work is waiting.
+pub(crate) fn prefetch(shared: &Shared) -> u32 {
+    shared.config.slots.min(PREFETCH_MAX)
+}
+
+/// What this node should ask for now: datums to begin at once, and datums for its queue.
+pub(crate) fn wants_work(shared: &Shared) -> (u32, u32) {
+    let free = shared
+        .config
+        .slots
+        .saturating_sub(shared.running().len() as u32);
+    let queued = lock(&shared.queue).len() as u32;
+    let room = prefetch(shared).saturating_sub(queued);
+    if (free == 0 && room == 0) || shared.stop.is_cancelled() || !shared.cluster.is_ready() {
+        return (0, 0);
+    }
+    let me = shared.cluster.node_id();
+    let state = shared.cluster.view().read();
+    if state.nodes.get(&me).is_none_or(|record| record.draining) {
+        return (0, 0);
+    }
+    if state.has_claimable() {
+        (free, room)
+    } else if free > 0 && state.has_stealable(me) {
+        (free, 0)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Begins queued claims while slots are free. A grant leaves the queue and takes its slot
+/// under the same locks, so the claim watch never sees it in neither place.
+pub(crate) fn start_queued(shared: &Arc<Shared>) {
+    while !shared.stop.is_cancelled() {
+        let (grant, cancel, live, count) = {
+            // Lock order everywhere: finished, running, queue.
+            let finished = lock(&shared.finished);
+            let mut running = shared.running();
+            if running.len() >= shared.config.slots as usize {
+                return;
+            }
+            // The first grant whose datum has no older attempt still stopping here.
+            let grant = {
+                let mut queue = lock(&shared.queue);
+                let next = queue
+                    .iter()
+                    .position(|g| running.get(&g.datum).is_none_or(|r| r.fence == g.fence));
+                match next.and_then(|i| queue.remove(i)) {
+                    Some(grant) => grant,
+                    None => return,
+                }
+            };
+            if is_known(&finished, &running, &grant) {
+                continue;
+            }
+            let (cancel, live) = occupy(&mut running, &grant);
+            (grant, cancel, live, running.len())
+        };
+        shared.cluster.set_running(count as u32);
+        spawn_attempt(shared, grant, cancel, live);
+    }
+}
+
+pub(crate) async fn claim_loop(shared: Arc<Shared>) {
+    let mut applied = shared.cluster.view().applied();
+    loop {
+        start_queued(&shared);
+        let (max, queue) = wants_work(&shared);
+        if max + queue > 0 {
+            let claim = Command::ClaimBatch {
+                node_id: shared.cluster.node_id(),
+                max,
+                queue,
+            };
+            shared.claiming.store(true, Ordering::SeqCst);
+            let answer = shared.cluster.write(claim).await;
+            match answer {
+                Ok(Outcome::Claimed { grants }) if !grants.is_empty() => {
+                    for grant in grants {
+                        // Granted while the node began to stop: nothing starts; shutdown
+                        // hands the whole queue back.
+                        if grant.queued || shared.stop.is_cancelled() {
+                            enqueue(&shared, grant);
+                        } else {
+                            start_attempt(&shared, grant);
+                        }
+                    }
+                    shared.claiming.store(false, Ordering::SeqCst);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "claim failed"),
+            }
+            shared.claiming.store(false, Ordering::SeqCst);
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            () = shared.slot_freed.notified() => {}
+            () = shared.stop.cancelled() => return,
+        }
+    }
+}
+
+/// Adds a queued claim to this node's queue unless it is there, running or ran already.
+pub(crate) fn enqueue(shared: &Shared, grant: Grant) {
+    let finished = lock(&shared.finished);
+    let running = shared.running();
+    let mut queue = lock(&shared.queue);
+    let known = is_known(&finished, &running, &grant)
+        || queue
+            .iter()
+            .any(|g| g.fence == grant.fence && g.datum == grant.datum);
+    if !known {
+        queue.push_back(grant);
+    }
+}
+
+/// Gives the queued claims back to the log so other nodes take them at once.
+pub(crate) async fn hand_back_queue(shared: &Shared) {
+    let queued: Vec<Grant> = lock(&shared.queue).drain(..).collect();
+    if queued.is_empty() {
+        return;
+    }
+    let command = Command::HandBack {
+        node_id: shared.cluster.node_id(),
+        datums: queued.iter().map(|g| (g.datum, g.fence)).collect(),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), shared.cluster.write(command)).await {
+        Ok(Ok(outcome)) => tracing::info!(?outcome, "handed back queued claims"),
+        Ok(Err(error)) => tracing::warn!(%error, "handing back queued claims failed; they expire"),
+        Err(_) => tracing::warn!("handing back queued claims timed out; they expire"),
+    }
+}
+
+/// Runs `grant` now unless it runs or ran here already. While an older attempt of the same
+/// datum is still being stopped here, the grant waits in the queue for its slot.
+pub(crate) fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
+    let (cancel, live, count) = {
+        let finished = lock(&shared.finished);
+        let mut running = shared.running();
+        if is_known(&finished, &running, &grant) {
+            return;
+        }
+        if running.contains_key(&grant.datum) {
+            drop((finished, running));
+            enqueue(shared, grant);
+            return;
+        }
+        let (cancel, live) = occupy(&mut running, &grant);
+        (cancel, live, running.len())
+    };
+    shared.cluster.set_running(count as u32);
+    spawn_attempt(shared, grant, cancel, live);
+}
+
+/// Whether `grant` runs or ran here already.
+pub(crate) fn is_known(
+    finished: &std::collections::HashSet<(DatumKey, u64)>,
+    running: &HashMap<DatumKey, Running>,
+    grant: &Grant,
+) -> bool {
+    running
+        .get(&grant.datum)
+        .is_some_and(|r| r.fence == grant.fence)
+        || finished.contains(&(grant.datum, grant.fence))
+}
+
+/// Gives `grant` a slot: its cancel token and the record of its output.
+pub(crate) fn occupy(
+    running: &mut HashMap<DatumKey, Running>,
+    grant: &Grant,
+) -> (CancellationToken, Arc<live::LiveAttempt>) {
+    let cancel = CancellationToken::new();
+    let live = Arc::new(live::LiveAttempt::default());
+    running.insert(
+        grant.datum,
+        Running {
+            fence: grant.fence,
+            cancel: cancel.clone(),
+            live: live.clone(),
+        },
+    );
+    (cancel, live)
+}
+
+/// Runs an attempt that holds its slot already.
+pub(crate) fn spawn_attempt(
+    shared: &Arc<Shared>,
+    grant: Grant,
+    cancel: CancellationToken,
+    live: Arc<live::LiveAttempt>,
+) {
+    let shared = shared.clone();
+    let span = tracing::info_span!(
+        "attempt",
+        job = grant.datum.job,
+        datum = grant.datum.index,
+        attempt = grant.attempt
+    );
+    let work = async move {
+        if grant.queued && !begin(&shared, &grant).await {
+            release_slot(&shared, &grant);
+            return;
+        }
+        let report = attempt::run(shared.clone(), grant, cancel, live).await;
+        let stopped = shared.killed_by_stop.load(Ordering::SeqCst)
+            && report.outcome == AttemptOutcome::Canceled;
+        lock(&shared.finished).insert((grant.datum, grant.fence));
+        if !stopped {
+            let _ = shared
+                .reports
+                .send(Completion {
+                    datum: grant.datum,
+                    fence: grant.fence,
+                    report,
+                })
+                .await;
+        }
+        release_slot(&shared, &grant);
+    };
+    tokio::spawn(tracing::Instrument::instrument(work, span));
+}
+
+/// Tells the log this node begins a queued claim; false when it was stolen meanwhile.
+pub(crate) async fn begin(shared: &Shared, grant: &Grant) -> bool {
+    let command = Command::Begin {
+        node_id: shared.cluster.node_id(),
+        datum: grant.datum,
+        fence: grant.fence,
+    };
+    match shared.cluster.write(command).await {
+        Ok(Outcome::Reported { accepted: 1, .. }) => true,
+        Ok(_) => {
+            tracing::debug!("a queued claim was taken by another node");
+            false
+        }
+        Err(error) => {
+            // Unknown whether it took effect: leave the claim to the claim watch (adopted
+            // again if still queued here) or to lease expiry.
+            tracing::warn!(%error, "beginning a queued claim failed");
+            false
+        }
+    }
+}
+
+/// Frees the slot `grant` held and wakes the claim loop.
+pub(crate) fn release_slot(shared: &Shared, grant: &Grant) {
+    let count = {
+        let mut running = shared.running();
+        // A newer attempt of the same datum may have taken the entry: leave it.
+        if running
+            .get(&grant.datum)
+            .is_some_and(|r| r.fence == grant.fence)
+        {
+            running.remove(&grant.datum);
+        }
+        running.len()
+    };
+    shared.cluster.set_running(count as u32);
+    shared.slot_freed.notify_waiters();
+    shared.slot_freed.notify_one();
+}

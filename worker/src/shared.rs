@@ -1,0 +1,63 @@
+//! What the worker's long-lived tasks share: the cluster handle, the config, the attempts
+//! running on this node, its queue of claims, and the signals between the tasks.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use shoal_raft::Cluster;
+use shoal_raft::command::{Completion, Grant};
+use shoal_raft::job::DatumKey;
+use shoal_storage::Resolver;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::WorkerConfig;
+use crate::live;
+
+/// An attempt in progress on this node.
+pub(crate) struct Running {
+    pub(crate) fence: u64,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) live: Arc<live::LiveAttempt>,
+}
+
+/// What the worker's tasks share.
+pub(crate) struct Shared {
+    pub(crate) cluster: Cluster,
+    pub(crate) config: WorkerConfig,
+    pub(crate) resolver: Arc<Resolver>,
+    pub(crate) node_transfers: Arc<Semaphore>,
+    pub(crate) running: Mutex<HashMap<DatumKey, Running>>,
+    /// Claims granted for this node's queue, in grant order: begun when a slot frees.
+    pub(crate) queue: Mutex<VecDeque<Grant>>,
+    /// Fences of attempts that ended here and whose report may not be applied yet: their
+    /// claims must not be adopted again.
+    pub(crate) finished: Mutex<HashSet<(DatumKey, u64)>>,
+    /// Set while a `ClaimBatch` is in flight and its grants not yet started: its claims are
+    /// not orphans, whatever the applied state shows meanwhile.
+    pub(crate) claiming: AtomicBool,
+    pub(crate) slot_freed: Notify,
+    pub(crate) reports: mpsc::Sender<Completion>,
+    pub(crate) stop: CancellationToken,
+    /// Set when shutdown kills what still runs after the grace period: those attempts go
+    /// unreported (their claims expire without spending a try).
+    pub(crate) killed_by_stop: AtomicBool,
+    /// Fired once no attempt runs any more: the reporter sends what is left and ends, and
+    /// the claim watch ends.
+    pub(crate) flush: CancellationToken,
+}
+
+impl Shared {
+    pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, HashMap<DatumKey, Running>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
