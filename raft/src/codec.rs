@@ -26,9 +26,14 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard()
 }
 
+/// Room a new record starts with: most rows and entries fit, so encoding does not grow the
+/// buffer step by step.
+const RECORD_BYTES_INITIAL: usize = 512;
+
 /// Encodes `value` with the format byte in front.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut bytes = vec![FORMAT_VERSION];
+    let mut bytes = Vec::with_capacity(RECORD_BYTES_INITIAL);
+    bytes.push(FORMAT_VERSION);
     bincode::serde::encode_into_std_write(value, &mut bytes, config())?;
     Ok(bytes)
 }

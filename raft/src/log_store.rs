@@ -60,6 +60,10 @@ fn durable_commit(db: &Database) -> Result<(), String> {
     txn.commit().map_err(|e| e.to_string())
 }
 
+/// redb's page cache for the log (its default is 1 GiB): entries are read back once, to be
+/// applied and sent to followers, soon after they were written.
+const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// The flusher thread: one durable commit per round, then every callback of the round.
 fn flush_loop(db: Arc<Database>, queue: std::sync::mpsc::Receiver<FlushCallback>) {
     while let Ok(first) = queue.recv() {
@@ -84,7 +88,9 @@ fn log_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError
 impl LogStore {
     /// Opens (or creates) `raft-log.redb` at `path`.
     pub fn open(path: &Path) -> Result<LogStore, redb::Error> {
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create(path)?;
         let txn = db.begin_write()?;
         txn.open_table(ENTRIES)?;
         txn.open_table(META)?;

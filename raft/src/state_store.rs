@@ -29,6 +29,11 @@ const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_SNAPSHOT: &str = "snapshot_meta";
 
+/// redb's page cache for the state rows (its default is 1 GiB). The live state is in memory
+/// already; the file is read once at start and by snapshots, so the cache only has to hold a
+/// write transaction's pages.
+const STATE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Read access to the applied state, shared by everything on the node that reads it.
 #[derive(Clone)]
 pub struct StateView {
@@ -127,7 +132,10 @@ impl StateStore {
     pub fn open(path: &Path, snapshot_dir: &Path) -> Result<(StateStore, StateView), String> {
         let files = SnapshotFiles::open(snapshot_dir)
             .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
-        let db = Database::create(path).map_err(|e| e.to_string())?;
+        let db = Database::builder()
+            .set_cache_size(STATE_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| e.to_string())?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(ROWS).map_err(|e| e.to_string())?;
         txn.open_table(META).map_err(|e| e.to_string())?;

@@ -24,8 +24,7 @@ fn options(s3: &S3Server) -> ClusterOptions {
 
 /// Each datum sleeps, then writes its attempt number to `/pfs/out/<datum id>`.
 fn sleepy_spec(bucket: &TestBucket, seconds: u32) -> Value {
-    let script =
-        format!("sleep {seconds}; echo $SHOAL_ATTEMPT > /pfs/out/$SHOAL_DATUM_ID");
+    let script = format!("sleep {seconds}; echo $SHOAL_ATTEMPT > /pfs/out/$SHOAL_DATUM_ID");
     json!({
         "pipeline": { "name": "sleepy" },
         "transform": { "image": "busybox", "cmd": ["sh", "-c", script] },
@@ -58,10 +57,15 @@ async fn node_running_datums(cluster: &mut TestCluster, id: &str, not: usize) ->
     .await
 }
 
-/// Checks that every datum published exactly its committed attempt's output and that no
-/// staging object is left; returns the datums.
-async fn check_outputs(cluster: &TestCluster, bucket: &TestBucket, id: &str) -> Result<Vec<Value>> {
-    let datums = cluster.datums(0, id, None).await?;
+/// Checks, asking node `via`, that every datum published exactly its committed attempt's
+/// output and that no staging object is left; returns the datums.
+async fn check_outputs(
+    cluster: &TestCluster,
+    via: usize,
+    bucket: &TestBucket,
+    id: &str,
+) -> Result<Vec<Value>> {
+    let datums = cluster.datums(via, id, None).await?;
     let published: Vec<String> = bucket
         .list("out")
         .await?
@@ -73,7 +77,8 @@ async fn check_outputs(cluster: &TestCluster, bucket: &TestBucket, id: &str) -> 
         .filter_map(|d| Some(format!("out/{}", d["id"].as_str()?)))
         .collect();
     ensure!(
-        published.iter().cloned().collect::<BTreeSet<_>>() == expected && published.len() == expected.len(),
+        published.iter().cloned().collect::<BTreeSet<_>>() == expected
+            && published.len() == expected.len(),
         "published {published:?}, expected {expected:?}"
     );
     for datum in &datums {
@@ -90,9 +95,17 @@ async fn check_outputs(cluster: &TestCluster, bucket: &TestBucket, id: &str) -> 
         );
     }
     let this = bucket;
-    wait_for("no staging object to be left", Duration::from_secs(30), async || {
-        this.list("out/.shoal-staging").await.ok()?.is_empty().then_some(())
-    })
+    wait_for(
+        "no staging object to be left",
+        Duration::from_secs(30),
+        async || {
+            this.list("out/.shoal-staging")
+                .await
+                .ok()?
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await?;
     Ok(datums)
 }
@@ -115,10 +128,13 @@ async fn a_node_killed_mid_job_loses_nothing_and_every_output_is_published_once(
     phase("a node running datums is killed (-9); its datums run again elsewhere");
     cluster.kill(victim)?;
     let job = cluster.wait_job(leader, &id, JOB_TIMEOUT).await?;
-    ensure!(job["state"] == "done" && job["counts"]["done"] == 24, "{job}");
+    ensure!(
+        job["state"] == "done" && job["counts"]["done"] == 24,
+        "{job}"
+    );
 
     phase("every output is there once, from its committed attempt; no staging is left");
-    let datums = check_outputs(&cluster, &bucket, &id).await?;
+    let datums = check_outputs(&cluster, leader, &bucket, &id).await?;
     let rerun = datums
         .iter()
         .filter(|d| d["attempts"].as_array().is_some_and(|a| a.len() > 1))
@@ -146,7 +162,10 @@ async fn a_node_paused_past_its_lease_publishes_nothing_when_it_comes_back() -> 
 
     phase("its claims expire; the other nodes run its datums and finish the job");
     let job = cluster.wait_job(leader, &id, JOB_TIMEOUT).await?;
-    ensure!(job["state"] == "done" && job["counts"]["done"] == 12, "{job}");
+    ensure!(
+        job["state"] == "done" && job["counts"]["done"] == 12,
+        "{job}"
+    );
     let datums = cluster.datums(leader, &id, None).await?;
     let lost: Vec<&Value> = datums
         .iter()
@@ -157,7 +176,10 @@ async fn a_node_paused_past_its_lease_publishes_nothing_when_it_comes_back() -> 
             })
         })
         .collect();
-    ensure!(!lost.is_empty(), "no claim of the paused node expired: {datums:?}");
+    ensure!(
+        !lost.is_empty(),
+        "no claim of the paused node expired: {datums:?}"
+    );
 
     phase("the node resumes: its late outputs are never published, its staging is removed");
     cluster.resume(zombie)?;
@@ -168,7 +190,7 @@ async fn a_node_paused_past_its_lease_publishes_nothing_when_it_comes_back() -> 
         (view.applied_index >= leader_view.applied_index).then_some(())
     })
     .await?;
-    check_outputs(&cluster, &bucket, &id).await?;
+    check_outputs(&cluster, leader, &bucket, &id).await?;
     Ok(())
 }
 
@@ -193,7 +215,9 @@ async fn a_steward_killed_while_listing_leaves_the_job_to_another_node_which_fin
     let steward = (leader + 1) % 3;
 
     phase("a follower takes a job over 2,000 objects and is killed as it starts listing");
-    let created = cluster.submit_job(steward, &sleepy_spec(&bucket, 0)).await?;
+    let created = cluster
+        .submit_job(steward, &sleepy_spec(&bucket, 0))
+        .await?;
     let id = created["id"].as_str().unwrap_or_default().to_string();
     cluster.kill(steward)?;
 

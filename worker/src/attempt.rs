@@ -22,6 +22,12 @@ use crate::live::LiveAttempt;
 use crate::pipeline;
 use crate::shared::Shared;
 
+/// Bytes of stdout and of stderr a pipeline datum's attempt keeps per executor.
+const PIPELINE_TAIL_BYTES_MAX: usize = 4 * 1024;
+
+/// How long executors run before the log is told (see `Steps::run_bounded`).
+const STARTED_DELAY: Duration = Duration::from_millis(200);
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -199,21 +205,40 @@ struct Steps<'a> {
 }
 
 impl Steps<'_> {
-    /// Runs the executors, killing them once the job's `datum_timeout` (if any) has passed;
-    /// returns whether one failed and whether the timeout struck.
+    /// Runs the executors, killing them once the job's `datum_timeout` (if any) has passed,
+    /// and tells the log they run once they have for `STARTED_DELAY`: an attempt that ends
+    /// sooner never does (its report says when it ran), which spares the log a write per tiny
+    /// datum. A `Started` the log refuses (the claim was lost) cancels the attempt. Returns
+    /// whether an executor failed and whether the timeout struck.
     async fn run_bounded(&self, run: &mut Run, cancel: &CancellationToken) -> (bool, bool) {
         let timeout_ms = self.job.spec.datum_timeout_ms;
         let steps_cancel = cancel.child_token();
         let steps = self.run(run, &steps_cancel);
-        if timeout_ms == 0 {
-            return (steps.await, false);
-        }
-        tokio::pin!(steps);
-        tokio::select! {
-            failed = &mut steps => (failed, false),
-            () = tokio::time::sleep(Duration::from_millis(timeout_ms)) => {
-                steps_cancel.cancel();
-                (steps.await, true)
+        let deadline = async {
+            match timeout_ms {
+                0 => std::future::pending().await,
+                ms => tokio::time::sleep(Duration::from_millis(ms)).await,
+            }
+        };
+        let announce = async {
+            tokio::time::sleep(STARTED_DELAY).await;
+            report_started(self.shared, self.grant).await
+        };
+        tokio::pin!(steps, deadline, announce);
+        let mut announced = false;
+        loop {
+            tokio::select! {
+                failed = &mut steps => return (failed, false),
+                () = &mut deadline => {
+                    steps_cancel.cancel();
+                    return (steps.await, true);
+                }
+                held = &mut announce, if !announced => {
+                    announced = true;
+                    if !held {
+                        cancel.cancel();
+                    }
+                }
             }
         }
     }
@@ -236,6 +261,11 @@ impl Steps<'_> {
         ];
         let node_label = shoal_raft::format_node_id(shared.cluster.node_id());
         let (datum_index, attempt) = (grant.datum.index.to_string(), grant.attempt.to_string());
+        // Every node keeps every datum's tails: a pipeline of a million datums keeps less.
+        let tail_bytes_max = match job.spec.pipeline {
+            Some(_) => shared.config.tail_bytes_max.min(PIPELINE_TAIL_BYTES_MAX),
+            None => shared.config.tail_bytes_max,
+        };
         let mut failed = false;
         for (index, spec) in job.spec.task.executors.iter().enumerate() {
             if cancel.is_cancelled() {
@@ -251,7 +281,7 @@ impl Steps<'_> {
                     }
                 };
             let start_ms = now_ms();
-            let live = run.live.begin_step(start_ms, shared.config.tail_bytes_max);
+            let live = run.live.begin_step(start_ms, tail_bytes_max);
             let step = StepRun {
                 spec,
                 stdin,
@@ -260,7 +290,7 @@ impl Steps<'_> {
                 attempt_dir: root,
                 binds,
                 extra_env: &extra_env,
-                tail_bytes_max: shared.config.tail_bytes_max,
+                tail_bytes_max,
                 resources: &job.spec.task.resources,
                 container_name: container_name(&[
                     &node_label,
@@ -332,23 +362,22 @@ pub async fn run(
             format!("the claim never reached this node: {error}"),
         );
     }
-    let found: Option<(Job, Datum)> = {
-        let state = shared.cluster.view().read();
-        let job = state.jobs.get(&grant.datum.job).cloned();
-        job.zip(state.datums.get(&grant.datum).cloned())
-    };
-    let Some((job, datum)) = found else {
+    let Some((job, datum)) = shared.job_and_datum(grant.datum) else {
         return run.fail(
             AttemptOutcome::SystemError,
             "the granted datum is not in this node's state",
         );
     };
-    let node = shared.cluster.addr().name.clone();
-    run.log(format!(
-        "node {node} runs attempt {} with the {} executor",
-        grant.attempt,
-        shared.config.executor.name()
-    ));
+    if job.spec.pipeline.is_none() {
+        // TES clients read which node ran the task in its system logs; a pipeline datum's
+        // attempts name their node already, and a million datums need no million lines.
+        let node = &shared.cluster.addr().name;
+        run.log(format!(
+            "node {node} runs attempt {} with the {} executor",
+            grant.attempt,
+            shared.config.executor.name()
+        ));
+    }
     if shared.config.executor.is_noop() {
         // Nothing runs and nothing moves: no attempt dir to make (the benchmark executor
         // measures orchestration, not the file system or object storage).
@@ -370,13 +399,9 @@ async fn run_without_files(
     job: &Job,
     datum: &Datum,
     grant: &Grant,
-    run: Run,
+    mut run: Run,
     cancel: &CancellationToken,
 ) -> AttemptReport {
-    let mut run = match report_started(shared, grant, run).await {
-        Ok(run) => run,
-        Err(report) => return report,
-    };
     let steps = Steps {
         shared,
         job,
@@ -389,22 +414,24 @@ async fn run_without_files(
     finish(run, failed, timed_out, job, cancel)
 }
 
-/// Records in the log that the first executor starts; an `Err` is the attempt's report.
-async fn report_started(shared: &Shared, grant: &Grant, run: Run) -> Result<Run, AttemptReport> {
+/// Records in the log that the executors run; false when the log refused it (the claim is
+/// lost). A write that fails is logged and forgiven: the claim watch stops the attempt if
+/// the claim is gone.
+async fn report_started(shared: &Shared, grant: &Grant) -> bool {
     let started = Command::Started {
         datum: grant.datum,
         fence: grant.fence,
     };
     match shared.cluster.write(started).await {
-        Ok(Outcome::Reported { accepted: 1, .. }) => Ok(run),
-        Ok(_) => Err(run.fail(
-            AttemptOutcome::Canceled,
-            "the claim was lost before the first executor started",
-        )),
-        Err(error) => Err(run.fail(
-            AttemptOutcome::SystemError,
-            format!("reporting the start failed: {error}"),
-        )),
+        Ok(Outcome::Reported { accepted: 1, .. }) => true,
+        Ok(_) => {
+            tracing::info!("the claim was lost while the attempt ran; stopping it");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "reporting the start failed");
+            true
+        }
     }
 }
 
@@ -442,7 +469,7 @@ async fn run_in(
     datum: &Datum,
     grant: &Grant,
     dir: &Path,
-    run: Run,
+    mut run: Run,
     cancel: &CancellationToken,
 ) -> AttemptReport {
     let root = dir.join("root");
@@ -479,10 +506,6 @@ async fn run_in(
         Ok(more) => binds.extend(more),
         Err(error) => return run.fail(AttemptOutcome::SystemError, error),
     }
-    let mut run = match report_started(shared, grant, run).await {
-        Ok(run) => run,
-        Err(report) => return report,
-    };
     let steps = Steps {
         shared,
         job,

@@ -125,6 +125,7 @@ impl Worker {
             resolver: Arc::new(resolver),
             node_transfers: Transfers::node_semaphore(),
             running: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashMap::new()),
             queue: Mutex::new(VecDeque::new()),
             finished: Mutex::new(HashSet::new()),
             claiming: AtomicBool::new(false),

@@ -15,7 +15,7 @@ use crate::shared::Shared;
 pub(crate) const REPORT_QUEUE_MAX: usize = 4096;
 
 /// Most completions in one `CompleteBatch`.
-const REPORT_BATCH_MAX: usize = 256;
+const REPORT_BATCH_MAX: usize = 1024;
 
 /// Pause before a failed report is proposed again.
 const REPORT_RETRY: Duration = Duration::from_millis(200);

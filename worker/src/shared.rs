@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use shoal_raft::Cluster;
 use shoal_raft::command::{Completion, Grant};
-use shoal_raft::job::DatumKey;
+use shoal_raft::job::{Datum, DatumKey, Job, JobSeq};
 use shoal_storage::Resolver;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) resolver: Arc<Resolver>,
     pub(crate) node_transfers: Arc<Semaphore>,
     pub(crate) running: Mutex<HashMap<DatumKey, Running>>,
+    /// Jobs attempts ran for (see [`Shared::job_and_datum`]).
+    pub(crate) jobs: Mutex<HashMap<JobSeq, Arc<Job>>>,
     /// Claims granted for this node's queue, in grant order: begun when a slot frees.
     pub(crate) queue: Mutex<VecDeque<Grant>>,
     /// Fences of attempts that ended here and whose report may not be applied yet: their
@@ -48,7 +50,30 @@ pub(crate) struct Shared {
     pub(crate) flush: CancellationToken,
 }
 
+/// Jobs attempts were granted for, kept so each attempt does not copy its job's spec.
+const JOBS_CACHED_MAX: usize = 256;
+
 impl Shared {
+    /// The granted datum and its job, from this node's state. A job's spec never changes
+    /// once submitted, so attempts share one copy of it (its counts and state go stale in
+    /// the copy; attempts do not read them).
+    pub(crate) fn job_and_datum(&self, key: DatumKey) -> Option<(Arc<Job>, Datum)> {
+        let cached = lock(&self.jobs).get(&key.job).cloned();
+        let state = self.cluster.view().read();
+        let datum = state.datums.get(&key)?.clone();
+        if let Some(job) = cached {
+            return Some((job, datum));
+        }
+        let job = Arc::new(state.jobs.get(&key.job)?.clone());
+        drop(state);
+        let mut jobs = lock(&self.jobs);
+        if jobs.len() >= JOBS_CACHED_MAX {
+            jobs.clear();
+        }
+        jobs.insert(key.job, job.clone());
+        Some((job, datum))
+    }
+
     pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, HashMap<DatumKey, Running>> {
         self.running
             .lock()

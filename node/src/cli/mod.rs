@@ -6,6 +6,7 @@
 mod client;
 mod cluster;
 pub mod dev_cluster;
+mod job;
 mod node;
 mod run;
 mod table;
@@ -60,6 +61,9 @@ pub enum Command {
     /// TES tasks: create, get, list, cancel, wait, logs.
     #[command(subcommand)]
     Task(task::TaskCommand),
+    /// Pipeline jobs: run a spec, describe a job.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Inspect and manage the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -136,6 +140,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::DevCluster(args) => dev_cluster::run(args).await,
         Command::Run(args) => run::run(args, &cli.client()?, output).await,
         Command::Task(command) => task::run(command, &cli.client()?, output).await,
+        Command::Job(command) => job::run(command, &cli.client()?, output).await,
         Command::Cluster(command) => cluster::run(command, &cli.client()?, output).await,
     }
 }

@@ -107,6 +107,9 @@ impl State {
             .get_mut(&key)
             .expect("pending index names a datum");
         let number = datum.attempts.len() as u32 + 1;
+        // Room for exactly one more: a plain push would make room for four, and a job of a
+        // million datums would carry three unused attempts each.
+        datum.attempts.reserve_exact(1);
         datum.attempts.push(Attempt {
             number,
             node,

@@ -49,7 +49,7 @@ pub const DATUMS_PER_COMMAND_MAX: usize = 10_000;
 /// Most datums one job may have.
 pub const DATUMS_PER_JOB_MAX: u32 = 1_000_000;
 /// Most datums one `ClaimBatch` grants.
-pub const CLAIM_BATCH_MAX: u32 = 256;
+pub const CLAIM_BATCH_MAX: u32 = 1024;
 /// Most tries a job may give each datum.
 pub const DATUM_TRIES_MAX: u32 = 100;
 /// A datum whose attempts took their node down (lease expired) this many times fails: it
