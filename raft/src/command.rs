@@ -93,6 +93,14 @@ pub enum Command {
         node_id: NodeId,
         datums: Vec<(DatumKey, u64)>,
     },
+    /// The node holding a publishing claim cannot publish the outputs: the datum fails with
+    /// `reason` and its output paths are free again.
+    PublishFailed {
+        node_id: NodeId,
+        datum: DatumKey,
+        fence: u64,
+        reason: String,
+    },
     /// A node asks for up to `max` datums to begin now and up to `queue` more to hold in its
     /// queue (prefetch) for when a slot frees. When nothing is pending, datums to begin now
     /// are stolen from other nodes' queues.

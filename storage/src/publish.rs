@@ -1,6 +1,6 @@
 //! What publishing a pipeline's staged outputs needs: copying an object to its final name in
 //! the same store (server side where the store can: S3 `CopyObject`, a hard link on local
-//! disks), deleting everything below a prefix, and asking whether an object exists.
+//! disks), deleting everything below a prefix, and asking an object's size.
 //!
 //! Each operation resolves its URLs like every transfer (so `file://` stays inside the
 //! allowed roots) and retries transient errors.
@@ -72,16 +72,20 @@ impl Resolver {
         .await
     }
 
-    /// Whether an object exists at `url`.
-    pub async fn exists(&self, url: &str) -> Result<bool, StorageError> {
+    /// The size of the object at `url`, or `None` when there is none.
+    pub async fn object_size(&self, url: &str) -> Result<Option<u64>, StorageError> {
         let location = self.resolve(url, Access::Read).await?;
         if let Backend::Local { path } = &location.backend {
-            return Ok(tokio::fs::metadata(path).await.is_ok_and(|m| m.is_file()));
+            return Ok(tokio::fs::metadata(path)
+                .await
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len()));
         }
         with_retries(url, || async {
             match location.store.head(&location.path).await {
-                Ok(_) => Ok(true),
-                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Ok(meta) => Ok(Some(meta.size)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
                 Err(error) => Err(StorageError::from_store(url, error)),
             }
         })

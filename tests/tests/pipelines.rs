@@ -629,3 +629,163 @@ const FALCONERI_EXAMPLE: &str = r#"{
     "URI": "gs://example-bucket/words/"
   }
 }"#;
+
+#[tokio::test]
+async fn a_listing_failure_ends_the_job_error_and_a_shared_output_name_fails_the_second_datum()
+-> Result<()> {
+    let Some(s3) = S3Server::from_env()? else {
+        return Ok(());
+    };
+    let bucket = TestBucket::create(&s3).await?;
+    for name in ["a", "b", "c"] {
+        bucket
+            .put(&format!("in/{name}"), name.as_bytes().to_vec())
+            .await?;
+    }
+    let cluster = TestCluster::formed(3, options(&s3)).await?;
+
+    phase("an input in a bucket that does not exist: the job ends error with the storage error");
+    let missing = spec(
+        "missing",
+        atom("in", "s3://no-such-bucket-anywhere/in/", "/*"),
+        "true",
+        &bucket.url("out/"),
+    );
+    let id = cluster.submit_job(0, &missing).await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let job = cluster.wait_job(1, &id, JOB_TIMEOUT).await?;
+    ensure!(
+        job["state"] == "error" && job["counts"]["total"] == 0,
+        "{job}"
+    );
+    ensure!(
+        job["error"].as_str().is_some_and(
+            |e| e.contains("listing the input failed") && e.contains("no-such-bucket-anywhere")
+        ),
+        "{job}"
+    );
+
+    phase("three datums write the same output name: one publishes it, the others fail naming it");
+    let mut clash = spec(
+        "clash",
+        atom("in", &bucket.url("in/"), "/*"),
+        "cp /pfs/in/* /pfs/out/same",
+        &bucket.url("clash/"),
+    );
+    clash["datum_tries"] = json!(3);
+    clash["parallelism_spec"] = json!({ "constant": 1 });
+    let id = cluster.submit_job(2, &clash).await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let job = cluster.wait_job(0, &id, JOB_TIMEOUT).await?;
+    ensure!(job["state"] == "error", "{job}");
+    ensure!(
+        job["counts"]["done"] == 1 && job["counts"]["failed"] == 2,
+        "{job}"
+    );
+    for error in job["first_errors"].as_array().into_iter().flatten() {
+        ensure!(
+            error["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("\"same\"")),
+            "{job}"
+        );
+    }
+    let failed = cluster.datums(0, &id, Some("failed")).await?;
+    ensure!(
+        failed
+            .iter()
+            .all(|d| d["attempts"].as_array().map_or(0, Vec::len) == 1),
+        "a conflict is not retried: {failed:?}"
+    );
+    let done = cluster.datums(0, &id, Some("done")).await?;
+    let winner = done[0]["inputs"][0]["path"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let published = String::from_utf8(bucket.get("clash/same").await?)?;
+    ensure!(
+        winner.ends_with(&published),
+        "clash/same holds {published:?}, written by {winner}"
+    );
+    ensure!(outputs(&bucket, "clash").await? == ["clash/same"]);
+    ensure!(staging_left(&bucket, "clash").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_user_sees_and_cancels_only_its_own_jobs() -> Result<()> {
+    use shoal_node::config::TokenConfig;
+    let (admin, alice, bob) = (
+        "admin-token-0123456789",
+        "alice-token-0123456789",
+        "bob-token-0123456789a",
+    );
+    let user = |token: &str, name: &str| TokenConfig::User {
+        token: token.to_string(),
+        name: name.to_string(),
+        admin: false,
+    };
+    let options = ClusterOptions {
+        bootstrap_expect: 1,
+        tokens: vec![
+            TokenConfig::Admin(admin.to_string()),
+            user(alice, "alice"),
+            user(bob, "bob"),
+        ],
+        client_token: Some(admin.to_string()),
+        ..Default::default()
+    };
+    let cluster = TestCluster::formed(1, options).await?;
+    // A local input the nodes may read (no S3 needed).
+    let input = cluster.files_dir().join("in");
+    std::fs::create_dir_all(&input)?;
+    std::fs::write(input.join("x"), b"x")?;
+    let job = spec(
+        "alices",
+        atom("in", &format!("file://{}/", input.display()), "/*"),
+        "sleep 30",
+        &format!("file://{}/out/", cluster.files_dir().display()),
+    );
+
+    phase("alice's job: alice and the administrator see it, bob gets 404 and cannot cancel it");
+    let post = reqwest::Method::POST;
+    let (status, _, created) = cluster
+        .request(0, post.clone(), "/v1/jobs", Some(alice), Some(&job))
+        .await?;
+    ensure!(status == 200, "{status} {created}");
+    let id = created["id"].as_str().unwrap_or_default();
+    for (token, visible) in [(alice, true), (admin, true), (bob, false)] {
+        let get = reqwest::Method::GET;
+        let (status, _, _) = cluster
+            .request(0, get.clone(), &format!("/v1/jobs/{id}"), Some(token), None)
+            .await?;
+        ensure!(
+            status == if visible { 200 } else { 404 },
+            "{token}: {status}"
+        );
+        let (_, _, list) = cluster
+            .request(0, get, "/v1/jobs", Some(token), None)
+            .await?;
+        let listed = list["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.iter().any(|j| j["id"] == id));
+        ensure!(listed == visible, "{token}: {list}");
+    }
+    let cancel = format!("/v1/jobs/{id}:cancel");
+    let (status, _, _) = cluster
+        .request(0, post.clone(), &cancel, Some(bob), None)
+        .await?;
+    ensure!(status == 404, "bob canceled alice's job: {status}");
+    let (status, _, body) = cluster.request(0, post, &cancel, Some(alice), None).await?;
+    ensure!(status == 200, "{status} {body}");
+    let job = cluster.wait_job(0, id, JOB_TIMEOUT).await?;
+    ensure!(
+        job["state"] == "canceled" && job["owner"] == "alice",
+        "{job}"
+    );
+    Ok(())
+}

@@ -574,6 +574,16 @@ async fn stage_outputs(
     staging: &str,
 ) -> Result<Vec<OutputFile>, String> {
     let out = host(root, pipeline::OUT_DIR)?;
+    if tokio::fs::symlink_metadata(out.join(pipeline::STAGING_DIR))
+        .await
+        .is_ok()
+    {
+        return Err(format!(
+            "outputs may not be written below {}/{}: the staging area's name",
+            pipeline::OUT_DIR,
+            pipeline::STAGING_DIR
+        ));
+    }
     let uploaded = transfers
         .upload_dir(&out, staging)
         .await

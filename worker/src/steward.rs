@@ -24,6 +24,8 @@ use tokio::task::JoinSet;
 use crate::pipeline;
 use crate::shared::Shared;
 
+/// Largest `AddDatums` a steward writes (a log entry, far below the network's frame limit).
+const ADD_DATUMS_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Pause before a write that found no leader is tried again.
 const WRITE_RETRY: Duration = Duration::from_millis(500);
 /// Tries of clearing a job's staging area before the job is closed anyway (what is left
@@ -100,7 +102,8 @@ fn chores(shared: &Shared, now_ms: u64) -> (Vec<(String, Chore)>, u64) {
             .pipeline
             .as_ref()
             .map_or(0, |p: &PipelineSpec| p.job_timeout_ms);
-        if timeout_ms > 0 && !job.canceled {
+        // A drained job has nothing left to end (a FailJob would change nothing).
+        if timeout_ms > 0 && !job.canceled && !job.drained() {
             let deadline_ms = job.created_ms.saturating_add(timeout_ms);
             if now_ms >= deadline_ms {
                 chores.push((id.clone(), Chore::TimeOut));
@@ -207,18 +210,47 @@ async fn expand(shared: &Shared, job_id: &str) -> Result<(), String> {
                 .collect(),
             Err(error) => return fail_job(shared, job_id, listing_failed(&error)).await,
         };
-        if datums.is_empty() {
-            continue;
+        for part in split_by_bytes(datums) {
+            let count = part.len() as u32;
+            if !add_datums(shared, job_id, next_index, part, false).await? {
+                return Ok(());
+            }
+            next_index += count;
         }
-        let count = datums.len() as u32;
-        if !add_datums(shared, job_id, next_index, datums, false).await? {
-            return Ok(());
-        }
-        next_index += count;
     }
     add_datums(shared, job_id, next_index, Vec::new(), true).await?;
     tracing::info!(job = job_id, datums = next_index, "input listed");
     Ok(())
+}
+
+/// Rough size of a datum in a log entry.
+fn datum_bytes(datum: &NewDatum) -> usize {
+    16 + datum
+        .inputs
+        .iter()
+        .map(|input| input.path.len() + 8)
+        .sum::<usize>()
+}
+
+/// `datums` in parts of at most `ADD_DATUMS_BYTES_MAX` (each at least one datum), so no
+/// `AddDatums` entry nears the network's frame limit however long the paths are.
+fn split_by_bytes(datums: Vec<NewDatum>) -> Vec<Vec<NewDatum>> {
+    let mut parts = Vec::new();
+    let mut part = Vec::new();
+    let mut bytes = 0;
+    for datum in datums {
+        let size = datum_bytes(&datum);
+        if !part.is_empty() && bytes + size > ADD_DATUMS_BYTES_MAX {
+            parts.push(std::mem::take(&mut part));
+            bytes = 0;
+        }
+        bytes += size;
+        part.push(datum);
+    }
+    if !part.is_empty() {
+        parts.push(part);
+    }
+    parts
 }
 
 fn listing_failed(error: &shoal_storage::StorageError) -> String {
@@ -241,14 +273,29 @@ async fn add_datums(
         datums,
         seal,
     };
-    match write(shared, command).await? {
-        Outcome::Changed { .. } => Ok(true),
-        Outcome::Refused { reason } if listing_start(shared, job_id).is_some() => {
-            // Still ours and open, so the refusal is the job's own (its size limit).
+    let reason = match write(shared, command).await? {
+        Outcome::Changed { .. } => return Ok(true),
+        Outcome::Refused { reason } => reason,
+        other => return Err(format!("unexpected answer {other:?}")),
+    };
+    shared
+        .cluster
+        .linearize()
+        .await
+        .map_err(|e| e.to_string())?;
+    match listing_start(shared, job_id) {
+        // Still ours, open and expecting these datums: the refusal is the job's own (its
+        // size limit), which no retry mends.
+        Some((_, count, _)) if count == first_index => {
             fail_job(shared, job_id, reason).await?;
             Ok(false)
         }
-        _ => Ok(false),
+        // Another steward added datums meanwhile: list again from where the log stands.
+        Some(_) => Err(format!(
+            "the job moved on while this node listed it: {reason}"
+        )),
+        // Canceled, failed, or another node stewards it now.
+        None => Ok(false),
     }
 }
 

@@ -262,11 +262,7 @@ pub async fn datums(
     let from = u32::try_from(query.page_token.unwrap_or(0)).unwrap_or(u32::MAX);
     let mut datums = Vec::new();
     let mut next_page_token = None;
-    for (scanned, datum) in view
-        .datums_of(job.seq)
-        .skip_while(|d| d.key.index < from)
-        .enumerate()
-    {
+    for (scanned, datum) in view.datums_of_from(job.seq, from).enumerate() {
         if datums.len() == query.page_size || scanned == DATUM_SCAN_MAX {
             next_page_token = Some(page_token('d', u64::from(datum.key.index)));
             break;

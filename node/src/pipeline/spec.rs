@@ -179,6 +179,13 @@ pub fn parse(body: &[u8], format: Format, id: String, owner: String) -> Result<P
         Format::Json => serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?,
         Format::Yaml => yaml_serde::from_slice(body).map_err(|e| format!("invalid YAML: {e}"))?,
     };
+    // YAML aliases can make a small text a large value: bound what the log would keep.
+    let source = value.to_string();
+    if source.len() > SPEC_BYTES_MAX {
+        return Err(format!(
+            "the spec is larger than {SPEC_BYTES_MAX} bytes once its aliases are expanded"
+        ));
+    }
     let spec: Spec = serde_path_to_error::deserialize(&value).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
@@ -189,7 +196,7 @@ pub fn parse(body: &[u8], format: Format, id: String, owner: String) -> Result<P
         }
     })?;
     let ignored = ignored_fields(&spec);
-    let job = job_spec(spec, &value, id, owner)?;
+    let job = job_spec(spec, source, id, owner)?;
     Ok(Parsed { spec: job, ignored })
 }
 
@@ -237,12 +244,7 @@ fn list<T>(field: &str, items: &[T]) -> Result<(), String> {
     Ok(())
 }
 
-fn job_spec(
-    spec: Spec,
-    source: &serde_json::Value,
-    id: String,
-    owner: String,
-) -> Result<JobSpec, String> {
+fn job_spec(spec: Spec, source: String, id: String, owner: String) -> Result<JobSpec, String> {
     required("pipeline.name", &spec.pipeline.name)?;
     let description = spec.description.unwrap_or_default();
     text("description", &description)?;
@@ -277,7 +279,7 @@ fn job_spec(
         parallelism: spec.parallelism_spec.map_or(0, |p| p.constant),
         datum_tries,
         datum_timeout_ms,
-        source: source.to_string(),
+        source,
         pipeline: Some(PipelineSpec {
             input,
             egress_uri,
@@ -304,6 +306,11 @@ fn transform(t: Transform) -> Result<(ExecutorSpec, Option<InputSpec>), String> 
     for (key, value) in &t.env {
         if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
             return Err(format!("transform.env: {key:?} is not a variable name"));
+        }
+        if key.len() > TEXT_BYTES_MAX || value.len() > TEXT_BYTES_MAX {
+            return Err(format!(
+                "transform.env: {key:?} is longer than {TEXT_BYTES_MAX} bytes (name or value)"
+            ));
         }
     }
     let workdir = t.working_dir.unwrap_or_default();

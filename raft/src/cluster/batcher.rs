@@ -12,7 +12,6 @@ use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{Cluster, ClusterError};
-use crate::codec;
 use crate::command::{Command, Outcome};
 
 /// Most commands in one batch.
@@ -32,20 +31,20 @@ pub(super) struct QueuedWrite {
 }
 
 impl QueuedWrite {
+    /// A write of `command`, `bytes` long encoded.
     pub(super) fn new(
         command: Command,
-    ) -> Result<(Self, oneshot::Receiver<Result<Outcome, ClusterError>>), ClusterError> {
-        let bytes = codec::encoded_len(&command)
-            .map_err(|e| ClusterError::Failed(format!("cannot encode a command: {e}")))?;
+        bytes: usize,
+    ) -> (Self, oneshot::Receiver<Result<Outcome, ClusterError>>) {
         let (reply, answer) = oneshot::channel();
-        Ok((
+        (
             QueuedWrite {
                 command,
                 bytes,
                 reply,
             },
             answer,
-        ))
+        )
     }
 }
 

@@ -56,6 +56,11 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// `PayloadTooLarge`).
 const APPEND_ENTRIES_MAX: u64 = 256;
 
+/// Largest command one write carries, far below the network's frame limit, so every entry
+/// fits an AppendEntries message however it was made.
+pub const COMMAND_BYTES_MAX: usize = 8 * 1024 * 1024;
+const _: () = assert!(COMMAND_BYTES_MAX * 2 <= crate::network::protocol::FRAME_BYTES_MAX);
+
 /// How long a node waits for another to tell what a running attempt has printed.
 const LIVE_LOGS_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -475,11 +480,18 @@ impl Cluster {
     /// Proposes `command` through the leader and returns its outcome once applied there.
     /// Writes made at about the same time share one log entry (see `batcher`).
     pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
+        let bytes = crate::codec::encoded_len(&command)
+            .map_err(|e| ClusterError::Failed(format!("cannot encode a command: {e}")))?;
+        if bytes > COMMAND_BYTES_MAX {
+            return Err(ClusterError::Refused(format!(
+                "a write of {bytes} bytes is larger than {COMMAND_BYTES_MAX}"
+            )));
+        }
         if !command.is_batchable() {
             return self.write_now(command).await;
         }
         let shutting_down = || ClusterError::Failed("this node is shutting down".to_string());
-        let (write, answer) = batcher::QueuedWrite::new(command)?;
+        let (write, answer) = batcher::QueuedWrite::new(command, bytes);
         self.inner
             .writes
             .send(write)

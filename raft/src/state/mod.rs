@@ -141,9 +141,11 @@ pub struct State {
     jobs_by_tag: BTreeMap<(String, String), BTreeSet<JobSeq>>,
     /// Derived: datums by their id (stable across jobs, so one id may name several).
     datum_ids: BTreeSet<(u64, DatumKey)>,
-    /// Derived: which datum of a job owns each output path (by [`output_path_hash`]): the
-    /// one whose successful attempt reported it first.
-    outputs: BTreeMap<(JobSeq, u64), DatumKey>,
+    /// Derived: the output paths (by [`output_path_hash`]) each publishing or done datum of a
+    /// pipeline owns. A path has one owner; a hash may have several (different paths).
+    outputs: BTreeSet<(JobSeq, u64, DatumKey)>,
+    /// Derived: open pipelines (not finished), which have a steward.
+    open_pipelines: BTreeSet<JobSeq>,
     /// Rows changed since the last [`State::take_dirty`]; not part of the state's value.
     dirty: BTreeSet<RowKey>,
 }
@@ -221,6 +223,12 @@ impl State {
             Command::FailJob { job_id, reason } => self.fail_job(now_ms, job_id, reason),
             Command::CloseJob { job_id, node_id } => self.close_job(now_ms, job_id, *node_id),
             Command::Published { node_id, datums } => self.published(now_ms, *node_id, datums),
+            Command::PublishFailed {
+                node_id,
+                datum,
+                fence,
+                reason,
+            } => self.publish_failed(now_ms, *node_id, *datum, *fence, reason),
             Command::ClaimBatch {
                 node_id,
                 max,
@@ -264,7 +272,15 @@ impl State {
 
     /// Datums of job `seq`, in index order.
     pub fn datums_of(&self, seq: JobSeq) -> impl Iterator<Item = &Datum> {
-        let range = DatumKey { job: seq, index: 0 }..=DatumKey {
+        self.datums_of_from(seq, 0)
+    }
+
+    /// Datums of job `seq` from index `from` on, in index order.
+    pub fn datums_of_from(&self, seq: JobSeq, from: u32) -> impl Iterator<Item = &Datum> {
+        let range = DatumKey {
+            job: seq,
+            index: from,
+        }..=DatumKey {
             job: seq,
             index: u32::MAX,
         };
@@ -345,11 +361,18 @@ impl State {
             .flat_map(move |seqs| seqs.range(..before).rev().copied())
     }
 
-    /// Files the job under its current state in `jobs_by_state`.
+    /// Files the job under its current state in `jobs_by_state` (and among the open
+    /// pipelines).
     fn index_job_state(&mut self, seq: JobSeq) {
-        let Some(state) = self.jobs.get(&seq).map(Job::state) else {
+        let Some(job) = self.jobs.get(&seq) else {
             return;
         };
+        let state = job.state();
+        if job.spec.kind == crate::job::JobKind::Pipeline && !job.finished() {
+            self.open_pipelines.insert(seq);
+        } else {
+            self.open_pipelines.remove(&seq);
+        }
         let old = self.job_states.insert(seq, state);
         if old == Some(state) {
             return;
@@ -398,6 +421,7 @@ impl State {
         self.jobs_by_tag.clear();
         self.datum_ids.clear();
         self.outputs.clear();
+        self.open_pipelines.clear();
         let seqs: Vec<JobSeq> = self.jobs.keys().copied().collect();
         for seq in seqs {
             self.index_job_state(seq);
@@ -421,8 +445,7 @@ impl State {
                 let report = datum.attempts.last().and_then(|a| a.report.as_ref());
                 for output in report.into_iter().flat_map(|r| &r.outputs) {
                     self.outputs
-                        .entry((key.job, output_path_hash(&output.path)))
-                        .or_insert(*key);
+                        .insert((key.job, output_path_hash(&output.path), *key));
                 }
             }
             if let Some(claim) = datum.claim {

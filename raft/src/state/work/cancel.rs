@@ -56,6 +56,10 @@ impl State {
         if job.canceled {
             return refused(format!("job {job_id} was canceled or ended by the cluster"));
         }
+        if job.drained() && !job.closed && job.spec.kind == crate::job::JobKind::Pipeline {
+            // Its steward is clearing the staging area: new attempts must not stage into it.
+            return refused(format!("job {job_id} is closing; retry once it has ended"));
+        }
         if job.retries >= RETRIES_MAX {
             return refused(format!(
                 "job {job_id} was retried {RETRIES_MAX} times already"

@@ -8,7 +8,7 @@
 //! - The stewardship of an open pipeline passes to the proposer too.
 
 use crate::command::Outcome;
-use crate::job::{AttemptOutcome, Claim, DatumKey, DatumState, JobSeq, JobState};
+use crate::job::{AttemptOutcome, Claim, DatumKey, DatumState, JobSeq};
 use crate::state::{RowKey, State};
 use crate::types::NodeId;
 
@@ -26,11 +26,9 @@ impl State {
 
     /// Open pipelines (not finished) with their steward.
     pub fn stewardships(&self) -> impl Iterator<Item = (JobSeq, NodeId)> + '_ {
-        self.jobs_in_states_before(
-            &[JobState::Queued, JobState::Running, JobState::Canceling],
-            JobSeq::MAX,
-        )
-        .filter_map(|seq| Some((seq, self.jobs.get(&seq)?.steward?)))
+        self.open_pipelines
+            .iter()
+            .filter_map(|seq| Some((*seq, self.jobs.get(seq)?.steward?)))
     }
 
     pub(in crate::state) fn expire_leases(

@@ -8,7 +8,9 @@
 
 use super::bounded;
 use crate::command::{Completion, Outcome};
-use crate::job::{AttemptOutcome, AttemptReport, DatumKey, DatumState, JobKind, format_datum_id};
+use crate::job::{
+    AttemptOutcome, AttemptReport, DatumKey, DatumState, JobKind, JobSeq, format_datum_id,
+};
 use crate::state::{RowKey, State, output_path_hash};
 use crate::types::NodeId;
 
@@ -50,12 +52,14 @@ impl State {
         let mut stale = Vec::new();
         for completion in reports {
             let key = completion.datum;
-            // A publishing datum's attempt has ended already: a repeat is stale.
-            let publishing = self
-                .datums
-                .get(&key)
-                .is_some_and(|d| d.state == DatumState::Publishing);
-            if !self.holds(key, completion.fence, Some(node)) || publishing {
+            if self.reported_already(key, completion.fence, node) {
+                // A resend of a report the log has (its answer was lost): accepted again,
+                // changing nothing — above all, not stale, or its node would delete the
+                // outputs that report staged.
+                accepted += 1;
+                continue;
+            }
+            if !self.holds(key, completion.fence, Some(node)) {
                 stale.push(key);
                 continue;
             }
@@ -68,6 +72,16 @@ impl State {
             }
         }
         Outcome::Reported { accepted, stale }
+    }
+
+    /// Whether the log recorded `node`'s report of the attempt under `fence` already.
+    fn reported_already(&self, key: DatumKey, fence: u64, node: NodeId) -> bool {
+        self.datums.get(&key).is_some_and(|datum| {
+            datum
+                .attempts
+                .iter()
+                .any(|a| a.fence == fence && a.node == node && a.report.is_some())
+        })
     }
 
     /// Whether the report is a pipeline attempt that succeeded with outputs to publish (and
@@ -105,7 +119,7 @@ impl State {
         }
         for output in &report.outputs {
             self.outputs
-                .insert((key.job, output_path_hash(&output.path)), key);
+                .insert((key.job, output_path_hash(&output.path), key));
         }
         self.record_report(key, report, now_ms);
         self.set_datum_state(key, DatumState::Publishing, now_ms);
@@ -114,18 +128,28 @@ impl State {
     /// The first output path of `report` that another datum of the job owns, with its owner.
     fn output_conflict(&self, key: DatumKey, report: &AttemptReport) -> Option<(String, DatumKey)> {
         report.outputs.iter().find_map(|output| {
-            let owner = *self
-                .outputs
-                .get(&(key.job, output_path_hash(&output.path)))?;
-            // A hash shared by two different paths is no conflict.
-            let same_path = self
-                .datums
-                .get(&owner)
-                .and_then(|d| d.attempts.last())
-                .and_then(|a| a.report.as_ref())
-                .is_some_and(|r| r.outputs.iter().any(|o| o.path == output.path));
-            (owner != key && same_path).then(|| (output.path.clone(), owner))
+            let hash = output_path_hash(&output.path);
+            let first = DatumKey { job: 0, index: 0 };
+            let last = DatumKey {
+                job: JobSeq::MAX,
+                index: u32::MAX,
+            };
+            // Every datum owning a path with this hash; only the same path is a conflict.
+            self.outputs
+                .range((key.job, hash, first)..=(key.job, hash, last))
+                .map(|(_, _, owner)| *owner)
+                .find(|owner| *owner != key && self.owns_path(*owner, &output.path))
+                .map(|owner| (output.path.clone(), owner))
         })
+    }
+
+    /// Whether `owner`'s committed report lists `path` among its outputs.
+    fn owns_path(&self, owner: DatumKey, path: &str) -> bool {
+        self.datums
+            .get(&owner)
+            .and_then(|d| d.attempts.last())
+            .and_then(|a| a.report.as_ref())
+            .is_some_and(|r| r.outputs.iter().any(|o| o.path == path))
     }
 
     /// Ends the current attempt with `report`, leaving the claim and the datum's state.
@@ -165,5 +189,52 @@ impl State {
             accepted += 1;
         }
         Outcome::Reported { accepted, stale }
+    }
+}
+
+impl State {
+    /// The holder of a publishing claim cannot publish its outputs (the staged files are
+    /// gone, the egress refuses them): the datum fails with `reason`, its paths free again.
+    pub(in crate::state) fn publish_failed(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        key: DatumKey,
+        fence: u64,
+        reason: &str,
+    ) -> Outcome {
+        let publishing = self
+            .datums
+            .get(&key)
+            .is_some_and(|d| d.state == DatumState::Publishing);
+        if !publishing || !self.holds(key, fence, Some(node)) {
+            return Outcome::Reported {
+                accepted: 0,
+                stale: vec![key],
+            };
+        }
+        let message = bounded(&format!("publishing the outputs failed: {reason}"));
+        if let Some(report) = self
+            .datums
+            .get_mut(&key)
+            .and_then(|d| d.attempts.last_mut())
+            .and_then(|a| {
+                a.outcome = Some(AttemptOutcome::SystemError);
+                a.report.as_mut()
+            })
+        {
+            report.outcome = AttemptOutcome::SystemError;
+            report.system_logs.push(message.clone());
+            for output in std::mem::take(&mut report.outputs) {
+                self.outputs
+                    .remove(&(key.job, output_path_hash(&output.path), key));
+            }
+        }
+        self.drop_claim(key);
+        self.fail_datum(key, &message, now_ms);
+        Outcome::Reported {
+            accepted: 1,
+            stale: Vec::new(),
+        }
     }
 }

@@ -196,6 +196,7 @@ fn check_invariants(state: &State) {
     assert_eq!(copy.job_ids, state.job_ids, "id index");
     assert_eq!(copy.datum_ids, state.datum_ids, "datum id index");
     assert_eq!(copy.outputs, state.outputs, "output index");
+    assert_eq!(copy.open_pipelines, state.open_pipelines, "open pipelines");
 }
 
 fn keys(grants: &[Grant]) -> Vec<(JobSeq, u32)> {
@@ -816,14 +817,6 @@ fn a_pipeline_datum_with_outputs_publishes_under_its_claim_before_it_is_done() {
     let datum = log.datum(job, 0);
     assert_eq!(datum.state, DatumState::Publishing);
     assert_eq!(datum.claim.map(|c| c.fence), Some(grants[0].fence));
-    assert_eq!(
-        complete(&mut log, N1, grants[0], staged(&["a.txt"])),
-        Outcome::Reported {
-            accepted: 0,
-            stale: vec![grants[0].datum]
-        },
-        "a repeated report of a publishing datum is stale"
-    );
     let publish = |node_id, grant: Grant| Command::Published {
         node_id,
         datums: vec![(grant.datum, grant.fence)],
@@ -858,6 +851,85 @@ fn a_pipeline_datum_with_outputs_publishes_under_its_claim_before_it_is_done() {
     assert_eq!(log.apply(close(N1)), Outcome::Applied);
     assert_eq!(log.job_state(job), JobState::Done);
     assert!(log.state.jobs[&job].ended_ms.is_some());
+}
+
+#[test]
+fn a_resent_report_of_a_publishing_datum_is_a_repeat_not_stale() {
+    let mut log = Log::new();
+    let job = log.submit("p", 1, 0, 1);
+    let grant = log.claim(N1, 1)[0];
+    complete(&mut log, N1, grant, staged(&["a.txt"]));
+    let before = log.datum(job, 0).clone();
+    assert_eq!(
+        complete(&mut log, N1, grant, staged(&["a.txt"])),
+        Outcome::Reported {
+            accepted: 1,
+            stale: Vec::new()
+        },
+        "its node must not take the staged outputs for a zombie's"
+    );
+    assert_eq!(log.datum(job, 0), &before, "and nothing changed");
+    assert_eq!(
+        complete(&mut log, N2, grant, staged(&["a.txt"])),
+        Outcome::Reported {
+            accepted: 0,
+            stale: vec![grant.datum]
+        },
+        "another node's report under that fence is stale"
+    );
+}
+
+#[test]
+fn a_datum_whose_outputs_cannot_be_published_fails_and_frees_its_paths() {
+    let mut log = Log::new();
+    let job = log.submit("p", 2, 0, 1);
+    let grants = log.claim(N1, 2);
+    complete(&mut log, N1, grants[0], staged(&["a.txt"]));
+    let failed = |node_id, grant: Grant| Command::PublishFailed {
+        node_id,
+        datum: grant.datum,
+        fence: grant.fence,
+        reason: "the staged file is gone".into(),
+    };
+    assert!(matches!(
+        log.apply(failed(N2, grants[0])),
+        Outcome::Reported { accepted: 0, .. }
+    ));
+    assert!(matches!(
+        log.apply(failed(N1, grants[0])),
+        Outcome::Reported { accepted: 1, .. }
+    ));
+    let datum = log.datum(job, 0);
+    assert_eq!(datum.state, DatumState::Failed);
+    assert!(
+        log.state.jobs[&job].first_errors[0]
+            .message
+            .contains("the staged file is gone")
+    );
+    complete(&mut log, N1, grants[1], staged(&["a.txt"]));
+    assert_eq!(
+        log.datum(job, 1).state,
+        DatumState::Publishing,
+        "the failed datum's path is free again"
+    );
+}
+
+#[test]
+fn a_pipeline_being_closed_takes_no_retry() {
+    let mut log = Log::new();
+    let job = log.submit("p", 1, 0, 1);
+    let grant = log.claim(N1, 1)[0];
+    log.report(N1, grant, AttemptOutcome::ExecutorError);
+    assert!(log.state.jobs[&job].drained());
+    assert!(matches!(
+        log.apply(Command::RetryFailed { job_id: "p".into() }),
+        Outcome::Refused { .. }
+    ));
+    assert_eq!(log.job_state(job), JobState::Error, "closed by its steward");
+    assert_eq!(
+        log.apply(Command::RetryFailed { job_id: "p".into() }),
+        Outcome::Changed { datums: 1 }
+    );
 }
 
 #[test]
