@@ -115,6 +115,8 @@ fn worker_config(
         tail_bytes_max: TAIL_BYTES_MAX,
         keep_workdirs: false,
         storage,
+        // This very binary starts the process executor's sandboxes (`__exec-guard`).
+        guard: std::env::current_exe().ok(),
     })
 }
 

@@ -121,6 +121,13 @@ pub enum Command {
         node_id: NodeId,
         datums: Vec<(DatumKey, u64)>,
     },
+    /// A node that restarted ends the claims of its previous life: whatever ran then does
+    /// not run on. A claim never begun goes back to pending; any other ends its attempt as
+    /// `Lost` and the datum runs again under the next attempt number.
+    Abandon {
+        node_id: NodeId,
+        datums: Vec<(DatumKey, u64)>,
+    },
     /// The node holding `fence` started the datum's first executor.
     Started {
         datum: DatumKey,
@@ -208,10 +215,15 @@ pub enum Outcome {
     UnknownJob {
         job_id: String,
     },
-    /// The job is in the log (also the answer to a resubmission of the same id).
+    /// The job is in the log (also the answer to a resubmission of the same id or the same
+    /// idempotency key).
     JobSubmitted {
         job_id: String,
         seq: JobSeq,
+    },
+    /// The idempotency key names job `job_id`, submitted with a different request.
+    KeyReused {
+        job_id: String,
     },
     /// Datums granted by `ClaimBatch` (possibly none).
     Claimed {

@@ -189,6 +189,17 @@ pub struct JobSpec {
     pub source: String,
     /// Present for pipeline jobs, absent for tasks.
     pub pipeline: Option<PipelineSpec>,
+    /// The client's `Idempotency-Key`: a second submission with the same key (and owner)
+    /// answers this job instead of making another.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// A client's key for a submission it may send more than once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// A hash of the request, so a key reused for a different request is refused.
+    pub request_hash: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -254,6 +265,17 @@ pub enum AttemptOutcome {
     Canceled,
     /// The attempt ran longer than the job's `datum_timeout` and was killed; spends a try.
     TimedOut,
+    /// The node running it restarted: nothing of its previous life runs on, so the attempt
+    /// ended with it. Like a lease expiry, not the datum's fault.
+    Lost,
+}
+
+impl AttemptOutcome {
+    /// The attempt ended because its node was lost (went silent, or restarted): it spends
+    /// no try, but a datum whose attempts keep taking their node down fails.
+    pub fn node_lost(self) -> bool {
+        matches!(self, AttemptOutcome::LeaseExpired | AttemptOutcome::Lost)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -375,17 +397,18 @@ impl Datum {
     }
 
     /// Attempts counted against the job's `datum_tries`: those the datum's own run ended. An
-    /// attempt lost with its node (lease expiry) is not the datum's fault and does not count.
+    /// attempt lost with its node (lease expiry, restart) is not the datum's fault and does
+    /// not count.
     pub fn tries_used(&self) -> u32 {
         self.since_retry()
-            .filter(|a| a.outcome != Some(AttemptOutcome::LeaseExpired))
+            .filter(|a| !a.outcome.is_some_and(AttemptOutcome::node_lost))
             .count() as u32
     }
 
-    /// Attempts lost with their node since the last retry.
+    /// Attempts lost with their node (lease expiry, restart) since the last retry.
     pub fn lease_expiries(&self) -> u32 {
         self.since_retry()
-            .filter(|a| a.outcome == Some(AttemptOutcome::LeaseExpired))
+            .filter(|a| a.outcome.is_some_and(AttemptOutcome::node_lost))
             .count() as u32
     }
 }

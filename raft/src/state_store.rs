@@ -384,7 +384,11 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 self.last_applied = Some(entry.log_id);
                 let outcome = match entry.payload {
                     EntryPayload::Blank => Outcome::Applied,
-                    EntryPayload::Normal(proposal) => state.apply(entry.log_id.index, &proposal),
+                    EntryPayload::Normal(proposal) => state.apply_entry(
+                        entry.log_id.leader_id.term,
+                        entry.log_id.index,
+                        &proposal,
+                    ),
                     EntryPayload::Membership(membership) => {
                         self.membership = StoredMembership::new(Some(entry.log_id), membership);
                         Outcome::Applied

@@ -301,6 +301,7 @@ impl Steps<'_> {
                 ]),
                 node_label: &node_label,
                 live: Some(&live),
+                guard: shared.config.guard.as_deref(),
             };
             let outcome = match shared.config.executor.run(&step, cancel).await {
                 Ok(outcome) => outcome,

@@ -82,6 +82,8 @@ pub(crate) fn start_queued(shared: &Arc<Shared>) {
 }
 
 pub(crate) async fn claim_loop(shared: Arc<Shared>) {
+    // Claims of this life are granted after the previous life's are ended.
+    crate::restart::settle_previous_life(&shared).await;
     let mut applied = shared.cluster.view().applied();
     loop {
         start_queued(&shared);

@@ -13,6 +13,8 @@
 //!   stolen queued claims, adopts claims the log says this node holds but nothing runs.
 //! - `publisher`: publishes the staged outputs of pipeline datums this node holds
 //!   publishing claims on.
+//! - `restart`: nothing of a previous life runs on — its processes are killed, its attempt
+//!   directories removed, its claims ended (`Abandon`) before the claim loop starts.
 //! - `steward`: lists the inputs of the pipelines this node stewards into datums, times them
 //!   out, clears their staging areas and closes them.
 //! - `attempt`: one attempt, from work dir to report; `pipeline`: where a pipeline datum's
@@ -30,6 +32,7 @@ mod live;
 mod pipeline;
 mod publisher;
 mod reporter;
+mod restart;
 mod shared;
 mod steward;
 mod tail;
@@ -49,7 +52,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use executor::{DockerExecutor, ExecutorKind, bwrap_available};
+pub use executor::{DockerExecutor, ExecutorKind, GUARD_SUBCOMMAND, bwrap_available};
 
 use shared::Shared;
 
@@ -69,6 +72,10 @@ pub struct WorkerConfig {
     /// Keep attempt directories after the attempt (for debugging).
     pub keep_workdirs: bool,
     pub storage: StorageConfig,
+    /// The program the process executor starts host processes through, so they die with the
+    /// node however it dies: the `shoal` binary (its `__exec-guard` subcommand). `None`
+    /// starts them directly.
+    pub guard: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +111,9 @@ impl Worker {
                 path: config.work_dir.clone(),
                 source: std::io::Error::other(e),
             })??;
+        // Nothing of a previous life runs on, and its attempt directories go.
+        let dir = config.work_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || restart::clean_work_dir(&dir)).await;
         if matches!(config.executor, ExecutorKind::Process) {
             // Finds bwrap once (it runs `bwrap --version`), off the async threads.
             let _ = tokio::task::spawn_blocking(bwrap_available).await;
@@ -128,6 +138,7 @@ impl Worker {
             jobs: Mutex::new(HashMap::new()),
             queue: Mutex::new(VecDeque::new()),
             finished: Mutex::new(HashSet::new()),
+            life_start: std::sync::atomic::AtomicU64::new(u64::MAX),
             claiming: AtomicBool::new(false),
             slot_freed: Notify::new(),
             reports,

@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     /// Fences of attempts that ended here and whose report may not be applied yet: their
     /// claims must not be adopted again.
     pub(crate) finished: Mutex<HashSet<(DatumKey, u64)>>,
+    /// The applied index when this node had ended its previous life's claims (`u64::MAX`
+    /// until then): the claim watch adopts only claims granted after it.
+    pub(crate) life_start: std::sync::atomic::AtomicU64,
     /// Set while a `ClaimBatch` is in flight and its grants not yet started: its claims are
     /// not orphans, whatever the applied state shows meanwhile.
     pub(crate) claiming: AtomicBool,

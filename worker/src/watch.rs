@@ -102,9 +102,12 @@ pub(crate) fn orphaned_claims(shared: &Shared, applied: u64) -> Vec<Grant> {
     finished.retain(|(datum, fence)| held.iter().any(|g| g.datum == *datum && g.fence == *fence));
     let running = shared.running();
     let queue = lock(&shared.queue);
+    // Claims of the previous life are ended, never adopted (see `restart`).
+    let life_start = shared.life_start.load(Ordering::SeqCst);
     held.into_iter()
         .filter(|grant| {
-            grant.fence <= applied
+            grant.fence > life_start
+                && grant.fence <= applied
                 && !finished.contains(&(grant.datum, grant.fence))
                 && running
                     .get(&grant.datum)

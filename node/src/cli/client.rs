@@ -48,19 +48,15 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
-    /// POSTs `body` as it is, with `content_type`.
-    pub async fn post_bytes<T: DeserializeOwned>(
+    /// Submits `value` as JSON (see [`Client::submit`]).
+    pub async fn submit_json<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
-        body: Vec<u8>,
-        content_type: &str,
+        value: &B,
     ) -> Result<T, CliError> {
-        let request = self
-            .http
-            .post(self.url(path))
-            .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body);
-        self.send(request).await
+        let body = serde_json::to_vec(value)
+            .map_err(|e| CliError::failed(format!("cannot encode the request: {e}")))?;
+        self.submit(path, body, "application/json").await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
@@ -69,6 +65,36 @@ impl Client {
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// POSTs a submission `body` with an `Idempotency-Key`, sending it again while the
+    /// cluster answers 503 (no leader) or 504 (maybe applied), or cannot be reached, for up
+    /// to `SUBMIT_RETRY_WINDOW`: the key makes every resend answer the first one's job.
+    pub async fn submit<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        content_type: &str,
+    ) -> Result<T, CliError> {
+        let key = idempotency_key();
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(250);
+        loop {
+            let request = self
+                .http
+                .post(self.url(path))
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .header("idempotency-key", &key)
+                .body(body.clone());
+            match self.send(request).await {
+                Err(error) if error.retryable && started.elapsed() < SUBMIT_RETRY_WINDOW => {
+                    eprintln!("{}; sending it again", error.message);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                answer => return answer,
+            }
+        }
     }
 
     async fn send<T: DeserializeOwned>(
@@ -102,7 +128,30 @@ impl Client {
         if status.is_client_error() {
             Err(CliError::input(message))
         } else {
-            Err(CliError::failed(message))
+            let retryable = matches!(status.as_u16(), 503 | 504);
+            Err(CliError {
+                retryable,
+                ..CliError::failed(message)
+            })
         }
     }
+}
+
+/// How long a submission is sent again while the cluster has no answer.
+const SUBMIT_RETRY_WINDOW: Duration = Duration::from_secs(60);
+
+/// A fresh idempotency key: this process, this instant, this call.
+fn idempotency_key() -> String {
+    use sha2::Digest;
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seed = format!(
+        "{}:{:?}:{}",
+        std::process::id(),
+        std::time::SystemTime::now(),
+        CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    sha2::Sha256::digest(seed.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -114,7 +114,7 @@ pub async fn run(
             wait: wait_end,
         } => {
             let (body, content_type) = read_spec(spec)?;
-            let created: JobCreatedView = client.post_bytes("/v1/jobs", body, content_type).await?;
+            let created: JobCreatedView = client.submit("/v1/jobs", body, content_type).await?;
             match output {
                 OutputFormat::Json => print_json(&created)?,
                 OutputFormat::Table => {

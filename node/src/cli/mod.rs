@@ -6,6 +6,7 @@
 mod client;
 mod cluster;
 pub mod dev_cluster;
+mod guard;
 mod job;
 mod node;
 mod run;
@@ -74,6 +75,8 @@ pub enum Command {
 pub struct CliError {
     pub code: u8,
     pub message: String,
+    /// The same request may succeed if sent again (no leader, no answer, no connection).
+    pub retryable: bool,
 }
 
 impl CliError {
@@ -81,18 +84,21 @@ impl CliError {
         CliError {
             code: 1,
             message: message.into(),
+            retryable: false,
         }
     }
     pub fn input(message: impl Into<String>) -> CliError {
         CliError {
             code: 2,
             message: message.into(),
+            retryable: false,
         }
     }
     pub fn unreachable(message: impl Into<String>) -> CliError {
         CliError {
             code: 3,
             message: message.into(),
+            retryable: true,
         }
     }
 }
@@ -113,6 +119,13 @@ impl Cli {
 
 /// The whole program: parse, run, map the result to an exit status.
 pub fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args
+        .get(1)
+        .is_some_and(|a| a == shoal_worker::GUARD_SUBCOMMAND)
+    {
+        return guard::run(&args[2..]);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -110,7 +110,9 @@ pub async fn wait_task(client: &Client, id: &str) -> Result<TesTask, CliError> {
 }
 
 pub async fn run(args: &RunArgs, client: &Client, output: OutputFormat) -> Result<(), CliError> {
-    let created: TesCreateTaskResponse = client.post("/ga4gh/tes/v1/tasks", &task(args)?).await?;
+    let created: TesCreateTaskResponse = client
+        .submit_json("/ga4gh/tes/v1/tasks", &task(args)?)
+        .await?;
     if !args.wait {
         match output {
             OutputFormat::Json => println!("{}", serde_json::json!({ "id": created.id })),

@@ -167,7 +167,7 @@ pub async fn run(
     match command {
         TaskCommand::Create { file } => {
             let task = read_task_file(file)?;
-            let created: TesCreateTaskResponse = client.post(TASKS, &task).await?;
+            let created: TesCreateTaskResponse = client.submit_json(TASKS, &task).await?;
             match output {
                 OutputFormat::Json => print_json(&created),
                 OutputFormat::Table => {

@@ -38,6 +38,8 @@ impl From<ClusterError> for ApiError {
     fn from(error: ClusterError) -> ApiError {
         let status = match error {
             ClusterError::NoLeader(_) | ClusterError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            // The write may have been applied: a retry is safe with the same Idempotency-Key.
+            ClusterError::Unsure(_) => StatusCode::GATEWAY_TIMEOUT,
             ClusterError::Refused(_) => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -64,6 +64,52 @@ impl Caller {
     }
 }
 
+/// Longest `Idempotency-Key` a submission may carry.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+
+/// The submission's `Idempotency-Key` header, with a hash of the request it came with:
+/// resending the same request with the same key answers the job the first one made.
+pub fn idempotency(
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<Option<shoal_raft::job::IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|key| {
+            !key.is_empty()
+                && key.len() <= IDEMPOTENCY_KEY_BYTES_MAX
+                && key.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key: 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"
+            ))
+        })?;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(body);
+    let request_hash = u64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .map_err(|_| ApiError::internal("a sha-256 digest has 8 bytes"))?,
+    );
+    Ok(Some(shoal_raft::job::IdempotencyKey {
+        key: key.to_string(),
+        request_hash,
+    }))
+}
+
+/// The answer to a submission whose idempotency key was used for another request.
+pub fn key_reused(job_id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("Idempotency-Key was used for a different request, which made {job_id}"),
+    )
+}
+
 /// Where the TES API is served: its own base path, and `/v1` (used by the TES compliance
 /// suite and some clients).
 const TES_PREFIXES: [&str; 2] = ["/ga4gh/tes/v1", "/v1"];

@@ -50,9 +50,21 @@ fn answer(description: &str, body: Option<Value>) -> Value {
 fn errors() -> Value {
     let error = || answer("error", Some(schema("Error")));
     json!({
-        "400": error(), "401": error(), "403": error(), "404": error(),
-        "413": error(), "503": error()
+        "400": error(), "401": error(), "403": error(), "404": error(), "409": error(),
+        "413": error(), "422": answer("the Idempotency-Key was used for a different request",
+            Some(schema("Error"))),
+        "503": answer("no leader could be reached: nothing was applied", Some(schema("Error"))),
+        "504": answer("no answer from the leader: the write may have been applied; send it \
+            again with the same Idempotency-Key", Some(schema("Error")))
     })
+}
+
+/// The `Idempotency-Key` header of a submission.
+fn idempotency_header() -> Value {
+    json!({ "name": "Idempotency-Key", "in": "header", "required": false,
+        "description": "a key of the client's choosing (1 to 255 visible ASCII characters): \
+            the same request sent again with it answers the job the first made",
+        "schema": { "type": "string" } })
 }
 
 fn operation(summary: &str, parameters: Value, body: Option<Value>, ok: Value) -> Value {
@@ -119,7 +131,7 @@ fn tes_paths(prefix: &str, paths: &mut serde_json::Map<String, Value>) {
                 None,
                 answer("a page of tasks", Some(schema("tesListTasksResponse"))),
             ),
-            "post": operation("create a task", json!([]), Some(schema("tesTask")),
+            "post": operation("create a task", json!([idempotency_header()]), Some(schema("tesTask")),
                 answer("the new task's id", Some(schema("tesCreateTaskResponse")))),
         }),
     );
@@ -206,7 +218,7 @@ fn pipeline_paths(paths: &mut serde_json::Map<String, Value>) {
     );
     let mut create = operation(
         "submit a pipeline spec (JSON, or YAML with Content-Type application/yaml)",
-        json!([]),
+        json!([idempotency_header()]),
         Some(schema("PipelineSpec")),
         answer(
             "the job is in the log; datums follow as its input is listed",

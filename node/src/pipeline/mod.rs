@@ -40,8 +40,9 @@ pub async fn create(
         .and_then(|v| v.to_str().ok());
     let format = spec::Format::from_content_type(content_type);
     let id = crate::tes::new_task_id(state.cluster.node_id());
-    let parsed = spec::parse(&body, format, id.clone(), caller.name.clone())
-        .map_err(ApiError::bad_request)?;
+    let mut parsed =
+        spec::parse(&body, format, id, caller.name.clone()).map_err(ApiError::bad_request)?;
+    parsed.spec.idempotency = crate::http::idempotency(&headers, &body)?;
     let name = parsed.spec.name.clone();
     let command = Command::SubmitJob {
         spec: Box::new(parsed.spec),
@@ -50,11 +51,13 @@ pub async fn create(
         steward: Some(state.cluster.node_id()),
     };
     match state.cluster.write(command).await? {
-        Outcome::JobSubmitted { .. } => Ok(Json(JobCreatedView {
-            id,
+        // With an idempotency key, the job a first submission made.
+        Outcome::JobSubmitted { job_id, .. } => Ok(Json(JobCreatedView {
+            id: job_id,
             name,
             ignored: parsed.ignored,
         })),
+        Outcome::KeyReused { job_id } => Err(crate::http::key_reused(&job_id)),
         Outcome::Refused { reason } => Err(ApiError::bad_request(reason)),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }

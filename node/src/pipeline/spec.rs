@@ -285,6 +285,7 @@ fn job_spec(spec: Spec, source: String, id: String, owner: String) -> Result<Job
             egress_uri,
             job_timeout_ms,
         }),
+        idempotency: None,
     })
 }
 

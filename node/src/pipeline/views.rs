@@ -80,6 +80,7 @@ fn outcome_name(outcome: AttemptOutcome) -> &'static str {
         AttemptOutcome::LeaseExpired => "lease_expired",
         AttemptOutcome::Canceled => "canceled",
         AttemptOutcome::TimedOut => "timed_out",
+        AttemptOutcome::Lost => "lost",
     }
 }
 
@@ -184,6 +185,9 @@ fn attempt(
         (_, Some(report)) => report.error_message(),
         (Some(AttemptOutcome::LeaseExpired), None) => {
             Some("the node running it went silent longer than its lease".to_string())
+        }
+        (Some(AttemptOutcome::Lost), None) => {
+            Some("the node running it restarted; nothing of it ran on".to_string())
         }
         (Some(outcome), None) => Some(format!("attempt ended {}", outcome_name(outcome))),
         (None, None) => None,

@@ -274,6 +274,7 @@ pub fn job_spec(task: &TesTask, id: String, owner: String) -> Result<JobSpec, St
         datum_timeout_ms: 0,
         source: String::new(),
         pipeline: None,
+        idempotency: None,
     })
 }
 
@@ -300,6 +301,25 @@ fn kind_of(kind: FileKind) -> Option<TesFileType> {
         FileKind::File => TesFileType::File,
         FileKind::Directory => TesFileType::Directory,
     })
+}
+
+/// Why an attempt that never reported ended (its node was lost, or it was canceled before
+/// it began), for its system logs.
+fn ended_without_report(attempt: &shoal_raft::job::Attempt, node: &str) -> Vec<String> {
+    let line = match attempt.outcome {
+        Some(AttemptOutcome::LeaseExpired) => format!(
+            "attempt {} lost: node {node} went silent longer than its lease; the task was \
+             queued again",
+            attempt.number
+        ),
+        Some(AttemptOutcome::Lost) => format!(
+            "attempt {} lost: node {node} restarted and ended it; the task was queued again",
+            attempt.number
+        ),
+        Some(AttemptOutcome::Canceled) => format!("attempt {} canceled", attempt.number),
+        _ => return Vec::new(),
+    };
+    vec![line]
 }
 
 /// What the attempt running now has printed so far, as its node told it.
@@ -358,8 +378,10 @@ fn task_logs(
                             .collect()
                     })
                     .unwrap_or_default(),
-                system_logs: full
-                    .then(|| report.map(|r| r.system_logs.clone()).unwrap_or_default()),
+                system_logs: full.then(|| match report {
+                    Some(report) => report.system_logs.clone(),
+                    None => ended_without_report(attempt, &node_name(attempt.node)),
+                }),
             }
         })
         .collect()

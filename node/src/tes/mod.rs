@@ -144,13 +144,15 @@ pub async fn service_info(State(state): State<AppState>) -> Json<TesServiceInfo>
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Result<Json<TesCreateTaskResponse>, ApiError> {
     let task: TesTask = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("invalid task: {e}")))?;
     let id = new_task_id(state.cluster.node_id());
-    let spec =
+    let mut spec =
         convert::job_spec(&task, id.clone(), caller.name.clone()).map_err(ApiError::bad_request)?;
+    spec.idempotency = crate::http::idempotency(&headers, &body)?;
     let command = Command::SubmitJob {
         spec: Box::new(spec),
         datums: vec![shoal_raft::job::NewDatum::task()],
@@ -158,7 +160,9 @@ pub async fn create(
         steward: None,
     };
     match state.cluster.write(command).await? {
-        Outcome::JobSubmitted { .. } => Ok(Json(TesCreateTaskResponse { id })),
+        // With an idempotency key, the job a first submission made.
+        Outcome::JobSubmitted { job_id, .. } => Ok(Json(TesCreateTaskResponse { id: job_id })),
+        Outcome::KeyReused { job_id } => Err(crate::http::key_reused(&job_id)),
         Outcome::Refused { reason } => Err(ApiError::bad_request(reason)),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }

@@ -44,6 +44,9 @@ use crate::types::{NodeAddr, NodeId, Raft, node_id_of};
 /// How long an operation keeps retrying while there is no leader or the leader moves; every
 /// attempt (local or forwarded) is bounded by what is left of it.
 const OP_DEADLINE: Duration = Duration::from_secs(10);
+/// How long one try of an operation waits for the leader it went to (see
+/// [`Cluster::execute`]); far above a commit's time, far below the lease.
+const TRY_DEADLINE: Duration = Duration::from_secs(2);
 /// Forwarded operations and read-index requests this node keeps open at once. Far below the
 /// network's streams per connection, so forwarded operations waiting on the leader can never
 /// take every stream and starve the Raft RPCs they are waiting for.
@@ -133,8 +136,12 @@ pub enum OpError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("no leader could be reached within {0:?}")]
+    /// Nothing was carried out: no leader could be asked.
+    #[error("no leader could be reached within {0:?}; nothing was applied")]
     NoLeader(Duration),
+    /// A leader was asked and never answered: the write may or may not have been applied.
+    #[error("no answer from the leader within {0:?}; the write may have been applied")]
+    Unsure(Duration),
     #[error("this node did not catch up with the leader within {0:?}")]
     Timeout(Duration),
     #[error("refused: {0}")]
@@ -158,6 +165,7 @@ impl ClusterError {
     fn duplicate(&self) -> ClusterError {
         match self {
             ClusterError::NoLeader(after) => ClusterError::NoLeader(*after),
+            ClusterError::Unsure(after) => ClusterError::Unsure(*after),
             ClusterError::Timeout(after) => ClusterError::Timeout(*after),
             ClusterError::Refused(reason) => ClusterError::Refused(reason.clone()),
             other => ClusterError::Failed(other.to_string()),
@@ -510,26 +518,57 @@ impl Cluster {
 
     /// Carries out `op` on the leader, wherever it is, retrying while leadership moves.
     ///
-    /// A retry after an attempt that timed out may carry the operation out twice; every `Op`
-    /// is therefore idempotent (a repeated write of the same command leaves the same state).
+    /// Each try waits at most `TRY_DEADLINE`, and no longer than it takes another leader to
+    /// be known: a try sent to a leader that hangs is sent again to its successor as soon as
+    /// there is one, not after the whole deadline. A retry may carry the operation out twice;
+    /// every `Op` is therefore idempotent (a repeated write of the same command leaves the
+    /// same state). Out of time, the error says whether the operation may have been carried
+    /// out (`Unsure`: some try reached a leader and got no answer) or surely was not
+    /// (`NoLeader`).
     pub async fn execute(&self, op: Op) -> Result<OpResult, ClusterError> {
         let deadline = Instant::now() + OP_DEADLINE;
+        let mut maybe_applied = false;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = tokio::time::timeout(remaining, self.execute_once(&op))
-                .await
-                .unwrap_or_else(|_| Err(OpError::Unreachable("no answer in time".to_string())));
+            let leader = self.leader().map(|(id, _)| id);
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(TRY_DEADLINE);
+            let attempt = tokio::select! {
+                attempt = tokio::time::timeout(budget, self.execute_once(&op)) => attempt
+                    .unwrap_or_else(|_| Err(OpError::Unreachable("no answer in time".into()))),
+                () = self.leader_other_than(leader), if leader.is_some() => {
+                    Err(OpError::Unreachable("the leader changed".into()))
+                }
+            };
             match attempt {
                 Ok(result) => return Ok(result),
                 Err(OpError::Refused(reason)) => return Err(ClusterError::Refused(reason)),
                 Err(OpError::Failed(reason)) => return Err(ClusterError::Failed(reason)),
-                Err(error) if Instant::now() >= deadline => {
-                    tracing::debug!(%error, "giving up on an operation");
-                    return Err(ClusterError::NoLeader(OP_DEADLINE));
+                Err(error) => {
+                    // A leader was asked and did not say no: it may have carried it out.
+                    maybe_applied |= leader.is_some() && matches!(error, OpError::Unreachable(_));
+                    if Instant::now() >= deadline {
+                        tracing::debug!(%error, "giving up on an operation");
+                        return Err(if maybe_applied {
+                            ClusterError::Unsure(OP_DEADLINE)
+                        } else {
+                            ClusterError::NoLeader(OP_DEADLINE)
+                        });
+                    }
+                    if self.leader().map(|(id, _)| id) == leader {
+                        self.wait_for_leader_change().await;
+                    }
                 }
-                Err(_) => self.wait_for_leader_change().await,
             }
         }
+    }
+
+    /// Resolves once this node knows a leader other than `leader`.
+    async fn leader_other_than(&self, leader: Option<NodeId>) {
+        let mut metrics = self.inner.raft.metrics();
+        let _ = metrics
+            .wait_for(|m| m.current_leader.is_some() && m.current_leader != leader)
+            .await;
     }
 
     async fn execute_once(&self, op: &Op) -> Result<OpResult, OpError> {
@@ -660,10 +699,17 @@ impl Cluster {
     pub async fn linearize(&self) -> Result<(), ClusterError> {
         let deadline = Instant::now() + OP_DEADLINE;
         loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let index = tokio::time::timeout(remaining, self.read_index())
-                .await
-                .unwrap_or_else(|_| Err(OpError::Unreachable("no answer in time".to_string())));
+            let leader = self.leader().map(|(id, _)| id);
+            let budget = deadline
+                .saturating_duration_since(Instant::now())
+                .min(TRY_DEADLINE);
+            let index = tokio::select! {
+                index = tokio::time::timeout(budget, self.read_index()) => index
+                    .unwrap_or_else(|_| Err(OpError::Unreachable("no answer in time".into()))),
+                () = self.leader_other_than(leader), if leader.is_some() => {
+                    Err(OpError::Unreachable("the leader changed".into()))
+                }
+            };
             let remaining = deadline.saturating_duration_since(Instant::now());
             match index {
                 Ok(index) => {
@@ -677,7 +723,10 @@ impl Cluster {
                         .map_err(|_| ClusterError::Timeout(OP_DEADLINE));
                 }
                 Err(_) if remaining.is_zero() => return Err(ClusterError::NoLeader(OP_DEADLINE)),
-                Err(_) => self.wait_for_leader_change().await,
+                Err(_) if self.leader().map(|(id, _)| id) == leader => {
+                    self.wait_for_leader_change().await
+                }
+                Err(_) => {}
             }
         }
     }

@@ -3,6 +3,8 @@
 //! voters than `voters_max`.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::ChangeMembers;
@@ -16,17 +18,34 @@ const PROMOTION_ROUND: Duration = Duration::from_millis(500);
 /// A learner this many entries or fewer behind the leader counts as caught up.
 const CAUGHT_UP_LAG_ENTRIES: u64 = 100;
 
+/// Registers this node, then heartbeats every quarter lease. Each heartbeat is sent on its
+/// own, bounded by the period: one stuck on a leader that hangs never delays the next, which
+/// goes to the next leader (see `Cluster::execute`).
 pub(super) async fn register_and_heartbeat(cluster: Cluster) {
     let period = Duration::from_millis((cluster.config().lease_ms / 4).max(50));
     // Until the node is registered it retries quickly, so a new member shows up at once.
     let eager = period.min(Duration::from_millis(cluster.config().heartbeat_ms * 2));
+    let registered = Arc::new(AtomicBool::new(false));
     loop {
-        let done = cluster.is_ready() && beat(&cluster).await;
-        tokio::time::sleep(if done { period } else { eager }).await;
+        if !registered.load(Ordering::SeqCst) {
+            let done = cluster.is_ready() && beat(&cluster).await;
+            registered.store(done, Ordering::SeqCst);
+            tokio::time::sleep(if done { period } else { eager }).await;
+            continue;
+        }
+        let (cluster, registered) = (cluster.clone(), registered.clone());
+        tokio::spawn(async move {
+            let beat = tokio::time::timeout(period, beat(&cluster)).await;
+            if beat == Ok(false) {
+                registered.store(false, Ordering::SeqCst);
+            }
+        });
+        tokio::time::sleep(period).await;
     }
 }
 
-/// Names the cluster if needed, then registers or heartbeats; true once registered.
+/// Names the cluster if needed, then registers or heartbeats; true once registered (false
+/// also when the registry has lost this node, so it registers again).
 async fn beat(cluster: &Cluster) -> bool {
     let (named, registered) = {
         let state = cluster.view().read();
@@ -62,7 +81,7 @@ async fn beat(cluster: &Cluster) -> bool {
         Ok(_) => registered,
         Err(error) => {
             tracing::debug!(%error, "heartbeat failed");
-            false
+            registered
         }
     }
 }

@@ -104,6 +104,14 @@ pub fn output_path_hash(path: &str) -> u64 {
     })
 }
 
+/// The value of the clock row.
+#[derive(Serialize, Deserialize)]
+struct ClockRow {
+    clock_ms: u64,
+    term: u64,
+    lease_epoch_ms: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RowError {
     #[error("state row has an unknown key {0:?}")]
@@ -121,12 +129,20 @@ pub struct State {
     /// leader's clock is behind. (Leases use each entry's own time: a clock that jumped
     /// ahead once must not freeze them.)
     pub clock_ms: u64,
+    /// The Raft term of the last entry applied.
+    pub term: u64,
+    /// The time of the first entry of the current term: a node's lease runs from its last
+    /// heartbeat or from here, whichever is later, so a new leader never counts the time
+    /// before it led (when heartbeats may have been stuck on its predecessor) against anyone.
+    pub lease_epoch_ms: u64,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Jobs in submission order.
     pub jobs: BTreeMap<JobSeq, Job>,
     pub datums: BTreeMap<DatumKey, Datum>,
     /// Derived: external job id → sequence number.
     job_ids: BTreeMap<String, JobSeq>,
+    /// Derived: (owner, idempotency key) → the job submitted with it.
+    job_keys: BTreeMap<(String, String), JobSeq>,
     /// Derived: pending datums in claim order (FIFO across jobs).
     pending: BTreeSet<DatumKey>,
     /// Derived: datums each node holds a claim on.
@@ -151,6 +167,17 @@ pub struct State {
 }
 
 impl State {
+    /// Applies the entry at log `index` of Raft term `term`; the first entry of a new term
+    /// restarts every node's lease (see [`State::lease_epoch_ms`]).
+    pub fn apply_entry(&mut self, term: u64, index: u64, proposal: &Proposal) -> Outcome {
+        if term > self.term {
+            self.term = term;
+            self.lease_epoch_ms = proposal.time_ms;
+            self.dirty.insert(RowKey::Clock);
+        }
+        self.apply(index, proposal)
+    }
+
     /// Applies the entry at log `index`. Deterministic: the same state, index and proposal
     /// give the same result. `index` becomes the fence of any claim the entry grants.
     pub fn apply(&mut self, index: u64, proposal: &Proposal) -> Outcome {
@@ -240,6 +267,7 @@ impl State {
                 fence,
             } => self.begin(*node_id, *datum, *fence),
             Command::HandBack { node_id, datums } => self.hand_back(now_ms, *node_id, datums),
+            Command::Abandon { node_id, datums } => self.abandon(now_ms, *node_id, datums),
             Command::Started { datum, fence } => self.started(now_ms, *datum, *fence),
             Command::CompleteBatch { node_id, reports } => {
                 self.complete_batch(now_ms, *node_id, reports)
@@ -412,6 +440,14 @@ impl State {
             .values()
             .map(|job| (job.spec.id.clone(), job.seq))
             .collect();
+        self.job_keys = self
+            .jobs
+            .values()
+            .filter_map(|job| {
+                let key = job.spec.idempotency.as_ref()?.key.clone();
+                Some(((job.spec.owner.clone(), key), job.seq))
+            })
+            .collect();
         self.pending.clear();
         self.claims.clear();
         self.queued.clear();
@@ -475,7 +511,12 @@ impl State {
     pub fn row(&self, key: RowKey) -> Result<Option<Vec<u8>>, CodecError> {
         match key {
             RowKey::ClusterId => self.cluster_id.as_ref().map(codec::encode).transpose(),
-            RowKey::Clock => Some(codec::encode(&self.clock_ms)).transpose(),
+            RowKey::Clock => Some(codec::encode(&ClockRow {
+                clock_ms: self.clock_ms,
+                term: self.term,
+                lease_epoch_ms: self.lease_epoch_ms,
+            }))
+            .transpose(),
             RowKey::Node(node_id) => self.nodes.get(&node_id).map(codec::encode).transpose(),
             RowKey::Job(seq) => self.jobs.get(&seq).map(codec::encode).transpose(),
             RowKey::Datum(key) => self.datums.get(&key).map(codec::encode).transpose(),
@@ -505,7 +546,12 @@ impl State {
             RowKey::ClusterId => {
                 self.cluster_id = Some(codec::decode(value).map_err(decode_error)?)
             }
-            RowKey::Clock => self.clock_ms = codec::decode(value).map_err(decode_error)?,
+            RowKey::Clock => {
+                let clock: ClockRow = codec::decode(value).map_err(decode_error)?;
+                self.clock_ms = clock.clock_ms;
+                self.term = clock.term;
+                self.lease_epoch_ms = clock.lease_epoch_ms;
+            }
             RowKey::Node(node_id) => {
                 self.nodes
                     .insert(node_id, codec::decode(value).map_err(decode_error)?);

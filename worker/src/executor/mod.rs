@@ -15,7 +15,7 @@ use shoal_raft::job::{ExecutorSpec, Resources};
 use tokio_util::sync::CancellationToken;
 
 pub use docker::{DockerExecutor, container_name};
-pub use process::bwrap_available;
+pub use process::{GUARD_SUBCOMMAND, bwrap_available};
 
 /// Exit code reported for a step killed by cancellation (as a shell reports SIGKILL).
 pub const KILLED_EXIT_CODE: i32 = 137;
@@ -71,6 +71,9 @@ pub struct StepRun<'a> {
     pub node_label: &'a str,
     /// Where output goes as it arrives, for clients looking while the step runs.
     pub live: Option<&'a crate::live::LiveStep>,
+    /// The program host processes are started through so they die with the node (the
+    /// `shoal` binary; see the process executor).
+    pub guard: Option<&'a Path>,
 }
 
 /// How a step ended.

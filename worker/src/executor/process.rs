@@ -15,6 +15,8 @@ use super::{Bind, ExecutorError, KILLED_EXIT_CODE, StepOutcome, StepRun};
 use crate::tail::Tail;
 
 const BWRAP: &str = "bwrap";
+/// The `shoal` subcommand that starts a command so it dies with the node (see `guarded`).
+pub const GUARD_SUBCOMMAND: &str = "__exec-guard";
 // Note: the host's /etc is bound read-only (name resolution, users); keep node secrets
 // out of /etc. The network is shared with the host.
 /// PATH inside the step unless the task sets one.
@@ -214,6 +216,23 @@ fn direct(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
     Ok(command)
 }
 
+/// `command` started through `guard` (`shoal __exec-guard <this pid> <program> <args…>`),
+/// which makes the kernel kill it when this node dies, even if the node dies while the
+/// command is being started — before bwrap's own `--die-with-parent` takes hold.
+fn guarded(guard: &Path, command: Command) -> Command {
+    let inner = command.as_std();
+    let mut outer = Command::new(guard);
+    outer
+        .arg(GUARD_SUBCOMMAND)
+        .arg(std::process::id().to_string())
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    if let Some(dir) = inner.get_current_dir() {
+        outer.current_dir(dir);
+    }
+    outer
+}
+
 fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
     if step.spec.command.is_empty() {
         return Err(ExecutorError::NoCommand);
@@ -224,12 +243,16 @@ fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
         || step.stdout.is_some()
         || step.stderr.is_some();
     let bwrap = bwrap_path();
-    let mut command = if let Some(bwrap) = bwrap {
+    let command = if let Some(bwrap) = bwrap {
         sandboxed(bwrap, step)
     } else if maps_paths {
         return Err(ExecutorError::NeedsBwrap);
     } else {
         direct(step)?
+    };
+    let mut command = match step.guard {
+        Some(guard) => guarded(guard, command),
+        None => command,
     };
     command
         .env_clear()
@@ -378,6 +401,7 @@ mod tests {
             container_name: "n".into(),
             node_label: "n",
             live: None,
+            guard: None,
         };
         let command = build(&step).expect("build");
         let std = command.as_std();

@@ -61,6 +61,8 @@ impl State {
         if node.draining {
             return Outcome::Claimed { grants: Vec::new() };
         }
+        // Asking for work is a sign of life: the grants must not expire at the next round.
+        self.note_alive(node_id, now_ms);
         let now = max.min(CLAIM_BATCH_MAX) as usize;
         let total = max.saturating_add(queue).min(CLAIM_BATCH_MAX) as usize;
         let mut grants = Vec::new();
@@ -218,6 +220,32 @@ impl State {
                     self.finish_attempt(key, AttemptOutcome::Canceled, None, now_ms)
                 }
                 _ => continue,
+            }
+            changed += 1;
+        }
+        Outcome::Changed { datums: changed }
+    }
+
+    pub(in crate::state) fn abandon(
+        &mut self,
+        now_ms: u64,
+        node: NodeId,
+        datums: &[(DatumKey, u64)],
+    ) -> Outcome {
+        let mut changed = 0;
+        for &(key, fence) in datums {
+            let publishing = self
+                .datums
+                .get(&key)
+                .is_some_and(|d| d.state == DatumState::Publishing);
+            // A publishing claim's attempt has ended already; its node publishes it.
+            if !self.holds(key, fence, Some(node)) || publishing {
+                continue;
+            }
+            if self.is_queued(key) {
+                self.release_unbegun(key, now_ms);
+            } else {
+                self.finish_attempt(key, AttemptOutcome::Lost, None, now_ms);
             }
             changed += 1;
         }

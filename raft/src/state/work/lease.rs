@@ -13,15 +13,27 @@ use crate::state::{RowKey, State};
 use crate::types::NodeId;
 
 impl State {
-    /// Whether `node` has been silent longer than `lease_ms` at `now_ms` (an unknown node
-    /// always has).
+    /// Whether `node` has been silent longer than `lease_ms` at `now_ms`: since its last
+    /// sign of life (a heartbeat, a claim, a report), or since the current term began if
+    /// that is later. An unknown node is silent once the term is older than a lease.
     pub fn is_silent(&self, node: NodeId, now_ms: u64, lease_ms: u64) -> bool {
         let last = self
             .nodes
             .get(&node)
             .map(|n| n.last_heartbeat_ms)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(self.lease_epoch_ms);
         now_ms.saturating_sub(last) > lease_ms
+    }
+
+    /// Records that `node` is alive at `now_ms` (it wrote to the log).
+    pub(in crate::state) fn note_alive(&mut self, node: NodeId, now_ms: u64) {
+        if let Some(record) = self.nodes.get_mut(&node)
+            && record.last_heartbeat_ms < now_ms
+        {
+            record.last_heartbeat_ms = now_ms;
+            self.dirty.insert(RowKey::Node(node));
+        }
     }
 
     /// Open pipelines (not finished) with their steward.

@@ -85,9 +85,10 @@ fn bounded(text: &str) -> String {
 
 /// Why an attempt failed, in one line, from what its node reported.
 fn failure_message(outcome: AttemptOutcome, report: Option<&AttemptReport>) -> String {
-    if outcome == AttemptOutcome::LeaseExpired {
+    if outcome.node_lost() {
         return format!(
-            "its attempts were lost with their node {LEASE_EXPIRIES_MAX} times (lease expired)"
+            "its attempts were lost with their node {LEASE_EXPIRIES_MAX} times (lease expired or \
+             node restarted)"
         );
     }
     report
@@ -199,7 +200,7 @@ impl State {
             DatumState::Canceled
         } else if outcome == AttemptOutcome::Succeeded {
             DatumState::Done
-        } else if outcome == AttemptOutcome::LeaseExpired {
+        } else if outcome.node_lost() {
             if lease_expiries < LEASE_EXPIRIES_MAX {
                 DatumState::Pending
             } else {

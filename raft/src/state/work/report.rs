@@ -48,6 +48,7 @@ impl State {
         node: NodeId,
         reports: &[Completion],
     ) -> Outcome {
+        self.note_alive(node, now_ms);
         let mut accepted = 0;
         let mut stale = Vec::new();
         for completion in reports {

@@ -22,6 +22,9 @@ impl State {
                 seq,
             };
         }
+        if let Some(answer) = self.submitted_with_key(spec) {
+            return answer;
+        }
         if spec.datum_tries == 0 || spec.datum_tries > DATUM_TRIES_MAX {
             return refused(format!("datum_tries must be 1..={DATUM_TRIES_MAX}"));
         }
@@ -63,12 +66,41 @@ impl State {
         };
         self.jobs.insert(seq, job);
         self.job_ids.insert(spec.id.clone(), seq);
+        if let Some(idempotency) = &spec.idempotency {
+            self.job_keys
+                .insert((spec.owner.clone(), idempotency.key.clone()), seq);
+        }
         self.index_job_tags(seq);
         self.append_datums(seq, datums, seal, now_ms);
         Outcome::JobSubmitted {
             job_id: spec.id.clone(),
             seq,
         }
+    }
+
+    /// The answer to a submission whose idempotency key (of its owner) names a job already:
+    /// that job, or a refusal when the key came with a different request.
+    fn submitted_with_key(&self, spec: &JobSpec) -> Option<Outcome> {
+        let idempotency = spec.idempotency.as_ref()?;
+        let seq = *self
+            .job_keys
+            .get(&(spec.owner.clone(), idempotency.key.clone()))?;
+        let job = self.jobs.get(&seq)?;
+        let same = job
+            .spec
+            .idempotency
+            .as_ref()
+            .is_some_and(|known| known.request_hash == idempotency.request_hash);
+        Some(if same {
+            Outcome::JobSubmitted {
+                job_id: job.spec.id.clone(),
+                seq,
+            }
+        } else {
+            Outcome::KeyReused {
+                job_id: job.spec.id.clone(),
+            }
+        })
     }
 
     pub(in crate::state) fn add_datums(&mut self, now_ms: u64, command: AddDatums<'_>) -> Outcome {

@@ -56,6 +56,18 @@ impl Log {
         outcome
     }
 
+    /// Applies `command` as the first entry of Raft term `term`.
+    fn apply_in_term(&mut self, term: u64, command: Command) -> Outcome {
+        self.index += 1;
+        let proposal = Proposal {
+            time_ms: self.now_ms,
+            command,
+        };
+        let outcome = self.state.apply_entry(term, self.index, &proposal);
+        check_invariants(&self.state);
+        outcome
+    }
+
     fn submit(&mut self, id: &str, datums: u32, parallelism: u32, tries: u32) -> JobSeq {
         self.submit_spec(
             spec(id, JobKind::Pipeline, parallelism, tries),
@@ -151,6 +163,7 @@ fn spec(id: &str, kind: JobKind, parallelism: u32, datum_tries: u32) -> JobSpec 
         datum_tries,
         datum_timeout_ms: 0,
         source: String::new(),
+        idempotency: None,
         pipeline: (kind == JobKind::Pipeline).then(|| PipelineSpec {
             input: PipelineInput::Atom {
                 name: "in".into(),
@@ -194,6 +207,7 @@ fn check_invariants(state: &State) {
     assert_eq!(copy.jobs_by_tag, state.jobs_by_tag, "tag index");
     assert_eq!(copy.jobs_by_tag_key, state.jobs_by_tag_key, "tag key index");
     assert_eq!(copy.job_ids, state.job_ids, "id index");
+    assert_eq!(copy.job_keys, state.job_keys, "idempotency key index");
     assert_eq!(copy.datum_ids, state.datum_ids, "datum id index");
     assert_eq!(copy.outputs, state.outputs, "output index");
     assert_eq!(copy.open_pipelines, state.open_pipelines, "open pipelines");
@@ -445,6 +459,41 @@ fn a_drained_node_gets_nothing_and_an_undrained_one_does() {
         }),
         Outcome::UnknownNode { .. }
     ));
+}
+
+#[test]
+fn an_idempotency_key_answers_its_first_job_and_refuses_another_request() {
+    let mut log = Log::new();
+    let keyed = |id: &str, owner: &str, request_hash| {
+        let mut spec = spec(id, JobKind::Task, 0, 1);
+        spec.owner = owner.into();
+        spec.idempotency = Some(crate::job::IdempotencyKey {
+            key: "k1".into(),
+            request_hash,
+        });
+        Command::SubmitJob {
+            spec: Box::new(spec),
+            datums: vec![NewDatum::task()],
+            seal: true,
+            steward: None,
+        }
+    };
+    let first = log.apply(keyed("a", "alice", 7));
+    assert!(matches!(&first, Outcome::JobSubmitted { job_id, .. } if job_id == "a"));
+    assert_eq!(
+        log.apply(keyed("b", "alice", 7)),
+        first,
+        "a retry with a new id gets the first job"
+    );
+    assert_eq!(
+        log.apply(keyed("c", "alice", 8)),
+        Outcome::KeyReused { job_id: "a".into() }
+    );
+    assert!(
+        matches!(log.apply(keyed("d", "bob", 8)), Outcome::JobSubmitted { job_id, .. } if job_id == "d"),
+        "keys are the owner's own"
+    );
+    assert_eq!(log.state.jobs.len(), 2);
 }
 
 #[test]
@@ -851,6 +900,55 @@ fn a_pipeline_datum_with_outputs_publishes_under_its_claim_before_it_is_done() {
     assert_eq!(log.apply(close(N1)), Outcome::Applied);
     assert_eq!(log.job_state(job), JobState::Done);
     assert!(log.state.jobs[&job].ended_ms.is_some());
+}
+
+#[test]
+fn a_new_leader_gives_every_node_a_full_lease_from_its_first_entry() {
+    let mut log = Log::new();
+    let job = log.submit("j", 1, 0, 1);
+    log.claim(N1, 1);
+    log.now_ms += LEASE_MS * 3;
+    let expire = || Command::ExpireLeases {
+        lease_ms: LEASE_MS,
+        by: N2,
+    };
+    // N1's heartbeats were stuck on a leader that hung; a new one takes over.
+    assert_eq!(
+        log.apply_in_term(2, expire()),
+        Outcome::Changed { datums: 0 },
+        "nobody's lease runs out in the first lease of a term"
+    );
+    log.now_ms += LEASE_MS / 2;
+    assert_eq!(log.apply(expire()), Outcome::Changed { datums: 0 });
+    log.now_ms += LEASE_MS;
+    log.heartbeat(N2);
+    assert_eq!(
+        log.apply(expire()),
+        Outcome::Changed { datums: 1 },
+        "a node silent for a lease of the new term loses its claims"
+    );
+    assert_eq!(log.datum(job, 0).state, DatumState::Pending);
+}
+
+#[test]
+fn asking_for_work_and_reporting_are_signs_of_life() {
+    let mut log = Log::new();
+    let job = log.submit("j", 2, 0, 1);
+    let first = log.claim(N1, 1)[0];
+    log.now_ms += LEASE_MS - 1;
+    log.claim(N1, 1);
+    log.now_ms += LEASE_MS - 1;
+    log.report(N1, first, AttemptOutcome::Succeeded);
+    log.now_ms += LEASE_MS - 1;
+    assert_eq!(
+        log.apply(Command::ExpireLeases {
+            lease_ms: LEASE_MS,
+            by: N2,
+        }),
+        Outcome::Changed { datums: 0 },
+        "N1 never went a lease without writing"
+    );
+    assert_eq!(log.datum(job, 1).state, DatumState::Claimed);
 }
 
 #[test]

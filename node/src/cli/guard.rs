@@ -1,0 +1,34 @@
+//! `shoal __exec-guard PARENT PROGRAM [ARGS…]`: how the process executor starts its
+//! sandboxes. It asks the kernel to kill it when its parent dies, checks that its parent is
+//! still the node that started it (the node may have died before the request took hold),
+//! then becomes PROGRAM — which keeps the request. So no executor outlives its node, even a
+//! node killed while it was starting one. Handled before the command line is parsed, and
+//! without an async runtime: nothing may run between the check and the exec.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::ExitCode;
+
+/// Exit status when the node was gone before the program could start (as if killed).
+const PARENT_GONE: u8 = 137;
+
+pub fn run(args: &[OsString]) -> ExitCode {
+    let [parent, program, rest @ ..] = args else {
+        eprintln!("usage: shoal __exec-guard PARENT_PID PROGRAM [ARGS…]");
+        return ExitCode::from(2);
+    };
+    let Some(parent) = parent.to_str().and_then(|p| p.parse::<i32>().ok()) else {
+        eprintln!("__exec-guard: {parent:?} is not a process id");
+        return ExitCode::from(2);
+    };
+    if let Err(error) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        eprintln!("__exec-guard: cannot ask to die with the node: {error}");
+        return ExitCode::from(126);
+    }
+    if nix::unistd::getppid().as_raw() != parent {
+        return ExitCode::from(PARENT_GONE);
+    }
+    let error = std::process::Command::new(program).args(rest).exec();
+    eprintln!("__exec-guard: cannot run {program:?}: {error}");
+    ExitCode::from(127)
+}
