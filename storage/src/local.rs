@@ -100,10 +100,19 @@ enum PrefixError {
     Io(std::io::Error),
 }
 
+/// How often a path that appears between two looks (another upload creating the same
+/// directory) is looked at again before giving up.
+const APPEARING_RETRIES: u32 = 3;
+
 /// Canonicalises the longest existing ancestor of `path` and appends the rest unchanged.
+///
+/// Uploads into one directory run concurrently, so a directory missing when canonicalised may
+/// exist a moment later: that is looked at again, and only a symlink whose target is still
+/// missing counts as dangling.
 fn resolve_existing_prefix(path: &Path) -> Result<PathBuf, PrefixError> {
     let mut existing = path.to_path_buf();
     let mut tail = Vec::new();
+    let mut retries = 0;
     loop {
         match std::fs::canonicalize(&existing) {
             Ok(mut resolved) => {
@@ -111,8 +120,16 @@ fn resolve_existing_prefix(path: &Path) -> Result<PathBuf, PrefixError> {
                 return Ok(resolved);
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                if std::fs::symlink_metadata(&existing).is_ok() {
-                    return Err(PrefixError::DanglingSymlink);
+                if let Ok(meta) = std::fs::symlink_metadata(&existing) {
+                    if retries >= APPEARING_RETRIES {
+                        return Err(if meta.file_type().is_symlink() {
+                            PrefixError::DanglingSymlink
+                        } else {
+                            PrefixError::Io(error)
+                        });
+                    }
+                    retries += 1;
+                    continue;
                 }
                 let Some(name) = existing.file_name().map(|name| name.to_owned()) else {
                     return Err(PrefixError::Io(error));
@@ -241,6 +258,44 @@ mod tests {
                 .resolve_inside("u", &root.path().join("a/../b"))
                 .is_err()
         );
+        Ok(())
+    }
+
+    /// Uploads into one new directory run at once: one creates the directory while another
+    /// resolves a file in it. Seen between two looks, the fresh directory is not a dangling
+    /// symlink, so the upload stays inside its root.
+    #[test]
+    fn a_directory_created_concurrently_is_not_an_escape() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let root = tempfile::tempdir()?;
+        let roots = LocalRoots::new([root.path().to_path_buf()])?;
+        for round in 0..200 {
+            let dir = root.path().join(format!("round{round}/sub"));
+            let results: Vec<_> = std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..4)
+                    .map(|worker| {
+                        let (dir, roots) = (&dir, &roots);
+                        scope.spawn(move || {
+                            if worker % 2 == 0 {
+                                std::fs::create_dir_all(dir).ok();
+                            }
+                            roots
+                                .resolve_inside("u", &dir.join(format!("f{worker}")))
+                                .map(|resolved| resolved.is_some())
+                                .unwrap_or(false)
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or(false))
+                    .collect()
+            });
+            assert!(
+                results.iter().all(|inside| *inside),
+                "round {round}: {results:?}"
+            );
+        }
         Ok(())
     }
 }
