@@ -7,16 +7,20 @@
 //! requests come out of the receiver returned by [`start`], each with the channel to answer on.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
 use libp2p::core::transport::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, ping, tcp, yamux,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::protocol::{FrameCodec, PROTOCOL, Request, Response};
@@ -33,6 +37,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STREAMS_PER_CONNECTION_MAX: usize = 1024;
 /// Connections are kept this long without traffic (Raft heartbeats keep them busy anyway).
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often each connection is pinged, and how long a ping may take once its stream is open.
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+const PING_TIMEOUT: Duration = Duration::from_millis(1500);
+/// A connection on which nothing (no ping, no message) arrived for this long is closed, so
+/// requests dial afresh instead of waiting on a connection a partition left dead (see
+/// `SwarmTask::close_dead_connections`), checked every `DEAD_CHECK_PERIOD`.
+const DEAD_AFTER: Duration = Duration::from_millis(1500);
+const DEAD_CHECK_PERIOD: Duration = Duration::from_millis(250);
+/// A check this much later than its period means this node, not the network, stalled.
+const STALL: Duration = Duration::from_millis(500);
+/// Longest a new connection may take to be set up (dial, handshakes).
+const CONNECTION_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -50,6 +66,8 @@ pub enum NetError {
 struct Behaviour {
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
+    /// Finds connections a partition left dead (the peer's packets dropped, nothing closed).
+    ping: ping::Behaviour,
 }
 
 /// A request received from a peer, to be answered with [`NetHandle::respond`].
@@ -97,6 +115,33 @@ pub struct NetworkConfig {
     pub cluster_key: Option<PreSharedKey>,
 }
 
+/// TCP, then the pre-shared-key handshake when there is a key, then noise and yamux — each
+/// connection's setup bounded by `CONNECTION_SETUP_TIMEOUT`, so a dial into a partition
+/// fails soon and the next request dials afresh once the network is back.
+fn transport(
+    key: &Keypair,
+    cluster_key: Option<PreSharedKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let noise = noise::Config::new(key)?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let transport = match cluster_key {
+        None => tcp
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(CONNECTION_SETUP_TIMEOUT)
+            .boxed(),
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(CONNECTION_SETUP_TIMEOUT)
+            .boxed(),
+    };
+    Ok(transport)
+}
+
 fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
     let transport_error = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let make_behaviour = |key: &Keypair| {
@@ -110,40 +155,24 @@ fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
                 "/shoal/id/1".to_string(),
                 key.public(),
             )),
+            ping: ping::Behaviour::new(
+                ping::Config::new()
+                    .with_interval(PING_INTERVAL)
+                    .with_timeout(PING_TIMEOUT),
+            ),
         }
     };
     let swarm_config =
         |c: libp2p::swarm::Config| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT);
-    let builder = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone()).with_tokio();
-    let swarm = match config.cluster_key {
-        None => builder
-            .with_tcp(
-                tcp::Config::default(),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .map_err(|e| transport_error(&e))?
-            .with_behaviour(make_behaviour)
-            .map_err(|e| transport_error(&e))?
-            .with_swarm_config(swarm_config)
-            .build(),
-        Some(psk) => builder
-            .with_other_transport(
-                |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
-                    let noise = noise::Config::new(key)?;
-                    Ok(tcp::tokio::Transport::new(tcp::Config::default())
-                        .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
-                        .upgrade(Version::V1)
-                        .authenticate(noise)
-                        .multiplex(yamux::Config::default()))
-                },
-            )
-            .map_err(|e| transport_error(&e))?
-            .with_behaviour(make_behaviour)
-            .map_err(|e| transport_error(&e))?
-            .with_swarm_config(swarm_config)
-            .build(),
-    };
+    let cluster_key = config.cluster_key;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(config.keypair.clone())
+        .with_tokio()
+        .with_other_transport(|key| transport(key, cluster_key))
+        .map_err(|e| transport_error(&e))?
+        .with_behaviour(make_behaviour)
+        .map_err(|e| transport_error(&e))?
+        .with_swarm_config(swarm_config)
+        .build();
     Ok(swarm)
 }
 
@@ -180,9 +209,11 @@ pub async fn start(
         commands: commands_rx,
         inbound: inbound_tx,
         pending: HashMap::new(),
+        heard: HashMap::new(),
         own_addrs: listen_addrs.iter().cloned().collect(),
         dialled: HashMap::new(),
         dialing: HashMap::new(),
+        last_check: Instant::now(),
     };
     tokio::spawn(task.run());
     let handle = NetHandle {
@@ -271,6 +302,10 @@ struct SwarmTask {
     commands: mpsc::Receiver<NetCommand>,
     inbound: mpsc::Sender<Inbound>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
+    /// When something last arrived on each open connection (a ping's answer, a message).
+    heard: HashMap<ConnectionId, Instant>,
+    /// When `close_dead_connections` last ran.
+    last_check: Instant,
     own_addrs: HashSet<Multiaddr>,
     /// Addresses we dialled that have a live connection, so seeds are not dialled twice.
     dialled: HashMap<Multiaddr, PeerId>,
@@ -280,6 +315,8 @@ struct SwarmTask {
 
 impl SwarmTask {
     async fn run(mut self) {
+        let mut check = tokio::time::interval(DEAD_CHECK_PERIOD);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -287,9 +324,47 @@ impl SwarmTask {
                     None => break,
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
+                _ = check.tick() => self.close_dead_connections(),
             }
         }
         tracing::debug!("network task stopped");
+    }
+
+    /// Closes connections on which nothing arrived for `DEAD_AFTER`, although each is pinged
+    /// every `PING_INTERVAL`: a partition left them open and silent. (libp2p's ping gives up
+    /// on such a connection only after its stream negotiation times out, in 10 s.) Their
+    /// requests fail at once, and the next request to the peer goes over a live connection
+    /// or dials afresh — which succeeds as soon as the network heals, instead of waiting out
+    /// TCP's retransmission backoff on the old connection.
+    ///
+    /// A check that comes late means this process itself was not running (paused, or
+    /// starved of CPU): what arrived meanwhile may still wait in the swarm's queues, so
+    /// silence proves nothing and every connection gets a fresh start instead.
+    fn close_dead_connections(&mut self) {
+        let now = Instant::now();
+        let since_last = now.duration_since(std::mem::replace(&mut self.last_check, now));
+        if since_last > DEAD_CHECK_PERIOD + STALL {
+            tracing::debug!(?since_last, "this node stalled: no connection judged dead");
+            self.heard.values_mut().for_each(|heard| *heard = now);
+            return;
+        }
+        let dead: Vec<ConnectionId> = self
+            .heard
+            .iter()
+            .filter(|(_, heard)| now.duration_since(**heard) > DEAD_AFTER)
+            .map(|(connection, _)| *connection)
+            .collect();
+        for connection in dead {
+            tracing::debug!(?connection, "closing a connection that went silent");
+            self.heard.remove(&connection);
+            self.swarm.close_connection(connection);
+        }
+    }
+
+    fn heard_on(&mut self, connection: ConnectionId) {
+        if let Some(heard) = self.heard.get_mut(&connection) {
+            *heard = Instant::now();
+        }
     }
 
     fn on_command(&mut self, command: NetCommand) {
@@ -357,10 +432,28 @@ impl SwarmTask {
                     self.swarm.add_peer_address(peer_id, addr);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                connection,
+                result: Ok(_),
+                ..
+            })) => self.heard_on(connection),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            })) => {
+                tracing::debug!(%peer, %error, "closing a connection that stopped answering");
+                self.heard.remove(&connection);
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                endpoint,
+                connection_id,
+                ..
             } => {
-                tracing::debug!(%peer_id, "connected");
+                tracing::debug!(%peer_id, ?connection_id, "connected");
+                self.heard.insert(connection_id, Instant::now());
                 if endpoint.is_dialer() {
                     self.dialled
                         .insert(endpoint.get_remote_address().clone(), peer_id);
@@ -368,10 +461,14 @@ impl SwarmTask {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                self.dialled.retain(|_, peer| *peer != peer_id);
+                self.heard.remove(&connection_id);
+                if num_established == 0 {
+                    self.dialled.retain(|_, peer| *peer != peer_id);
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 peer_id,
@@ -392,30 +489,41 @@ impl SwarmTask {
         }
     }
 
+    fn on_message(&mut self, peer: PeerId, message: request_response::Message<Request, Response>) {
+        match message {
+            request_response::Message::Request {
+                request, channel, ..
+            } => {
+                let inbound = Inbound {
+                    peer,
+                    request,
+                    channel,
+                };
+                if self.inbound.try_send(inbound).is_err() {
+                    tracing::warn!(%peer, "inbound queue full; dropping a request");
+                }
+            }
+            request_response::Message::Response {
+                request_id,
+                response,
+            } => {
+                if let Some(reply) = self.pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+        }
+    }
+
     fn on_rpc_event(&mut self, event: request_response::Event<Request, Response>) {
         match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    let inbound = Inbound {
-                        peer,
-                        request,
-                        channel,
-                    };
-                    if self.inbound.try_send(inbound).is_err() {
-                        tracing::warn!(%peer, "inbound queue full; dropping a request");
-                    }
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    if let Some(reply) = self.pending.remove(&request_id) {
-                        let _ = reply.send(Ok(response));
-                    }
-                }
-            },
+            request_response::Event::Message {
+                peer,
+                message,
+                connection_id,
+            } => {
+                self.heard_on(connection_id);
+                self.on_message(peer, message);
+            }
             request_response::Event::OutboundFailure {
                 peer,
                 request_id,
