@@ -188,22 +188,34 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 }
 
+impl LogStore {
+    /// The id of the last entry this node holds (appended, durable or not yet), or the last
+    /// purged one's when it holds none.
+    pub async fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED).await?;
+        Ok(self.last_entry_id().await?.or(last_purged))
+    }
+
+    async fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        self.blocking(ErrorVerb::Read, |db| {
+            let txn = db.begin_read().map_err(|e| e.to_string())?;
+            let table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
+            let Some((_, value)) = table.last().map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let entry: Entry = codec::decode(value.value()).map_err(|e| e.to_string())?;
+            Ok(Some(entry.log_id))
+        })
+        .await
+    }
+}
+
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged: Option<LogId> = self.read_meta(KEY_LAST_PURGED).await?;
-        let last = self
-            .blocking(ErrorVerb::Read, |db| {
-                let txn = db.begin_read().map_err(|e| e.to_string())?;
-                let table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
-                let Some((_, value)) = table.last().map_err(|e| e.to_string())? else {
-                    return Ok(None);
-                };
-                let entry: Entry = codec::decode(value.value()).map_err(|e| e.to_string())?;
-                Ok(Some(entry.log_id))
-            })
-            .await?;
+        let last = self.last_entry_id().await?;
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last.or(last_purged),

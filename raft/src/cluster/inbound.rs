@@ -48,5 +48,9 @@ async fn answer(cluster: &Cluster, request: Request) -> Response {
         Request::LiveLogs { datum, fence } => {
             Response::LiveLogs(cluster.local_live_logs(datum, fence))
         }
+        Request::Probe => Response::Probe {
+            hears_leader: cluster.hears_leader().await,
+            last_log: cluster.last_log_id().await,
+        },
     }
 }

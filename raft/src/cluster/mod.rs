@@ -220,6 +220,8 @@ pub struct Cluster {
 
 struct Inner {
     raft: Raft,
+    /// A handle on the log openraft writes, to tell how far it goes (see `last_log_id`).
+    log: LogStore,
     net: NetHandle,
     view: StateView,
     node_id: NodeId,
@@ -250,6 +252,8 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, ClusterError>
         // keep a small log forever).
         purge_batch_size: (config.snapshot_every_entries / 4).clamp(1, 256),
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        // Elections are `upkeep::run_elections`'s, with a pre-vote openraft 0.9 lacks.
+        enable_elect: false,
         ..Default::default()
     };
     raft_config
@@ -310,7 +314,7 @@ impl Cluster {
             node_id,
             Arc::new(raft_config(&config)?),
             Network::new(net.clone()),
-            log_store,
+            log_store.clone(),
             state_store,
         )
         .await
@@ -322,6 +326,7 @@ impl Cluster {
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 raft,
+                log: log_store,
                 net,
                 view,
                 node_id,
@@ -341,6 +346,7 @@ impl Cluster {
         cluster.spawn(upkeep::register_and_heartbeat(cluster.clone()));
         cluster.spawn(upkeep::promote_learners(cluster.clone()));
         cluster.spawn(upkeep::expire_leases(cluster.clone()));
+        cluster.spawn(upkeep::run_elections(cluster.clone()));
         Ok(cluster)
     }
 
@@ -478,6 +484,45 @@ impl Cluster {
             .get_node(&self.inner.node_id)
             .is_some();
         member && metrics.current_leader.is_some() && metrics.running_state.is_ok()
+    }
+
+    /// Whether this node would refuse to vote for a candidate now: it leads and a quorum
+    /// acknowledged it within the longest election timeout, or it follows a leader it heard
+    /// from (its vote committed and touched) within that time — openraft's leader lease.
+    /// A leader cut off from the others says no, though openraft 0.9 keeps it leader.
+    pub(crate) async fn hears_leader(&self) -> bool {
+        let longest = Duration::from_millis(self.inner.config.election_timeout_ms.1);
+        {
+            let metrics = self.inner.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.state == ServerState::Leader {
+                return metrics
+                    .millis_since_quorum_ack
+                    .is_none_or(|ms| Duration::from_millis(ms) < longest);
+            }
+        }
+        self.inner
+            .raft
+            .with_raft_state(move |state| {
+                state.vote_ref().is_committed()
+                    && state
+                        .vote_last_modified()
+                        .is_some_and(|at| at.elapsed() <= longest)
+            })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// The id of the last entry in this node's log (what a vote compares), `None` when it
+    /// cannot be read.
+    pub(crate) async fn last_log_id(&self) -> Option<crate::types::LogId> {
+        match self.inner.log.last_log_id().await {
+            Ok(last) => last,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the last log id");
+                None
+            }
+        }
     }
 
     /// Whether this node's state is the leader's.

@@ -7,12 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::ChangeMembers;
 use sha2::{Digest, Sha256};
 
 use super::Cluster;
 use crate::command::Command;
 
+/// How often a node that does not hear from its leader asks the other voters whether they do.
+const ELECTION_ROUND: Duration = Duration::from_millis(50);
+/// How long a probe waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// How often the leader looks for learners to promote.
 const PROMOTION_ROUND: Duration = Duration::from_millis(500);
 /// A learner this many entries or fewer behind the leader counts as caught up.
@@ -173,4 +178,106 @@ fn any_claim_overdue(cluster: &Cluster, lease_ms: u64) -> bool {
     let overdue =
         |node: crate::types::NodeId| node != me && state.is_silent(node, now_ms, lease_ms);
     state.claim_holders().any(overdue) || state.stewardships().any(|(_, node)| overdue(node))
+}
+
+/// Runs this node's elections; openraft's own election timer is off (`enable_elect: false`).
+///
+/// A voter campaigns only after a pre-vote (openraft 0.9 has none): a majority of the
+/// voters, itself included, must have heard from no leader for the longest election timeout
+/// and hold no log entry beyond its last one — the votes it would get. A node cut off from
+/// the others asks in vain, never campaigns and keeps its term, so when it comes back it
+/// joins the leader that carried on instead of deposing it; a node whose log is behind never
+/// campaigns against the one that can win, so terms do not race each other up. When the
+/// leader fails, the others stop hearing it, agree within a probe round and campaign after a
+/// random delay below the shortest election timeout; a campaign that is not won is tried
+/// again after a random election timeout.
+pub(super) async fn run_elections(cluster: Cluster) {
+    let (shortest, longest) = cluster.config().election_timeout_ms;
+    let mut round = tokio::time::interval(ELECTION_ROUND);
+    round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut campaign_at: Option<tokio::time::Instant> = None;
+    loop {
+        round.tick().await;
+        if cluster.hears_leader().await || !pre_vote(&cluster).await {
+            campaign_at = None;
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        let at = *campaign_at.get_or_insert_with(|| now + random_below(shortest));
+        tracing::trace!(delay = ?at.saturating_duration_since(now), "pre-vote passed: campaigning soon");
+        if now < at {
+            continue;
+        }
+        tracing::info!(
+            "a majority of the voters hear no leader and would vote for this node: campaigning"
+        );
+        if cluster.raft().trigger().elect().await.is_err() {
+            return; // Raft has stopped.
+        }
+        campaign_at =
+            Some(now + Duration::from_millis(shortest) + random_below(longest - shortest));
+    }
+}
+
+/// A random duration below `ms` milliseconds (std's randomly keyed hasher as the source).
+fn random_below(ms: u64) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_millis(random % ms.max(1))
+}
+
+/// Whether this node is a voter and a majority of the voters, itself included, hear from no
+/// leader and have no log beyond this node's. Decides as soon as enough agree: a hung peer's
+/// probe is not waited out.
+async fn pre_vote(cluster: &Cluster) -> bool {
+    use crate::network::protocol::{Request, Response};
+    let me = cluster.node_id();
+    let others: Vec<crate::types::NodeAddr> = {
+        let metrics = cluster.raft().metrics();
+        let metrics = metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<_> = membership.voter_ids().collect();
+        if !voters.contains(&me) {
+            return false;
+        }
+        voters
+            .iter()
+            .filter(|id| **id != me)
+            .filter_map(|id| membership.get_node(id).cloned())
+            .collect()
+    };
+    let mine = cluster.last_log_id().await;
+    // A majority of the voters, this node (which agrees with itself) included.
+    let voters = others.len() + 1;
+    let needed = voters / 2 + 1;
+    let probes = others.iter().map(|addr| async move {
+        let (peer, addrs) = crate::network::raft_network::peer_location(addr)?;
+        let answer = cluster
+            .net()
+            .request(peer, addrs, Request::Probe, PROBE_TIMEOUT)
+            .await
+            .ok()?;
+        match answer {
+            Response::Probe {
+                hears_leader,
+                last_log,
+            } => {
+                tracing::trace!(peer = %addr.name, hears_leader, ?last_log, ?mine, "pre-vote answer");
+                Some(!hears_leader && last_log <= mine)
+            }
+            _ => None,
+        }
+    });
+    let mut answers: futures::stream::FuturesUnordered<_> = probes.collect();
+    let mut agree = 1;
+    while agree < needed {
+        match answers.next().await {
+            Some(Some(true)) => agree += 1,
+            Some(_) => {}
+            None => return false,
+        }
+    }
+    true
 }

@@ -21,7 +21,7 @@ use crate::job::{DatumKey, ExecutorLog};
 use crate::types::{NodeAddr, NodeId, TypeConfig};
 
 /// The libp2p protocol name; the version changes with incompatible message changes.
-pub const PROTOCOL: &str = "/shoal/raft/1";
+pub const PROTOCOL: &str = "/shoal/raft/2";
 
 /// Largest frame either side reads. AppendEntries bigger than this are split by openraft
 /// (the network answers `PayloadTooLarge`), snapshot chunks are kept well below it.
@@ -43,6 +43,9 @@ pub enum Request {
         datum: DatumKey,
         fence: u64,
     },
+    /// Do you hear from a leader, and how far does your log go? Asked before this node
+    /// campaigns (a pre-vote).
+    Probe,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -57,6 +60,14 @@ pub enum Response {
     ReadIndex(Result<u64, OpError>),
     /// `None` when the node does not run that attempt (any more).
     LiveLogs(Option<Vec<ExecutorLog>>),
+    /// `hears_leader`: the node would refuse a vote by its leader lease (see
+    /// `Cluster::hears_leader`).
+    /// `last_log`: its last log entry, which a candidate's log must match or pass to get its
+    /// vote.
+    Probe {
+        hears_leader: bool,
+        last_log: Option<crate::types::LogId>,
+    },
 }
 
 /// A node's answer to [`Request::Hello`].
