@@ -5,8 +5,9 @@
 #   scripts/test.sh            # every test, the slow fault-injection group included
 #   scripts/test.sh --fast     # skip the slow group
 #
-# Installed when missing: cargo-nextest, bubblewrap and busybox-static (apt), moto[server]
-# and py-tes (PyPI, into .venv/).
+# Installed when missing: cargo-nextest, bubblewrap and busybox-static (apt), iproute2 and
+# iptables (apt, as root: the nemesis test puts nodes in network namespaces on a bridge),
+# moto[server] and py-tes (PyPI, into .venv/).
 # Built: the test image shoal-test/busybox:latest (FROM scratch + Debian's static busybox; no
 # registry needed), when a Docker engine answers. Without one the docker tests are skipped
 # with a message, unless SHOAL_REQUIRE_DOCKER=1 (the default when CI is set).
@@ -36,10 +37,15 @@ if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-# --- Debian packages: bubblewrap (the process executor's sandbox), busybox-static (test image) --
+# --- Debian packages: bubblewrap (the process executor's sandbox), busybox-static (test image),
+# and as root iproute2 + iptables (network namespaces for the nemesis test) ---------------------
 missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+if [ "$(id -u)" = 0 ]; then
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   sudo_cmd=""

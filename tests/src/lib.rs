@@ -15,6 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use shoal_node::Config;
 use shoal_node::api::ClusterView;
 
+pub mod netns;
 pub mod s3;
 
 /// The `shoal` binary the harness runs.
@@ -40,12 +41,29 @@ pub fn shoal_bin() -> &'static Path {
 }
 
 /// A free loopback TCP port (bound and released; fine for tests run one cluster at a time).
+///
+/// Picked below the kernel's ephemeral range (32768 and up on Linux): a port the kernel
+/// hands out for `bind(0)` is also what it picks for outgoing connections, so one released
+/// here could be taken by another test's client connection before the node binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free loopback port")
+    use std::hash::{BuildHasher, Hasher};
+    const FIRST: u16 = 20_000;
+    const LAST: u16 = 32_000;
+    for _ in 0..1_000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let port = FIRST + (random % u64::from(LAST - FIRST)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{LAST}");
 }
+
+/// The ports nodes use on hosts of their own (see [`ClusterOptions::net`]).
+const NET_HTTP_PORT: u16 = 8000;
+const NET_P2P_PORT: u16 = 7000;
 
 /// Waits until `probe` yields a value, checking every 20 ms until `timeout`.
 pub async fn wait_for<T>(
@@ -119,6 +137,9 @@ pub struct ClusterOptions {
     pub docker_network: String,
     /// The S3 server every node reads and writes `s3://` URLs on.
     pub s3: Option<s3::S3Server>,
+    /// Hosts of their own: node `i` runs in namespace `i` of this network, on its address
+    /// (HTTP port 8000, p2p port 7000, `--insecure`), instead of on loopback.
+    pub net: Option<std::sync::Arc<netns::Net>>,
 }
 
 impl Default for ClusterOptions {
@@ -137,6 +158,7 @@ impl Default for ClusterOptions {
             client_token: None,
             docker_network: String::new(),
             s3: None,
+            net: None,
         }
     }
 }
@@ -155,10 +177,15 @@ impl TestCluster {
     pub fn new(count: usize, options: ClusterOptions) -> Result<TestCluster> {
         let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir()?;
         let p2p_ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
-        let seeds = p2p_ports
-            .iter()
-            .map(|p| format!("/ip4/127.0.0.1/tcp/{p}"))
-            .collect();
+        let seeds = match &options.net {
+            Some(net) => (0..count)
+                .map(|i| format!("/ip4/{}/tcp/{NET_P2P_PORT}", net.ip(i)))
+                .collect(),
+            None => p2p_ports
+                .iter()
+                .map(|p| format!("/ip4/127.0.0.1/tcp/{p}"))
+                .collect(),
+        };
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &options.client_token {
             headers.insert(
@@ -191,8 +218,16 @@ impl TestCluster {
             ..Config::default()
         };
         config.data_dir = self.dir.path().join(&name);
-        config.http.listen = format!("127.0.0.1:{}", free_port());
-        config.p2p.listen = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
+        match &self.options.net {
+            Some(net) => {
+                config.http.listen = format!("{}:{NET_HTTP_PORT}", net.ip(index));
+                config.p2p.listen = format!("/ip4/{}/tcp/{NET_P2P_PORT}", net.ip(index));
+            }
+            None => {
+                config.http.listen = format!("127.0.0.1:{}", free_port());
+                config.p2p.listen = format!("/ip4/127.0.0.1/tcp/{p2p_port}");
+            }
+        }
         config.p2p.seeds = self.seeds.clone();
         config.p2p.bootstrap_expect = self.options.bootstrap_expect;
         config.raft.voters_max = self.options.voters_max;
@@ -237,7 +272,9 @@ impl TestCluster {
         let voters = count.min(options.voters_max);
         let mut cluster = TestCluster::new(count, options)?;
         cluster.start_all()?;
-        cluster.wait_formed(voters, Duration::from_secs(20)).await?;
+        if let Err(error) = cluster.wait_formed(voters, Duration::from_secs(20)).await {
+            bail!("{error:#}\n{}", cluster.log_tails(40));
+        }
         Ok(cluster)
     }
 
@@ -264,8 +301,19 @@ impl TestCluster {
                 ("AWS_SECRET_ACCESS_KEY".to_string(), s3.secret.clone()),
             ]
         });
-        let child = Command::new(shoal_bin())
-            .arg("node")
+        let mut command = match &self.options.net {
+            Some(net) => {
+                let mut command = net.command(index, shoal_bin());
+                command.args(["node", "--insecure"]);
+                command
+            }
+            None => {
+                let mut command = Command::new(shoal_bin());
+                command.arg("node");
+                command
+            }
+        };
+        let child = command
             .arg("--config")
             .arg(&node.config_path)
             .env("RUST_LOG", "info,openraft=warn,libp2p=warn")
@@ -589,6 +637,23 @@ impl TestCluster {
                 None => return Ok(datums),
             }
         }
+    }
+
+    /// The last `lines` lines of every node's log, for a failure message.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log = n.log();
+                let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!(
+                    "=== {} (last {lines} lines) ===\n{}\n",
+                    n.name,
+                    tail.join("\n")
+                )
+            })
+            .collect()
     }
 
     /// All node logs, for a failing assertion's message.
