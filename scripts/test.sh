@@ -104,7 +104,7 @@ export SHOAL_TEST_S3_SECRET="shoal-test-secret"
 # --- build once, then test ------------------------------------------------------------------
 log "building"
 cargo build --workspace --bins
-export SHOAL_BIN="$root/target/debug/shoal"
+export SHOAL_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/shoal"
 
 log "running tests (profile: $profile)"
 cargo nextest run --workspace --profile "$profile" --no-fail-fast
