@@ -78,7 +78,13 @@ venv="$root/.venv"
 if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c 'import tes' 2>/dev/null; then
   log "creating $venv with moto[server] and py-tes"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*' 'py-tes==1.1.4'
+  for try in 1 2 3; do
+    "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*' 'py-tes==1.1.4' \
+      && break
+    if [ "$try" = 3 ]; then log "pip install failed three times"; exit 1; fi
+    log "pip install failed; trying again"
+    sleep 5
+  done
 fi
 export SHOAL_TEST_PYTHON="$venv/bin/python"
 
