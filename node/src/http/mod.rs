@@ -146,6 +146,10 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
             get(crate::pipeline::get).post(crate::pipeline::action),
         )
         .route("/v1/jobs/{target}/datums", get(crate::pipeline::datums))
+        .route(
+            "/v1/jobs/{target}/events",
+            get(crate::pipeline::events::events),
+        )
         .route("/v1/datums/{id}", get(crate::pipeline::datum))
         .route("/v1/datums/{id}/logs", get(crate::pipeline::datum_logs))
         .route(

@@ -31,6 +31,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("post", "/v1/jobs/{id}:cancel"),
     ("post", "/v1/jobs/{id}:retry"),
     ("get", "/v1/jobs/{id}/datums"),
+    ("get", "/v1/jobs/{id}/events"),
     ("get", "/v1/datums/{id}"),
     ("get", "/v1/datums/{id}/logs"),
 ];
@@ -258,9 +259,18 @@ fn pipeline_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert(
         "/v1/jobs/{id}/datums".into(),
         json!({ "get": operation("a job's datums in order",
-            with(page(), vec![job, query("state", "pending, claimed, running, publishing, \
+            with(page(), vec![job.clone(), query("state", "pending, claimed, running, publishing, \
                 canceling, done, failed or canceled", json!({"type": "string"}))]),
             None, answer("a page of datums", Some(schema("DatumListView")))) }),
+    );
+    paths.insert(
+        "/v1/jobs/{id}/events".into(),
+        json!({ "get": operation("the job's progress as server-sent events (`event: job`, \
+            data: the job without its spec): one at once, then one per change of state, counts \
+            or errors (at most 5 a second); the stream ends after the event showing the job \
+            ended. 503 when the node serves too many streams",
+            json!([job.clone()]), None, json!({ "description": "an event stream",
+                "content": { "text/event-stream": { "schema": { "type": "string" } } } })) }),
     );
     paths.insert(
         "/v1/datums/{id}".into(),

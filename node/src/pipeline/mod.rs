@@ -2,11 +2,13 @@
 //!
 //! - `spec`: the Falconeri/Pachyderm spec (JSON or YAML), validated into a `JobSpec`.
 //! - `views`: jobs and datums as the API shows them.
+//! - `events`: a job's progress as server-sent events.
 //! - this file: the handlers. A submission is answered as soon as the job is in the log; the
 //!   node that received it becomes the job's steward and lists the input into datums (see
 //!   the worker's `steward`). Reads are linearizable like every read; a caller sees only its
 //!   own jobs unless it is an administrator, others' answer 404 as if absent.
 
+pub mod events;
 pub mod spec;
 pub mod views;
 
