@@ -42,6 +42,7 @@ fi
 missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
+command -v script >/dev/null 2>&1 || missing+=(bsdutils) # `script`: a pseudo-terminal for CLI tests
 if [ "$(id -u)" = 0 ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)

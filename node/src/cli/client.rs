@@ -121,20 +121,142 @@ impl Client {
                 CliError::failed(format!("unexpected answer from {}: {e}", self.base))
             });
         }
-        let message = serde_json::from_slice::<ErrorView>(&bytes)
-            .map(|view| view.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
-        let message = format!("{status}: {message}");
-        if status.is_client_error() {
-            Err(CliError::input(message))
-        } else {
-            let retryable = matches!(status.as_u16(), 503 | 504);
-            Err(CliError {
-                retryable,
-                ..CliError::failed(message)
-            })
+        Err(error_answer(status, &bytes))
+    }
+
+    /// GETs `path` page by page, with the query `pairs` and each answer's page token: every
+    /// page with `all`, else the first. The items, and whether more follow.
+    pub async fn pages<P: DeserializeOwned, T>(
+        &self,
+        path: &str,
+        pairs: &[(&str, &str)],
+        all: bool,
+        split: impl Fn(P) -> (Vec<T>, Option<String>),
+    ) -> Result<(Vec<T>, bool), CliError> {
+        let mut items = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            query.extend_pairs(pairs);
+            if let Some(token) = &token {
+                query.append_pair("page_token", token);
+            }
+            let (page, next) = split(self.get(&format!("{path}?{}", query.finish())).await?);
+            items.extend(page);
+            token = next.filter(|t| !t.is_empty());
+            if !all || token.is_none() {
+                return Ok((items, token.is_some()));
+            }
         }
     }
+
+    /// Opens the server-sent event stream at `path` (no overall timeout: it lasts as long as
+    /// what it reports on).
+    pub async fn events(&self, path: &str) -> Result<EventStream, CliError> {
+        let request = self
+            .http
+            .get(self.url(path))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .timeout(EVENT_STREAM_TIMEOUT);
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| CliError::unreachable(format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(error_answer(status, &bytes));
+        }
+        Ok(EventStream {
+            response,
+            buffer: Vec::new(),
+        })
+    }
+}
+
+/// The error an unsuccessful answer stands for: 4xx is the caller's input (exit 2), 503 and
+/// 504 may succeed when sent again.
+fn error_answer(status: reqwest::StatusCode, bytes: &[u8]) -> CliError {
+    let message = serde_json::from_slice::<ErrorView>(bytes)
+        .map(|view| view.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(bytes).trim().to_string());
+    let message = format!("{status}: {message}");
+    if status.is_client_error() {
+        CliError::input(message)
+    } else {
+        let retryable = matches!(status.as_u16(), 503 | 504);
+        CliError {
+            retryable,
+            ..CliError::failed(message)
+        }
+    }
+}
+
+/// Longest an event stream may stay open.
+const EVENT_STREAM_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest event the CLI accepts.
+const EVENT_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// A server-sent event stream being read.
+pub struct EventStream {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event's name and data; `None` when the server ended the stream. Comments
+    /// (keep-alives) and events without data are skipped.
+    pub async fn next(&mut self) -> Result<Option<(String, String)>, CliError> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                if let Some(event) = parse_event(&String::from_utf8_lossy(&block)) {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            if self.buffer.len() > EVENT_BYTES_MAX {
+                return Err(CliError::failed(format!(
+                    "an event larger than {EVENT_BYTES_MAX} bytes"
+                )));
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(e) => {
+                    return Err(CliError::unreachable(format!(
+                        "the event stream broke: {e}"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// One event block's name (default `message`) and data lines joined by newlines.
+fn parse_event(block: &str) -> Option<(String, String)> {
+    let mut name = "message".to_string();
+    let mut data: Option<String> = None;
+    for line in block.lines() {
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value);
+        match field {
+            "event" => name = value.to_string(),
+            "data" => match &mut data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            },
+            _ => {}
+        }
+    }
+    data.map(|data| (name, data))
 }
 
 /// How long a submission is sent again while the cluster has no answer.
@@ -154,4 +276,22 @@ fn idempotency_key() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_event;
+
+    #[test]
+    fn event_blocks_parse_and_comments_are_skipped() {
+        assert_eq!(
+            parse_event("event: job\ndata: {\"a\":1}\n\n"),
+            Some(("job".into(), "{\"a\":1}".into()))
+        );
+        assert_eq!(
+            parse_event("data: one\ndata: two\n"),
+            Some(("message".into(), "one\ntwo".into()))
+        );
+        assert_eq!(parse_event(": keep-alive\n\n"), None);
+    }
 }

@@ -5,6 +5,7 @@
 
 mod client;
 mod cluster;
+mod datum;
 pub mod dev_cluster;
 mod guard;
 mod job;
@@ -62,9 +63,12 @@ pub enum Command {
     /// TES tasks: create, get, list, cancel, wait, logs.
     #[command(subcommand)]
     Task(task::TaskCommand),
-    /// Pipeline jobs: run a spec, describe a job.
+    /// Pipeline jobs: run a spec, list, describe, wait, retry, cancel.
     #[command(subcommand)]
     Job(job::JobCommand),
+    /// A pipeline job's datums: list, describe, logs.
+    #[command(subcommand)]
+    Datum(datum::DatumCommand),
     /// Inspect and manage the cluster.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
@@ -154,6 +158,7 @@ async fn dispatch(cli: Cli) -> Result<(), CliError> {
         Command::Run(args) => run::run(args, &cli.client()?, output).await,
         Command::Task(command) => task::run(command, &cli.client()?, output).await,
         Command::Job(command) => job::run(command, &cli.client()?, output).await,
+        Command::Datum(command) => datum::run(command, &cli.client()?, output).await,
         Command::Cluster(command) => cluster::run(command, &cli.client()?, output).await,
     }
 }
