@@ -136,6 +136,9 @@ pub struct DatumCountsView {
     pub done: u32,
     pub failed: u32,
     pub canceled: u32,
+    /// Reused from an earlier job of the pipeline: nothing ran (an incremental re-run).
+    #[serde(default)]
+    pub skipped: u32,
     pub total: u32,
 }
 
@@ -240,6 +243,16 @@ pub struct DatumView {
     pub state: String,
     pub inputs: Vec<DatumInputView>,
     pub attempts: Vec<AttemptView>,
+    /// A skipped datum: the earlier job's datum whose outputs it reuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reused_from: Option<DatumRefView>,
+}
+
+/// A datum by its job and its index there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatumRefView {
+    pub job: String,
+    pub index: u32,
 }
 
 /// `GET /v1/jobs/{id}/datums`.

@@ -87,6 +87,19 @@ pub struct PipelineSpec {
     pub egress_uri: String,
     /// The job is ended (`error`) this long after it was submitted; 0 = no limit.
     pub job_timeout_ms: u64,
+    /// Run every datum, even those an earlier job of the pipeline already did.
+    pub reprocess: bool,
+}
+
+impl JobSpec {
+    /// Whether two pipeline jobs run the same transform over the same input into the same
+    /// egress: what lets a datum of one stand for the same datum of the other.
+    pub fn same_transform(&self, other: &JobSpec) -> bool {
+        self.task.executors == other.task.executors
+            && self.task.volumes == other.task.volumes
+            && self.pipeline.as_ref().map(|p| (&p.egress_uri, &p.input))
+                == other.pipeline.as_ref().map(|p| (&p.egress_uri, &p.input))
+    }
 }
 
 /// What one executor runs (a TES executor, or a pipeline's transform).
@@ -218,6 +231,10 @@ pub enum DatumState {
     Done,
     Failed,
     Canceled,
+    /// Nothing to run: the same datum (same id, same inputs) succeeded in an earlier job of
+    /// the pipeline under the same transform, and its outputs are still published
+    /// ([`Datum::reused`] names that datum).
+    Skipped,
 }
 
 impl DatumState {
@@ -358,6 +375,11 @@ pub struct NewDatum {
     /// Stable across jobs: a hash of the inputs' URLs and versions (0 for a TES task).
     pub id: u64,
     pub inputs: Vec<DatumInput>,
+    /// The datum of an earlier job whose success this one reuses (an incremental re-run):
+    /// it is added `Skipped`. The state checks the claim (same id and inputs, a finished job
+    /// of the same pipeline, the datum done or itself skipped) and adds it `Pending` if it
+    /// does not hold.
+    pub reuse: Option<DatumKey>,
 }
 
 impl NewDatum {
@@ -366,6 +388,7 @@ impl NewDatum {
         NewDatum {
             id: 0,
             inputs: Vec::new(),
+            reuse: None,
         }
     }
 }
@@ -388,6 +411,9 @@ pub struct Datum {
     pub attempts: Vec<Attempt>,
     /// Attempts made before the last `RetryFailed`; tries are counted from here.
     pub retried_after: u32,
+    /// A skipped datum: the datum whose attempt produced the outputs it reuses (never
+    /// itself a skipped one).
+    pub reused: Option<DatumKey>,
 }
 
 impl Datum {
@@ -424,6 +450,7 @@ pub struct DatumCounts {
     pub done: u32,
     pub failed: u32,
     pub canceled: u32,
+    pub skipped: u32,
 }
 
 impl DatumCounts {
@@ -437,6 +464,7 @@ impl DatumCounts {
             DatumState::Done => &mut self.done,
             DatumState::Failed => &mut self.failed,
             DatumState::Canceled => &mut self.canceled,
+            DatumState::Skipped => &mut self.skipped,
         }
     }
 
@@ -446,7 +474,7 @@ impl DatumCounts {
     }
 
     pub fn total(&self) -> u32 {
-        self.active() + self.pending + self.done + self.failed + self.canceled
+        self.active() + self.pending + self.done + self.failed + self.canceled + self.skipped
     }
 }
 

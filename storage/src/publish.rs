@@ -5,6 +5,7 @@
 //! Each operation resolves its URLs like every transfer (so `file://` stays inside the
 //! allowed roots) and retries transient errors.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -14,6 +15,7 @@ use crate::error::StorageError;
 use crate::list::{Source, list_below};
 use crate::resolve::{Access, Backend, Resolver};
 use crate::retry::with_retries;
+use crate::transfers::join_url;
 
 impl Resolver {
     /// Copies the object at `from` to `to`, replacing what is there. Both must live in one
@@ -68,6 +70,33 @@ impl Resolver {
                 .try_fold(0_u64, |count, _| async move { Ok(count + 1) })
                 .await
                 .map_err(|error| StorageError::from_store(prefix, error))
+        })
+        .await
+    }
+
+    /// The URL and size of every object below `prefix` (path segments match whole), or
+    /// `None` when there are more than `max`.
+    pub async fn object_sizes_below(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Option<HashMap<String, u64>>, StorageError> {
+        let location = self.resolve(prefix, Access::Read).await?;
+        if let Backend::Local { path } = &location.backend
+            && !tokio::fs::try_exists(path).await.unwrap_or(false)
+        {
+            return Ok(Some(HashMap::new()));
+        }
+        with_retries(prefix, || async {
+            let mut sizes = HashMap::new();
+            let mut listing = list_below(&location, self.local_roots());
+            while let Some(listed) = listing.try_next().await? {
+                if sizes.len() == max {
+                    return Ok(None);
+                }
+                sizes.insert(join_url(prefix, &listed.rel), listed.size_bytes);
+            }
+            Ok(Some(sizes))
         })
         .await
     }

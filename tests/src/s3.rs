@@ -93,6 +93,11 @@ impl TestBucket {
         Ok(result.bytes().await?.to_vec())
     }
 
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.store.delete(&ObjectPath::from(key)).await?;
+        Ok(())
+    }
+
     /// Keys below `prefix` (whole path segments), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let prefix = ObjectPath::from(prefix);

@@ -315,10 +315,155 @@ async fn ten_thousand_objects_become_ten_thousand_datums_that_all_finish() -> Re
     let datums = cluster.datums(2, id, None).await?;
     let ids: BTreeSet<&str> = datums.iter().filter_map(|d| d["id"].as_str()).collect();
     ensure!(ids.len() == 10_000, "{} distinct ids", ids.len());
-    let once = datums
+    let twice: Vec<&Value> = datums
         .iter()
-        .all(|d| d["attempts"].as_array().is_some_and(|a| a.len() == 1));
-    ensure!(once, "a datum ran more than once");
+        .filter(|d| d["attempts"].as_array().is_none_or(|a| a.len() != 1))
+        .collect();
+    ensure!(
+        twice.is_empty(),
+        "{} datums ran more than once, e.g. {}",
+        twice.len(),
+        twice[0]
+    );
+    Ok(())
+}
+
+/// Where a job is submitted, asking to reprocess everything or not.
+fn jobs_path(reprocess: bool) -> &'static str {
+    if reprocess {
+        "/v1/jobs?reprocess=true"
+    } else {
+        "/v1/jobs"
+    }
+}
+
+#[tokio::test]
+async fn a_rerun_runs_only_changed_failed_and_unpublished_datums_unless_told_to_reprocess()
+-> Result<()> {
+    let Some(s3) = S3Server::from_env()? else {
+        return Ok(());
+    };
+    let bucket = TestBucket::create(&s3).await?;
+    let key = |i: usize| format!("in/f{i:04}");
+    futures::stream::iter(0..1_000)
+        .map(|i| bucket.put(key(i).leak(), format!("v1 {i}").into_bytes()))
+        .buffer_unordered(32)
+        .try_collect::<()>()
+        .await?;
+    let cluster = TestCluster::formed(
+        3,
+        ClusterOptions {
+            slots: 16,
+            ..options(&s3)
+        },
+    )
+    .await?;
+    let script = "f=$(ls /pfs/in); case $f in f0007) exit 3;; esac; cp /pfs/in/$f /pfs/out/$f";
+    let mut job_spec = spec(
+        "incremental",
+        atom("in", &bucket.url("in/"), "/*"),
+        script,
+        &bucket.url("out/"),
+    );
+    job_spec["datum_tries"] = json!(1);
+    let run = async |spec: &Value, reprocess: bool| -> Result<Value> {
+        let path = jobs_path(reprocess);
+        let (status, created) = cluster.post_json(0, path, spec).await?;
+        ensure!(status == 200, "{status} {created}");
+        let id = created["id"].as_str().unwrap_or_default();
+        cluster.wait_job(1, id, Duration::from_secs(300)).await
+    };
+    let counts = |job: &Value| {
+        let c = &job["counts"];
+        (c["done"].clone(), c["failed"].clone(), c["skipped"].clone())
+    };
+
+    phase("the first run does every datum: 999 done, one fails");
+    let first = run(&job_spec, false).await?;
+    ensure!(
+        counts(&first) == (json!(999), json!(1), json!(0)),
+        "{first}"
+    );
+
+    phase(
+        "10 inputs change and one output is deleted: the re-run runs those 11 and the failed one",
+    );
+    let changed: Vec<usize> = (0..10).map(|i| 100 + i * 37).collect();
+    for &i in &changed {
+        bucket.put(&key(i), format!("v2 {i}").into_bytes()).await?;
+    }
+    bucket.delete("out/f0500").await?;
+    let second = run(&job_spec, false).await?;
+    ensure!(
+        counts(&second) == (json!(11), json!(1), json!(988)),
+        "{second}"
+    );
+    let second_id = second["id"].as_str().unwrap_or_default();
+    let mut ran: Vec<String> = cluster
+        .datums(2, second_id, Some("done"))
+        .await?
+        .iter()
+        .filter_map(|d| d["inputs"][0]["path"].as_str().map(str::to_string))
+        .collect();
+    ran.sort();
+    let mut expected: Vec<String> = changed
+        .iter()
+        .chain(&[500])
+        .map(|i| format!("/pfs/in/f{i:04}"))
+        .collect();
+    expected.sort();
+    ensure!(ran == expected, "ran {ran:?}");
+    ensure!(bucket.get(&format!("out/f{:04}", changed[0])).await? == b"v2 100");
+    ensure!(bucket.get("out/f0500").await? == b"v1 500");
+    let skipped = cluster.datums(0, second_id, Some("skipped")).await?;
+    ensure!(
+        skipped.len() == 988
+            && skipped.iter().all(|d| {
+                d["attempts"].as_array().is_some_and(Vec::is_empty)
+                    && d["reused_from"]["job"] == first["id"]
+            }),
+        "{:?}",
+        skipped.first()
+    );
+
+    phase("an unchanged re-run skips all but the failed datum, reusing across two jobs");
+    let third = run(&job_spec, false).await?;
+    ensure!(
+        counts(&third) == (json!(0), json!(1), json!(999)),
+        "{third}"
+    );
+
+    // Running everything again proves nothing more than seeing it listed with nothing
+    // skipped: each job is canceled once its input is listed.
+    let listed = async |spec: &Value, reprocess: bool| -> Result<Value> {
+        let path = jobs_path(reprocess);
+        let (status, created) = cluster.post_json(2, path, spec).await?;
+        ensure!(status == 200, "{status} {created}");
+        let id = created["id"].as_str().unwrap_or_default().to_string();
+        let this = &cluster;
+        let job = wait_for("the input listed", Duration::from_secs(60), async || {
+            let job: Value = this.get(0, &format!("/v1/jobs/{id}")).await.ok()?;
+            (job["listing"] == false).then_some(job)
+        })
+        .await?;
+        cluster.post(1, &format!("/v1/jobs/{id}:cancel")).await?;
+        cluster.wait_job(1, &id, Duration::from_secs(60)).await?;
+        Ok(job)
+    };
+    phase("reprocess runs everything again");
+    let fourth = listed(&job_spec, true).await?;
+    ensure!(
+        fourth["counts"]["skipped"] == 0 && fourth["counts"]["total"] == 1_000,
+        "{fourth}"
+    );
+
+    phase("a changed transform runs everything again");
+    job_spec["transform"]["env"] = json!({ "VERSION": "2" });
+    let fifth = listed(&job_spec, false).await?;
+    ensure!(
+        fifth["counts"]["skipped"] == 0 && fifth["counts"]["total"] == 1_000,
+        "{fifth}"
+    );
     Ok(())
 }
 

@@ -125,6 +125,7 @@ pub fn new_datum(datum: &shoal_storage::Datum) -> NewDatum {
                 },
             })
             .collect(),
+        reuse: None,
     }
 }
 

@@ -8,6 +8,11 @@
 //! answer, a restart or a takeover adds nothing twice. A listing failure ends the job with
 //! the storage error as its message.
 //!
+//! Unless the job says `reprocess`, a datum that succeeded in an earlier finished job of the
+//! same pipeline under the same transform (same id and inputs, so same input versions) and
+//! whose outputs are all still published below the egress is added `Skipped`, reusing that
+//! work: a re-run costs only the new, changed and failed datums.
+//!
 //! Woken by applied-state changes and by the nearest `job_timeout`; one task per job at a
 //! time.
 
@@ -17,7 +22,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use shoal_raft::command::{Command, Outcome};
-use shoal_raft::job::{JobSeq, NewDatum, PipelineSpec};
+use shoal_raft::job::{
+    AttemptOutcome, DatumKey, DatumState, JobKind, JobSeq, NewDatum, PipelineSpec,
+};
 use shoal_raft::state::DATUMS_PER_COMMAND_MAX;
 use tokio::task::JoinSet;
 
@@ -28,6 +35,8 @@ use crate::shared::Shared;
 const ADD_DATUMS_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Pause before a write that found no leader is tried again.
 const WRITE_RETRY: Duration = Duration::from_millis(500);
+/// Most objects below an egress listed to find what a re-run may reuse.
+const REUSE_OBJECTS_MAX: usize = 2_000_000;
 /// Tries of clearing a job's staging area before the job is closed anyway (what is left
 /// stays for an operator to remove).
 const CLEAR_TRIES_MAX: u32 = 5;
@@ -192,6 +201,7 @@ async fn expand(shared: &Shared, job_id: &str) -> Result<(), String> {
         from = next_index,
         "listing the input into datums"
     );
+    let reuse = Reuse::find(shared, job_id, &spec).await;
     let tree = pipeline::input_tree(&spec.input);
     let mut chunks =
         match shoal_storage::expand_input(&shared.resolver, &tree, DATUMS_PER_COMMAND_MAX).await {
@@ -202,7 +212,7 @@ async fn expand(shared: &Shared, job_id: &str) -> Result<(), String> {
         if shared.stop.is_cancelled() {
             return Ok(());
         }
-        let datums: Vec<NewDatum> = match chunk {
+        let mut datums: Vec<NewDatum> = match chunk {
             Ok(chunk) => chunk
                 .iter()
                 .filter(|datum| seen.insert(datum.id()))
@@ -210,6 +220,9 @@ async fn expand(shared: &Shared, job_id: &str) -> Result<(), String> {
                 .collect(),
             Err(error) => return fail_job(shared, job_id, listing_failed(&error)).await,
         };
+        if let Some(reuse) = &reuse {
+            reuse.mark(shared, &mut datums);
+        }
         for part in split_by_bytes(datums) {
             let count = part.len() as u32;
             if !add_datums(shared, job_id, next_index, part, false).await? {
@@ -221,6 +234,116 @@ async fn expand(shared: &Shared, job_id: &str) -> Result<(), String> {
     add_datums(shared, job_id, next_index, Vec::new(), true).await?;
     tracing::info!(job = job_id, datums = next_index, "input listed");
     Ok(())
+}
+
+/// What an incremental re-run may reuse: for each datum id, the newest datum of an earlier
+/// finished job of the pipeline, under the same transform, that succeeded (or was itself
+/// skipped); and the outputs published below the egress now.
+struct Reuse {
+    earlier: HashMap<u64, DatumKey>,
+    egress: String,
+    /// Final output URL → size.
+    published: HashMap<String, u64>,
+}
+
+impl Reuse {
+    /// `None` when the job reprocesses everything, no earlier job can lend anything, or the
+    /// egress cannot be listed (then every datum runs).
+    async fn find(shared: &Shared, job_id: &str, spec: &PipelineSpec) -> Option<Reuse> {
+        if spec.reprocess {
+            return None;
+        }
+        let earlier = {
+            let state = shared.cluster.view().read();
+            let job = state.job(job_id)?;
+            let mut earlier = HashMap::new();
+            let sources = state
+                .jobs
+                .range(..job.seq)
+                .rev()
+                .map(|(_, j)| j)
+                .filter(|j| {
+                    j.spec.kind == JobKind::Pipeline
+                        && j.spec.name == job.spec.name
+                        && j.finished()
+                        && j.spec.same_transform(&job.spec)
+                });
+            for source in sources {
+                for datum in state.datums_of(source.seq) {
+                    if matches!(datum.state, DatumState::Done | DatumState::Skipped) {
+                        earlier.entry(datum.id).or_insert(datum.key);
+                    }
+                }
+            }
+            earlier
+        };
+        if earlier.is_empty() {
+            return None;
+        }
+        let published = match shared
+            .resolver
+            .object_sizes_below(&spec.egress_uri, REUSE_OBJECTS_MAX)
+            .await
+        {
+            Ok(Some(published)) => published,
+            Ok(None) => {
+                tracing::warn!(
+                    job = job_id,
+                    "more than {REUSE_OBJECTS_MAX} objects below the egress: every datum runs"
+                );
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(job = job_id, %error, "cannot list the egress: every datum runs");
+                return None;
+            }
+        };
+        tracing::info!(
+            job = job_id,
+            earlier = earlier.len(),
+            published = published.len(),
+            "datums of earlier jobs may be reused"
+        );
+        Some(Reuse {
+            earlier,
+            egress: spec.egress_uri.clone(),
+            published,
+        })
+    }
+
+    /// Marks each of `datums` that an earlier datum with the same inputs stands for, its
+    /// outputs all still published with their sizes.
+    fn mark(&self, shared: &Shared, datums: &mut [NewDatum]) {
+        let state = shared.cluster.view().read();
+        for datum in datums.iter_mut() {
+            let Some(&from) = self.earlier.get(&datum.id) else {
+                continue;
+            };
+            let Some(source) = state.datums.get(&from).filter(|d| d.inputs == datum.inputs) else {
+                continue;
+            };
+            let producer = match source.reused {
+                Some(key) => state.datums.get(&key),
+                None => Some(source),
+            };
+            let outputs = producer.and_then(|p| {
+                p.attempts
+                    .iter()
+                    .rev()
+                    .find(|a| a.outcome == Some(AttemptOutcome::Succeeded))
+                    .and_then(|a| a.report.as_ref())
+            });
+            let published = outputs.is_some_and(|report| {
+                report.outputs.iter().all(|o| {
+                    let url = pipeline::final_url(&self.egress, &o.path);
+                    self.published.get(&url) == Some(&o.size_bytes)
+                })
+            });
+            if published {
+                datum.reuse = Some(from);
+            }
+        }
+    }
 }
 
 /// Rough size of a datum in a log entry.

@@ -55,7 +55,10 @@ fn datum_path(id: &str, job: &Option<String>) -> String {
 }
 
 fn is_ended(datum: &DatumView) -> bool {
-    matches!(datum.state.as_str(), "done" | "failed" | "canceled")
+    matches!(
+        datum.state.as_str(),
+        "done" | "failed" | "canceled" | "skipped"
+    )
 }
 
 fn tail(text: &str, lines: usize) -> String {
@@ -68,6 +71,12 @@ fn print_datum(datum: &DatumView) {
         "datum {} (job {}, #{}): {}",
         datum.id, datum.job, datum.index, datum.state
     );
+    if let Some(from) = &datum.reused_from {
+        println!(
+            "  skipped: reuses datum #{} of job {}",
+            from.index, from.job
+        );
+    }
     for input in &datum.inputs {
         println!(
             "  input {}: {} -> {} ({})",

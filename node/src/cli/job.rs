@@ -29,9 +29,13 @@ pub enum JobCommand {
     /// input, JSON or YAML); prints the job's id and the fields it ignored.
     Run {
         spec: String,
-        /// Wait until the job ends; exit 1 unless it ended done.
+        /// Wait until the job ends, showing progress; exit 1 unless it ended done.
         #[arg(long)]
         wait: bool,
+        /// Run every datum, even those an earlier job of the pipeline already did (by
+        /// default a re-run skips datums whose inputs, transform and outputs are unchanged).
+        #[arg(long)]
+        reprocess: bool,
     },
     /// List jobs, newest first (one page unless --all).
     List {
@@ -98,9 +102,10 @@ fn print_job(job: &JobView) {
     let c = &job.counts;
     println!("job {} ({}): {}", job.id, job.name, job.state);
     println!(
-        "datums: {} total, {} done, {} failed, {} running, {} pending, {} canceled{}",
+        "datums: {} total, {} done, {} skipped, {} failed, {} running, {} pending, {} canceled{}",
         c.total,
         c.done,
+        c.skipped,
         c.failed,
         c.running + c.claimed + c.publishing,
         c.pending,
@@ -146,12 +151,13 @@ enum Show {
 fn progress_line(job: &JobView) -> String {
     let c = &job.counts;
     format!(
-        "{} ({}): {}; {}/{} done, {} failed, {} running, {} datums/s{}",
+        "{} ({}): {}; {}/{} done, {} skipped, {} failed, {} running, {} datums/s{}",
         job.id,
         job.name,
         job.state,
-        c.done,
+        c.done + c.skipped,
         c.total,
+        c.skipped,
         c.failed,
         c.running + c.claimed + c.publishing,
         job.datums_per_second,
@@ -166,7 +172,9 @@ fn progress_line(job: &JobView) -> String {
 /// What a bar says after its counts.
 fn bar_message(job: &JobView) -> String {
     let c = &job.counts;
-    let left = c.total.saturating_sub(c.done + c.failed + c.canceled);
+    let left = c
+        .total
+        .saturating_sub(c.done + c.skipped + c.failed + c.canceled);
     let eta = if is_terminal(job) || job.datums_per_second <= 0.0 {
         String::new()
     } else {
@@ -251,7 +259,7 @@ async fn wait_all(client: &Client, ids: &[String], show: Show) -> Result<Vec<Job
                     let c = &job.counts;
                     bar.set_prefix(job.name.clone());
                     bar.set_length(u64::from(c.total));
-                    bar.set_position(u64::from(c.done + c.failed + c.canceled));
+                    bar.set_position(u64::from(c.done + c.skipped + c.failed + c.canceled));
                     bar.set_message(bar_message(job));
                 }
                 None if show == Show::Lines => {
@@ -335,9 +343,15 @@ pub async fn run(
         JobCommand::Run {
             spec,
             wait: wait_end,
+            reprocess,
         } => {
             let (body, content_type) = read_spec(spec)?;
-            let created: JobCreatedView = client.submit("/v1/jobs", body, content_type).await?;
+            let path = if *reprocess {
+                "/v1/jobs?reprocess=true"
+            } else {
+                "/v1/jobs"
+            };
+            let created: JobCreatedView = client.submit(path, body, content_type).await?;
             match output {
                 OutputFormat::Json if !*wait_end => print_json(&created)?,
                 OutputFormat::Json => {}

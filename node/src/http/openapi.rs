@@ -219,7 +219,16 @@ fn pipeline_paths(paths: &mut serde_json::Map<String, Value>) {
     );
     let mut create = operation(
         "submit a pipeline spec (JSON, or YAML with Content-Type application/yaml)",
-        json!([idempotency_header()]),
+        json!([
+            idempotency_header(),
+            query(
+                "reprocess",
+                "true: run every datum; false (default, or the spec's `reprocess`): skip datums an \
+            earlier finished job of the pipeline did under the same transform whose outputs \
+            are still published",
+                json!({"type": "boolean"})
+            )
+        ]),
         Some(schema("PipelineSpec")),
         answer(
             "the job is in the log; datums follow as its input is listed",
@@ -260,7 +269,7 @@ fn pipeline_paths(paths: &mut serde_json::Map<String, Value>) {
         "/v1/jobs/{id}/datums".into(),
         json!({ "get": operation("a job's datums in order",
             with(page(), vec![job.clone(), query("state", "pending, claimed, running, publishing, \
-                canceling, done, failed or canceled", json!({"type": "string"}))]),
+                canceling, done, failed, canceled or skipped", json!({"type": "string"}))]),
             None, answer("a page of datums", Some(schema("DatumListView")))) }),
     );
     paths.insert(
@@ -403,14 +412,14 @@ fn pipeline_schemas() -> Value {
         "PipelineSpec": { "type": "object", "description": "a Falconeri/Pachyderm pipeline \
             spec: pipeline.name, transform (image, cmd, env, stdin, working_dir, \
             accept_return_code), parallelism_spec.constant, resource_requests (cpu, memory), \
-            datum_tries, datum_timeout, job_timeout, input (atom/pfs, cross, union), \
-            egress.URI; see the README" },
+            datum_tries, datum_timeout, job_timeout, reprocess, input (atom/pfs, cross, \
+            union), egress.URI; see the README" },
         "JobCreatedView": object(&["id", "name", "ignored"],
             json!({ "id": string(), "name": string(), "ignored": strings() })),
         "DatumCountsView": object(&[], json!({
             "pending": int(), "claimed": int(), "running": int(), "publishing": int(),
             "canceling": int(), "done": int(), "failed": int(), "canceled": int(),
-            "total": int() })),
+            "skipped": int(), "total": int() })),
         "JobView": object(&["id", "name", "state", "counts"], json!({
             "id": string(), "name": string(), "state": string(), "owner": string(),
             "spec": { "type": "object" }, "counts": schema("DatumCountsView"),
@@ -432,7 +441,10 @@ fn pipeline_schemas() -> Value {
         "DatumView": object(&["id", "job", "index", "state"], json!({
             "id": string(), "job": string(), "index": int(), "state": string(),
             "inputs": { "type": "array", "items": input },
-            "attempts": array_of("AttemptView") })),
+            "attempts": array_of("AttemptView"),
+            "reused_from": { "type": "object", "description": "a skipped datum: the earlier \
+                job's datum whose outputs it reuses",
+                "properties": { "job": string(), "index": int() } } })),
         "DatumListView": object(&["datums"], json!({
             "datums": array_of("DatumView"), "next_page_token": string() })),
         "DatumLogsView": object(&["id", "job", "attempts"], json!({

@@ -30,13 +30,15 @@ pub const PAGE_SIZE_MAX: usize = 1000;
 /// few datums of a huge job holds the state briefly; the client follows the page token).
 const DATUM_SCAN_MAX: usize = 100_000;
 
-/// `POST /v1/jobs`.
+/// `POST /v1/jobs?reprocess=true|false` (the query overrides the spec's `reprocess`).
 pub async fn create(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<JobCreatedView>, ApiError> {
+    let reprocess = reprocess_param(query.as_deref()).map_err(ApiError::bad_request)?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
@@ -44,6 +46,9 @@ pub async fn create(
     let id = crate::tes::new_task_id(state.cluster.node_id());
     let mut parsed =
         spec::parse(&body, format, id, caller.name.clone()).map_err(ApiError::bad_request)?;
+    if let (Some(reprocess), Some(pipeline)) = (reprocess, parsed.spec.pipeline.as_mut()) {
+        pipeline.reprocess = reprocess;
+    }
     parsed.spec.idempotency = crate::http::idempotency(&headers, &body)?;
     let name = parsed.spec.name.clone();
     let command = Command::SubmitJob {
@@ -63,6 +68,22 @@ pub async fn create(
         Outcome::Refused { reason } => Err(ApiError::bad_request(reason)),
         other => Err(ApiError::internal(format!("unexpected outcome {other:?}"))),
     }
+}
+
+/// The `reprocess` query parameter of a submission; any other parameter is an error.
+fn reprocess_param(query: Option<&str>) -> Result<Option<bool>, String> {
+    let mut reprocess = None;
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match (key.as_ref(), value.as_ref()) {
+            ("reprocess", "true" | "1" | "") => reprocess = Some(true),
+            ("reprocess", "false" | "0") => reprocess = Some(false),
+            ("reprocess", other) => {
+                return Err(format!("reprocess: {other:?} is not true or false"));
+            }
+            (other, _) => return Err(format!("{other}: unknown parameter")),
+        }
+    }
+    Ok(reprocess)
 }
 
 fn not_found(what: &str, id: &str) -> ApiError {

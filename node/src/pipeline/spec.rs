@@ -51,6 +51,9 @@ struct Spec {
     datum_timeout: Option<String>,
     #[serde(default)]
     job_timeout: Option<String>,
+    /// shoal's: run every datum, even those an earlier job of the pipeline already did.
+    #[serde(default)]
+    reprocess: bool,
     /// Kubernetes only.
     #[serde(default)]
     node_selector: Option<IgnoredAny>,
@@ -284,6 +287,7 @@ fn job_spec(spec: Spec, source: String, id: String, owner: String) -> Result<Job
             input,
             egress_uri,
             job_timeout_ms,
+            reprocess: spec.reprocess,
         }),
         idempotency: None,
     })

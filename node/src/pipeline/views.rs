@@ -10,7 +10,7 @@ use shoal_storage::join_url;
 
 use crate::api::{
     AttemptLogsView, AttemptView, DatumCountsView, DatumErrorView, DatumInputView, DatumLogsView,
-    DatumView, ExecutorLogView, JobView, OutputView, rfc3339_ms,
+    DatumRefView, DatumView, ExecutorLogView, JobView, OutputView, rfc3339_ms,
 };
 
 /// What the attempt running now has printed so far, as its node told it.
@@ -54,6 +54,7 @@ pub fn datum_state_name(state: DatumState) -> &'static str {
         DatumState::Done => "done",
         DatumState::Failed => "failed",
         DatumState::Canceled => "canceled",
+        DatumState::Skipped => "skipped",
     }
 }
 
@@ -67,6 +68,7 @@ pub fn parse_datum_state(name: &str) -> Option<DatumState> {
         DatumState::Done,
         DatumState::Failed,
         DatumState::Canceled,
+        DatumState::Skipped,
     ]
     .into_iter()
     .find(|state| datum_state_name(*state) == name)
@@ -94,6 +96,7 @@ fn counts(counts: &DatumCounts) -> DatumCountsView {
         done: counts.done,
         failed: counts.failed,
         canceled: counts.canceled,
+        skipped: counts.skipped,
         total: counts.total(),
     }
 }
@@ -261,6 +264,14 @@ pub fn datum(
             .iter()
             .map(|a| attempt(state, egress, a, live, with_output))
             .collect(),
+        reused_from: datum.reused.map(|from| DatumRefView {
+            job: state
+                .jobs
+                .get(&from.job)
+                .map(|j| j.spec.id.clone())
+                .unwrap_or_default(),
+            index: from.index,
+        }),
     }
 }
 

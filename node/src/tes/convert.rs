@@ -287,7 +287,8 @@ pub fn tes_state(datum: &Datum) -> TesState {
         DatumState::Claimed => TesState::Initializing,
         DatumState::Running | DatumState::Publishing => TesState::Running,
         DatumState::Canceling => TesState::Canceling,
-        DatumState::Done => TesState::Complete,
+        // A task's one datum is never skipped (only pipeline datums reuse earlier work).
+        DatumState::Done | DatumState::Skipped => TesState::Complete,
         DatumState::Canceled => TesState::Canceled,
         DatumState::Failed => match datum.attempts.last().and_then(|a| a.outcome) {
             Some(AttemptOutcome::ExecutorError) => TesState::ExecutorError,

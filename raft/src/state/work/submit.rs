@@ -154,28 +154,66 @@ impl State {
         };
         let first = job.datum_count;
         job.datum_count += datums.len() as u32;
-        job.counts.pending += datums.len() as u32;
         job.sealed = seal;
+        let mut skipped = 0;
         for (offset, new) in datums.iter().enumerate() {
             let key = DatumKey {
                 job: seq,
                 index: first + offset as u32,
             };
+            let reused = new.reuse.and_then(|from| self.reusable(seq, new, from));
             let datum = Datum {
                 key,
                 id: new.id,
                 inputs: new.inputs.clone(),
-                state: DatumState::Pending,
+                state: if reused.is_some() {
+                    DatumState::Skipped
+                } else {
+                    DatumState::Pending
+                },
                 claim: None,
                 attempts: Vec::new(),
                 retried_after: 0,
+                reused,
             };
             self.datums.insert(key, datum);
-            self.pending.insert(key);
+            if reused.is_some() {
+                skipped += 1;
+            } else {
+                self.pending.insert(key);
+            }
             self.index_datum_id(new.id, key);
             self.dirty.insert(RowKey::Datum(key));
         }
+        if let Some(job) = self.jobs.get_mut(&seq) {
+            job.counts.skipped += skipped;
+            job.counts.pending += datums.len() as u32 - skipped;
+        }
         self.touch_job(seq, now_ms);
+    }
+
+    /// The datum whose outputs `new` (for job `seq`) may reuse, if `from` qualifies: same id
+    /// and inputs, in a finished job of the same pipeline with the same transform and
+    /// egress, done there or itself skipped (then its own source is the one). Whether the
+    /// outputs are still published is the steward's to check before it asks.
+    fn reusable(&self, seq: JobSeq, new: &NewDatum, from: DatumKey) -> Option<DatumKey> {
+        let job = self.jobs.get(&seq)?;
+        self.jobs.get(&from.job).filter(|earlier| {
+            from.job < seq
+                && earlier.finished()
+                && earlier.spec.kind == JobKind::Pipeline
+                && earlier.spec.name == job.spec.name
+                && earlier.spec.same_transform(&job.spec)
+        })?;
+        let datum = self
+            .datums
+            .get(&from)
+            .filter(|d| d.id == new.id && d.inputs == new.inputs)?;
+        match datum.state {
+            DatumState::Done => Some(from),
+            DatumState::Skipped => datum.reused,
+            _ => None,
+        }
     }
 
     pub(in crate::state) fn fail_job(

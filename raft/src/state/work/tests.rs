@@ -7,7 +7,8 @@ use super::*;
 use crate::command::{Command, NodeInfo, Proposal};
 use crate::command::{Completion, Grant};
 use crate::job::{
-    AttemptReport, Datum, JobKind, JobSeq, JobSpec, NewDatum, PipelineInput, PipelineSpec,
+    AttemptReport, Datum, ExecutorSpec, JobKind, JobSeq, JobSpec, NewDatum, PipelineInput,
+    PipelineSpec,
 };
 use crate::job::{DatumCounts, JobState, TaskSpec};
 
@@ -172,6 +173,7 @@ fn spec(id: &str, kind: JobKind, parallelism: u32, datum_tries: u32) -> JobSpec 
             },
             egress_uri: "file:///out/".into(),
             job_timeout_ms: 0,
+            reprocess: false,
         }),
     }
 }
@@ -180,6 +182,7 @@ fn new_datum(id: u64) -> NewDatum {
     NewDatum {
         id,
         inputs: Vec::new(),
+        reuse: None,
     }
 }
 
@@ -1159,4 +1162,100 @@ fn persisted_rows_rebuild_the_same_state_with_its_indexes() {
     let rebuilt =
         State::from_rows(rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))).expect("rows");
     assert_eq!(rebuilt, log.state);
+}
+
+#[test]
+fn a_rerun_reuses_only_done_datums_of_a_finished_job_of_the_same_pipeline_and_transform() {
+    let mut log = Log::new();
+    let pipeline = |id: &str, name: &str| JobSpec {
+        name: name.into(),
+        ..spec(id, JobKind::Pipeline, 0, 1)
+    };
+    // The first job: datum ids 1, 2, 3; 1 succeeds, 2 fails, 3 waits.
+    let first = log.submit_spec(pipeline("j1", "words"), 3, true);
+    let grants = log.claim(N1, 2);
+    log.report(N1, grants[0], AttemptOutcome::Succeeded);
+    log.report(N1, grants[1], AttemptOutcome::ExecutorError);
+    let at = |job, index| Some(DatumKey { job, index });
+    let reusing = |id: u64, from: Option<DatumKey>| NewDatum {
+        reuse: from,
+        ..new_datum(id)
+    };
+    let submit =
+        |log: &mut Log, spec: JobSpec, datums: Vec<NewDatum>| match log.apply(Command::SubmitJob {
+            spec: Box::new(spec),
+            datums,
+            seal: true,
+            steward: Some(N1),
+        }) {
+            Outcome::JobSubmitted { seq, .. } => seq,
+            other => panic!("{other:?}"),
+        };
+
+    let early = submit(
+        &mut log,
+        pipeline("j2", "words"),
+        vec![reusing(1, at(first, 0))],
+    );
+    assert_eq!(
+        log.datum(early, 0).state,
+        DatumState::Pending,
+        "a job still running lends nothing"
+    );
+    let grant = log.claim(N1, 1)[0];
+    assert_eq!(grant.datum.job, first);
+    log.report(N1, grant, AttemptOutcome::Succeeded);
+    assert_eq!(log.job_state(first), JobState::Error);
+
+    let rerun = submit(
+        &mut log,
+        pipeline("j3", "words"),
+        vec![
+            reusing(1, at(first, 0)),
+            reusing(2, at(first, 1)),
+            reusing(4, at(first, 2)),
+            reusing(3, at(first, 9)),
+        ],
+    );
+    let states: Vec<DatumState> = (0..4).map(|i| log.datum(rerun, i).state).collect();
+    assert_eq!(
+        states,
+        [
+            DatumState::Skipped,
+            DatumState::Pending,
+            DatumState::Pending,
+            DatumState::Pending
+        ],
+        "only a done datum with the same id is reused"
+    );
+    assert_eq!(log.datum(rerun, 0).reused, at(first, 0));
+    assert_eq!(log.state.jobs[&rerun].counts.skipped, 1);
+
+    let other_name = submit(
+        &mut log,
+        pipeline("j4", "other"),
+        vec![reusing(1, at(first, 0))],
+    );
+    let mut changed = pipeline("j5", "words");
+    changed.task.executors.push(ExecutorSpec {
+        image: "busybox".into(),
+        ..Default::default()
+    });
+    let other_transform = submit(&mut log, changed, vec![reusing(1, at(first, 0))]);
+    assert_eq!(log.datum(other_name, 0).state, DatumState::Pending);
+    assert_eq!(log.datum(other_transform, 0).state, DatumState::Pending);
+
+    // Finish everything; a skipped datum lends its own source, never itself.
+    while let Some(grant) = log.claim(N1, 1).first().copied() {
+        log.report(N1, grant, AttemptOutcome::Succeeded);
+    }
+    assert_eq!(log.job_state(rerun), JobState::Done);
+    let again = submit(
+        &mut log,
+        pipeline("j6", "words"),
+        vec![reusing(1, at(rerun, 0))],
+    );
+    assert_eq!(log.datum(again, 0).state, DatumState::Skipped);
+    assert_eq!(log.datum(again, 0).reused, at(first, 0));
+    assert_eq!(log.job_state(again), JobState::Done);
 }
