@@ -7,7 +7,9 @@
 //!     after every datum ran;
 //! (c) listing rate — a job over `--s3-objects` objects on the S3 server named by
 //!     `SHOAL_TEST_S3_ENDPOINT` (`_KEY`, `_SECRET`), the nodes drained: objects listed into
-//!     datums per second. Skipped without a server, or with `--s3-objects 0`.
+//!     datums per second. Skipped without a server, or with `--s3-objects 0`;
+//! (d) re-run — a job of `--rerun-datums` local files, then the same job again with nothing
+//!     changed: the second skips every datum (an incremental re-run); both times printed.
 //!
 //! Use a release build of `shoal` through `SHOAL_BIN=target/release/shoal`.
 
@@ -37,6 +39,9 @@ struct Args {
     /// Objects of the S3 listing (c); 0 skips it.
     #[arg(long, default_value_t = 100_000)]
     s3_objects: usize,
+    /// Datums of the re-run job (d); 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    rerun_datums: usize,
     /// Attempt slots per node (the noop executor runs nothing: a node with many cores).
     #[arg(long, default_value_t = 1024)]
     slots: u32,
@@ -265,6 +270,29 @@ async fn listing(args: &Args, s3: S3Server) -> Result<()> {
     Ok(())
 }
 
+async fn rerun(args: &Args) -> Result<()> {
+    let cluster = start(args.slots, None).await?;
+    let input = cluster.files_dir().join("in");
+    make_input(&input, args.rerun_datums)?;
+    let uri = format!("file://{}/", input.display());
+    let egress = format!("file://{}/out/", cluster.files_dir().display());
+    let mut spec = noop_spec(&uri, "/*/*", &egress);
+    spec["pipeline"]["name"] = json!("rerun");
+    for run in ["first run", "unchanged re-run"] {
+        let since = Instant::now();
+        let created = cluster.submit_job(0, &spec).await?;
+        let id = created["id"].as_str().context("job id")?;
+        let (_, job) = wait_done(&cluster, id, since).await?;
+        println!(
+            "  {run}: {} datums done, {} skipped, in {:.2} s",
+            job["counts"]["done"],
+            job["counts"]["skipped"],
+            since.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -285,6 +313,13 @@ async fn main() -> Result<()> {
             println!("\n(c) listing {} S3 objects:", args.s3_objects);
             listing(&args, s3).await?;
         }
+    }
+    if args.rerun_datums > 0 {
+        println!(
+            "\n(d) re-run of an unchanged {}-datum job:",
+            args.rerun_datums
+        );
+        rerun(&args).await?;
     }
     Ok(())
 }
