@@ -241,7 +241,7 @@ impl DatumState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            DatumState::Done | DatumState::Failed | DatumState::Canceled
+            DatumState::Done | DatumState::Failed | DatumState::Canceled | DatumState::Skipped
         )
     }
 
