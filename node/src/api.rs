@@ -143,7 +143,7 @@ pub struct DatumCountsView {
 }
 
 /// One failed datum's message, as a job shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatumErrorView {
     pub datum: String,
     pub index: u32,
@@ -151,7 +151,7 @@ pub struct DatumErrorView {
 }
 
 /// `GET /v1/jobs/{id}`, and each job of `GET /v1/jobs` (without `spec`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: String,
     pub name: String,
