@@ -10,6 +10,7 @@
 //! - [`log_store`] / [`state_store`]: the redb stores (`raft-log.redb`, `state.redb`) and
 //!   file-streamed snapshots.
 //! - [`network`]: the libp2p swarm task, its wire protocol and the openraft network on top.
+//! - [`runtime`]: the seam for tasks, time, randomness and blocking work (simulated in tests).
 //! - [`cluster`]: [`Cluster`], the handle the rest of shoal uses — start, bootstrap and join,
 //!   writes from any node, linearizable reads, membership changes.
 
@@ -19,6 +20,7 @@ pub mod command;
 pub mod job;
 pub mod log_store;
 pub mod network;
+pub mod runtime;
 pub mod snapshot_files;
 pub mod state;
 pub mod state_store;

@@ -39,7 +39,17 @@ type FlushCallback = LogFlushed<TypeConfig>;
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    flushes: std::sync::mpsc::SyncSender<FlushCallback>,
+    flusher: Flusher,
+}
+
+/// Who makes appended entries durable.
+#[derive(Clone)]
+enum Flusher {
+    /// The flusher thread, in group commits.
+    Thread(std::sync::mpsc::SyncSender<FlushCallback>),
+    /// The append itself, committing durably: in the simulation, where a thread of its own
+    /// would make the order of events depend on the OS scheduler.
+    Inline,
 }
 
 /// A durable commit that changes a row (so redb surely writes and fsyncs), making every
@@ -91,18 +101,35 @@ impl LogStore {
         let db = Database::builder()
             .set_cache_size(LOG_CACHE_BYTES)
             .create(path)?;
+        LogStore::on(db)
+    }
+
+    /// Opens (or creates) the log on a redb storage backend (the simulation's disk).
+    pub fn open_backend(backend: impl redb::StorageBackend) -> Result<LogStore, redb::Error> {
+        let db = Database::builder()
+            .set_cache_size(LOG_CACHE_BYTES)
+            .create_with_backend(backend)?;
+        LogStore::on(db)
+    }
+
+    fn on(db: Database) -> Result<LogStore, redb::Error> {
         let txn = db.begin_write()?;
         txn.open_table(ENTRIES)?;
         txn.open_table(META)?;
         txn.commit()?;
         let db = Arc::new(db);
+        if crate::runtime::is_simulated() {
+            let flusher = Flusher::Inline;
+            return Ok(LogStore { db, flusher });
+        }
         let (flushes, queue) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
         let flusher_db = db.clone();
         std::thread::Builder::new()
             .name("raft-log-flush".to_string())
             .spawn(move || flush_loop(flusher_db, queue))
             .map_err(redb::Error::Io)?;
-        Ok(LogStore { db, flushes })
+        let flusher = Flusher::Thread(flushes);
+        Ok(LogStore { db, flusher })
     }
 
     /// Runs `work` against the database on the blocking pool.
@@ -112,7 +139,7 @@ impl LogStore {
         F: FnOnce(&Database) -> Result<T, String> + Send + 'static,
     {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || work(&db))
+        crate::runtime::blocking(move || work(&db))
             .await
             .map_err(|join| log_error(verb)(&join))?
             .map_err(|message| log_error(verb)(&message))
@@ -262,12 +289,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
             encoded.push((entry.log_id.index, bytes));
         }
+        let inline = matches!(self.flusher, Flusher::Inline);
         let result = self
             .blocking(ErrorVerb::Write, move |db| {
                 let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-                // Made durable by the flusher's next commit, before openraft hears of it.
-                txn.set_durability(redb::Durability::None)
-                    .map_err(|e| e.to_string())?;
+                if !inline {
+                    // Made durable by the flusher's next commit, before openraft hears of it.
+                    txn.set_durability(redb::Durability::None)
+                        .map_err(|e| e.to_string())?;
+                }
                 {
                     let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
                     for (index, bytes) in &encoded {
@@ -279,24 +309,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 txn.commit().map_err(|e| e.to_string())
             })
             .await;
-        match &result {
-            Ok(()) => {
-                let stopped = || log_error(ErrorVerb::Write)(&"the log flusher has stopped");
-                match self.flushes.try_send(callback) {
-                    Ok(()) => {}
-                    Err(std::sync::mpsc::TrySendError::Full(callback)) => {
-                        // The queue is full: wait for room off the reactor.
-                        let flushes = self.flushes.clone();
-                        let queued =
-                            tokio::task::spawn_blocking(move || flushes.send(callback)).await;
-                        if !matches!(queued, Ok(Ok(()))) {
-                            return Err(stopped());
-                        }
-                    }
-                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
+        let flushes = match (&result, &self.flusher) {
+            (Err(error), _) => {
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                return result;
+            }
+            (Ok(()), Flusher::Inline) => {
+                callback.log_io_completed(Ok(()));
+                return result;
+            }
+            (Ok(()), Flusher::Thread(flushes)) => flushes,
+        };
+        let stopped = || log_error(ErrorVerb::Write)(&"the log flusher has stopped");
+        match flushes.try_send(callback) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::TrySendError::Full(callback)) => {
+                // The queue is full: wait for room off the reactor.
+                let flushes = flushes.clone();
+                let queued = crate::runtime::blocking(move || flushes.send(callback)).await;
+                if !matches!(queued, Ok(Ok(()))) {
+                    return Err(stopped());
                 }
             }
-            Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.to_string()))),
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
         }
         result
     }

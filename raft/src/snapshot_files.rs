@@ -46,11 +46,8 @@ impl SnapshotFiles {
 
     /// A fresh temporary file name, e.g. for `kind` = "building".
     pub fn temp_path(&self, kind: &str) -> PathBuf {
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        self.dir.join(format!("{kind}-{unique}.tmp"))
+        let unique = crate::runtime::random_u64();
+        self.dir.join(format!("{kind}-{unique:016x}.tmp"))
     }
 
     /// Renames a complete, fsynced temporary file to the snapshot's name and makes the rename

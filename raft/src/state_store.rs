@@ -130,12 +130,29 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 impl StateStore {
     /// Opens (or creates) `state.redb` at `path`, with snapshots kept in `snapshot_dir`.
     pub fn open(path: &Path, snapshot_dir: &Path) -> Result<(StateStore, StateView), String> {
-        let files = SnapshotFiles::open(snapshot_dir)
-            .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
         let db = Database::builder()
             .set_cache_size(STATE_CACHE_BYTES)
             .create(path)
             .map_err(|e| e.to_string())?;
+        StateStore::on(db, snapshot_dir)
+    }
+
+    /// Opens (or creates) the state on a redb storage backend (the simulation's disk), with
+    /// snapshots kept in `snapshot_dir`.
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        snapshot_dir: &Path,
+    ) -> Result<(StateStore, StateView), String> {
+        let db = Database::builder()
+            .set_cache_size(STATE_CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| e.to_string())?;
+        StateStore::on(db, snapshot_dir)
+    }
+
+    fn on(db: Database, snapshot_dir: &Path) -> Result<(StateStore, StateView), String> {
+        let files = SnapshotFiles::open(snapshot_dir)
+            .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(ROWS).map_err(|e| e.to_string())?;
         txn.open_table(META).map_err(|e| e.to_string())?;
@@ -185,7 +202,7 @@ impl StateStore {
         let membership =
             codec::encode(&self.membership).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), redb::Error> {
+        crate::runtime::blocking(move || -> Result<(), redb::Error> {
             let txn = db.begin_write()?;
             {
                 let mut rows = txn.open_table(ROWS)?;
@@ -229,10 +246,12 @@ fn write_snapshot_file(db: &Database, path: &Path) -> Result<SnapshotMeta, Strin
     }
     let file = out.into_inner().map_err(|e| e.to_string())?;
     file.sync_all().map_err(|e| e.to_string())?;
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
+    // The time for people, the random part so two snapshots of one entry never collide.
+    let unique = format!(
+        "{}{:04x}",
+        crate::runtime::now_ms(),
+        crate::runtime::random_u64() & 0xffff
+    );
     let snapshot_id = match last_log_id {
         Some(id) => format!("{}-{}-{unique}", id.leader_id.term, id.index),
         None => format!("0-0-{unique}"),
@@ -292,7 +311,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let files = self.files.clone();
-        let (meta, file) = tokio::task::spawn_blocking(move || build_and_publish(&db, &files))
+        let (meta, file) = crate::runtime::blocking(move || build_and_publish(&db, &files))
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
             .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
@@ -436,11 +455,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let db = self.db.clone();
         let files = self.files.clone();
         let meta_owned = meta.clone();
-        let state =
-            tokio::task::spawn_blocking(move || install_rows(&db, &files, input, &meta_owned))
-                .await
-                .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
-                .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
+        let state = crate::runtime::blocking(move || install_rows(&db, &files, input, &meta_owned))
+            .await
+            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
+            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
         *self.write_state() = state;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
@@ -452,7 +470,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let db = self.db.clone();
         let files = self.files.clone();
-        let current = tokio::task::spawn_blocking(
+        let current = crate::runtime::blocking(
             move || -> Result<Option<(SnapshotMeta, fs::File)>, String> {
                 let _guard = files.lock();
                 let Some(meta) = current_snapshot_meta(&db)? else {

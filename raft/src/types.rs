@@ -61,7 +61,7 @@ openraft::declare_raft_types!(
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = tokio::fs::File,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::ShoalRuntime,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

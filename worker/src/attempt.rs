@@ -28,12 +28,7 @@ const PIPELINE_TAIL_BYTES_MAX: usize = 4 * 1024;
 /// How long executors run before the log is told (see `Steps::run_bounded`).
 const STARTED_DELAY: Duration = Duration::from_millis(200);
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+use shoal_raft::runtime::now_ms;
 
 /// The report being built, with helpers to end it early.
 struct Run {
@@ -379,7 +374,7 @@ pub async fn run(
             shared.config.executor.name()
         ));
     }
-    if shared.config.executor.is_noop() {
+    if !shared.config.executor.needs_files() {
         // Nothing runs and nothing moves: no attempt dir to make (the benchmark executor
         // measures orchestration, not the file system or object storage).
         return run_without_files(&shared, &job, &datum, &grant, run, &cancel).await;
@@ -500,7 +495,7 @@ async fn run_in(
         Err(error) => return run.fail(AttemptOutcome::SystemError, error),
     };
     let (job_owned, root_owned) = (job.clone(), root.clone());
-    let more = tokio::task::spawn_blocking(move || writable_binds(&job_owned, &root_owned))
+    let more = shoal_raft::runtime::blocking(move || writable_binds(&job_owned, &root_owned))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
     match more {

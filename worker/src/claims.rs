@@ -240,7 +240,7 @@ pub(crate) fn spawn_attempt(
         }
         release_slot(&shared, &grant);
     };
-    tokio::spawn(tracing::Instrument::instrument(work, span));
+    shoal_raft::runtime::spawn(tracing::Instrument::instrument(work, span));
 }
 
 /// Tells the log this node begins a queued claim; false when it was stolen meanwhile.

@@ -47,12 +47,16 @@ use std::time::Duration;
 
 use shoal_raft::Cluster;
 use shoal_raft::job::DatumKey;
+use shoal_raft::runtime::{blocking, spawn};
 use shoal_storage::{Resolver, StorageConfig, Transfers};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use executor::{DockerExecutor, ExecutorKind, GUARD_SUBCOMMAND, bwrap_available};
+pub use executor::{
+    DockerExecutor, ExecutorKind, GUARD_SUBCOMMAND, StepOutcome, StepRun, StepRunner,
+    bwrap_available,
+};
 
 use shared::Shared;
 
@@ -98,25 +102,25 @@ pub struct Worker {
 impl Worker {
     pub async fn start(cluster: Cluster, config: WorkerConfig) -> Result<Worker, WorkerError> {
         let work_dir = config.work_dir.clone();
-        tokio::fs::create_dir_all(&work_dir)
-            .await
-            .map_err(|source| WorkerError::WorkDir {
-                path: work_dir.clone(),
-                source,
-            })?;
+        let work_dir_error = |source| WorkerError::WorkDir {
+            path: config.work_dir.clone(),
+            source,
+        };
         let storage = config.storage.clone();
-        let resolver = tokio::task::spawn_blocking(move || Resolver::new(storage, &work_dir))
-            .await
-            .map_err(|e| WorkerError::WorkDir {
-                path: config.work_dir.clone(),
-                source: std::io::Error::other(e),
-            })??;
+        let resolver = blocking(move || {
+            std::fs::create_dir_all(&work_dir)?;
+            Ok::<_, std::io::Error>(Resolver::new(storage, &work_dir))
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|created| created)
+        .map_err(work_dir_error)??;
         // Nothing of a previous life runs on, and its attempt directories go.
         let dir = config.work_dir.clone();
-        let _ = tokio::task::spawn_blocking(move || restart::clean_work_dir(&dir)).await;
+        let _ = blocking(move || restart::clean_work_dir(&dir)).await;
         if matches!(config.executor, ExecutorKind::Process) {
             // Finds bwrap once (it runs `bwrap --version`), off the async threads.
-            let _ = tokio::task::spawn_blocking(bwrap_available).await;
+            let _ = blocking(bwrap_available).await;
         }
         if let ExecutorKind::Docker(docker) = &config.executor {
             let node = shoal_raft::format_node_id(cluster.node_id());
@@ -163,11 +167,11 @@ impl Worker {
             }));
         // The claim loop comes first: `shutdown` stops it before the others.
         let tasks = vec![
-            tokio::spawn(claims::claim_loop(shared.clone())),
-            tokio::spawn(reporter::reporter(shared.clone(), queue)),
-            tokio::spawn(watch::claim_watch(shared.clone())),
-            tokio::spawn(publisher::publisher(shared.clone())),
-            tokio::spawn(steward::steward(shared.clone())),
+            spawn(claims::claim_loop(shared.clone())),
+            spawn(reporter::reporter(shared.clone(), queue)),
+            spawn(watch::claim_watch(shared.clone())),
+            spawn(publisher::publisher(shared.clone())),
+            spawn(steward::steward(shared.clone())),
         ];
         tracing::info!(
             slots = shared.config.slots,

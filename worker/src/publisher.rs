@@ -69,7 +69,7 @@ pub(crate) async fn publisher(shared: Arc<Shared>) {
             drop(in_flight);
             let (shared, busy, done, ended) =
                 (shared.clone(), busy.clone(), done.clone(), ended.clone());
-            tokio::spawn(async move {
+            shoal_raft::runtime::spawn(async move {
                 if publish_until_done(&shared, &staged).await {
                     lock(&done).insert((staged.key, staged.fence));
                 }

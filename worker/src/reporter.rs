@@ -124,7 +124,7 @@ fn remove_stale_staging(shared: &Arc<Shared>, batch: &[Completion], stale: &[Dat
     };
     for prefix in prefixes {
         let shared = shared.clone();
-        tokio::spawn(async move {
+        shoal_raft::runtime::spawn(async move {
             match shared.resolver.delete_below(&prefix).await {
                 Ok(count) => {
                     tracing::info!(%prefix, count, "removed a stale attempt's staged outputs")

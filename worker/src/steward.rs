@@ -82,12 +82,7 @@ pub(crate) async fn steward(shared: Arc<Shared>) {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
+use shoal_raft::runtime::now_ms;
 
 /// The chores of the pipelines this node stewards, and the time of the nearest job timeout
 /// still to come (far in the future when there is none).

@@ -11,8 +11,6 @@
 pub mod convert;
 pub mod model;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use axum::body::Bytes;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::{Extension, Json};
@@ -63,17 +61,10 @@ const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /// A new task id: 26 characters of Crockford base32 like a ULID — 48 bits of milliseconds
 /// (so ids sort by creation time) and 80 bits unique to this node, time and call.
 pub fn new_task_id(node_id: u64) -> String {
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let seed = format!(
-        "{node_id}:{}:{}",
-        now.as_nanos(),
-        CALLS.fetch_add(1, Ordering::Relaxed)
-    );
+    let now_ms = shoal_raft::runtime::now_ms();
+    let seed = format!("{node_id}:{now_ms}:{}", shoal_raft::runtime::random_u64());
     let digest = Sha256::digest(seed.as_bytes());
-    let millis = now.as_millis() as u64 & 0xFFFF_FFFF_FFFF;
+    let millis = now_ms & 0xFFFF_FFFF_FFFF;
     let random = digest[..10]
         .iter()
         .fold(0_u128, |acc, byte| (acc << 8) | u128::from(*byte));

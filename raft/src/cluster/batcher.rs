@@ -75,7 +75,7 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<QueuedWrite>
             batch.push(write);
         }
         let cluster = cluster.clone();
-        tokio::spawn(async move {
+        crate::runtime::spawn(async move {
             send(&cluster, batch).await;
             drop(permit);
         });

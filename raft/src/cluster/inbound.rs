@@ -12,14 +12,13 @@ pub(super) async fn serve(cluster: Cluster, mut inbound: mpsc::Receiver<Inbound>
     while let Some(Inbound {
         peer,
         request,
-        channel,
+        reply,
     }) = inbound.recv().await
     {
         let cluster = cluster.clone();
-        tokio::spawn(async move {
+        crate::runtime::spawn(async move {
             tracing::trace!(%peer, "answering a peer");
-            let response = answer(&cluster, request).await;
-            cluster.net().respond(channel, response).await;
+            let _ = reply.send(answer(&cluster, request).await);
         });
     }
 }

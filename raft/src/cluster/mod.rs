@@ -22,7 +22,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use libp2p::Multiaddr;
 use openraft::error::{ClientWriteError, RaftError};
@@ -212,6 +214,16 @@ pub struct ClusterStatus {
     pub members: Vec<MemberStatus>,
 }
 
+/// Where a node's Raft stands (see [`Cluster::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub term: u64,
+    pub is_leader: bool,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+}
+
 /// This node's part in the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
@@ -261,11 +273,17 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, ClusterError>
         .map_err(|e| ClusterError::Raft(e.to_string()))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
+use crate::runtime::now_ms;
+
+/// What a node runs on besides its config: its identity, its transport and its opened stores.
+/// [`Cluster::start`] makes them from the data dir and libp2p; the simulation makes its own.
+pub struct Parts {
+    pub peer_id: libp2p::PeerId,
+    pub net: NetHandle,
+    pub inbound: mpsc::Receiver<crate::network::Inbound>,
+    pub log: LogStore,
+    pub state: StateStore,
+    pub view: StateView,
 }
 
 impl Cluster {
@@ -281,11 +299,10 @@ impl Cluster {
             .map(read_cluster_key)
             .transpose()?;
         let peer_id = keypair.public().to_peer_id();
-        let node_id = node_id_of(&peer_id);
 
         // Opening redb reads and may repair files: keep it off the async reactor.
         let data_dir = config.data_dir.clone();
-        let opened = tokio::task::spawn_blocking(move || {
+        let opened = crate::runtime::blocking(move || {
             let log_path = data_dir.join("raft-log.redb");
             let log_store = LogStore::open(&log_path).map_err(|e| (log_path, e.to_string()))?;
             let state_path = data_dir.join("state.redb");
@@ -304,6 +321,28 @@ impl Cluster {
             cluster_key,
         };
         let (net, inbound) = crate::network::swarm::start(network_config).await?;
+        let parts = Parts {
+            peer_id,
+            net,
+            inbound,
+            log: log_store,
+            state: state_store,
+            view,
+        };
+        Cluster::start_with(config, parts).await
+    }
+
+    /// Starts Raft and the background work on `parts`.
+    pub async fn start_with(config: ClusterConfig, parts: Parts) -> Result<Cluster, ClusterError> {
+        let Parts {
+            peer_id,
+            net,
+            inbound,
+            log: log_store,
+            state: state_store,
+            view,
+        } = parts;
+        let node_id = node_id_of(&peer_id);
         let addr = NodeAddr {
             name: config.node_name.clone(),
             peer_id: peer_id.to_string(),
@@ -352,8 +391,9 @@ impl Cluster {
 
     fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
         let mut stop = self.inner.stop.subscribe();
-        let handle = tokio::spawn(async move {
+        let handle = crate::runtime::spawn(async move {
             tokio::select! {
+                biased;
                 () = work => {}
                 _ = stop.wait_for(|stopped| *stopped) => {}
             }
@@ -522,6 +562,19 @@ impl Cluster {
                 tracing::warn!(%error, "cannot read the last log id");
                 None
             }
+        }
+    }
+
+    /// Where this node's Raft stands, cheaply (no membership or state copied).
+    pub fn progress(&self) -> Progress {
+        let metrics = self.inner.raft.metrics();
+        let metrics = metrics.borrow();
+        Progress {
+            term: metrics.current_term,
+            is_leader: metrics.state == ServerState::Leader,
+            leader: metrics.current_leader,
+            last_log_index: metrics.last_log_index,
+            applied_index: metrics.last_applied.map(|id| id.index),
         }
     }
 

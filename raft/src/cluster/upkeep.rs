@@ -39,7 +39,7 @@ pub(super) async fn register_and_heartbeat(cluster: Cluster) {
             continue;
         }
         let (cluster, registered) = (cluster.clone(), registered.clone());
-        tokio::spawn(async move {
+        crate::runtime::spawn(async move {
             let beat = tokio::time::timeout(period, beat(&cluster)).await;
             if beat == Ok(false) {
                 registered.store(false, Ordering::SeqCst);
@@ -92,11 +92,12 @@ async fn beat(cluster: &Cluster) -> bool {
 }
 
 fn new_cluster_id(cluster: &Cluster) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let digest = Sha256::digest(format!("{}:{nanos}", cluster.node_id()));
+    let digest = Sha256::digest(format!(
+        "{}:{}:{}",
+        cluster.node_id(),
+        crate::runtime::now_ms(),
+        crate::runtime::random_u64()
+    ));
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -172,7 +173,7 @@ pub(super) async fn expire_leases(cluster: Cluster) {
 /// Whether some node holding claims or stewarding a pipeline has not heartbeated within the
 /// lease (by this clock).
 fn any_claim_overdue(cluster: &Cluster, lease_ms: u64) -> bool {
-    let now_ms = super::now_ms();
+    let now_ms = crate::runtime::now_ms();
     let me = cluster.node_id();
     let state = cluster.view().read();
     let overdue =
@@ -203,7 +204,7 @@ pub(super) async fn run_elections(cluster: Cluster) {
             continue;
         }
         let now = tokio::time::Instant::now();
-        let at = *campaign_at.get_or_insert_with(|| now + random_below(shortest));
+        let at = *campaign_at.get_or_insert_with(|| now + crate::runtime::random_below(shortest));
         tracing::trace!(delay = ?at.saturating_duration_since(now), "pre-vote passed: campaigning soon");
         if now < at {
             continue;
@@ -214,18 +215,11 @@ pub(super) async fn run_elections(cluster: Cluster) {
         if cluster.raft().trigger().elect().await.is_err() {
             return; // Raft has stopped.
         }
-        campaign_at =
-            Some(now + Duration::from_millis(shortest) + random_below(longest - shortest));
+        campaign_at = Some(
+            now + Duration::from_millis(shortest)
+                + crate::runtime::random_below(longest - shortest),
+        );
     }
-}
-
-/// A random duration below `ms` milliseconds (std's randomly keyed hasher as the source).
-fn random_below(ms: u64) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    Duration::from_millis(random % ms.max(1))
 }
 
 /// Whether this node is a voter and a majority of the voters, itself included, hear from no

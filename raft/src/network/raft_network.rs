@@ -18,7 +18,7 @@ use openraft::raft::{
 };
 
 use super::protocol::{self, Request, Response};
-use super::swarm::{NetError, NetHandle};
+use super::{NetError, NetHandle};
 use crate::types::{NodeAddr, NodeId, TypeConfig};
 
 type RpcError<E = openraft::error::Infallible> = RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>;

@@ -7,6 +7,7 @@
 //! requests come out of the receiver returned by [`start`], each with the channel to answer on.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -23,7 +24,10 @@ use libp2p::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use futures::future::BoxFuture;
+
 use super::protocol::{FrameCodec, PROTOCOL, Request, Response};
+use super::{Inbound, NetError, NetHandle};
 
 /// Commands queued for the swarm task before callers wait.
 const COMMAND_QUEUE_MAX: usize = 1024;
@@ -50,31 +54,12 @@ const STALL: Duration = Duration::from_millis(500);
 /// Longest a new connection may take to be set up (dial, handshakes).
 const CONNECTION_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error("cannot build the libp2p transport: {0}")]
-    Transport(String),
-    #[error("cannot listen on {addr}: {reason}")]
-    Listen { addr: Multiaddr, reason: String },
-    #[error("request to {peer} failed: {reason}")]
-    Request { peer: PeerId, reason: String },
-    #[error("the network task has stopped")]
-    Stopped,
-}
-
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     /// Finds connections a partition left dead (the peer's packets dropped, nothing closed).
     ping: ping::Behaviour,
-}
-
-/// A request received from a peer, to be answered with [`NetHandle::respond`].
-pub struct Inbound {
-    pub peer: PeerId,
-    pub request: Request,
-    pub channel: ResponseChannel<Response>,
 }
 
 enum NetCommand {
@@ -101,9 +86,8 @@ enum NetCommand {
     },
 }
 
-/// Talks to the swarm task. Cheap to clone.
-#[derive(Clone)]
-pub struct NetHandle {
+/// The production [`Transport`]: talks to the swarm task.
+struct SwarmTransport {
     commands: mpsc::Sender<NetCommand>,
     listen_addrs: Vec<Multiaddr>,
 }
@@ -207,6 +191,7 @@ pub async fn start(
     let task = SwarmTask {
         swarm,
         commands: commands_rx,
+        answers: commands_tx.downgrade(),
         inbound: inbound_tx,
         pending: HashMap::new(),
         heard: HashMap::new(),
@@ -215,91 +200,78 @@ pub async fn start(
         dialing: HashMap::new(),
         last_check: Instant::now(),
     };
-    tokio::spawn(task.run());
-    let handle = NetHandle {
+    crate::runtime::spawn(task.run());
+    let transport = SwarmTransport {
         commands: commands_tx,
         listen_addrs,
     };
-    Ok((handle, inbound_rx))
+    Ok((NetHandle::new(Arc::new(transport)), inbound_rx))
 }
 
-impl NetHandle {
-    /// The addresses the swarm listens on (as bound, port 0 resolved).
-    pub fn listen_addrs(&self) -> &[Multiaddr] {
-        &self.listen_addrs
+impl SwarmTransport {
+    /// Sends `command` to the swarm task and waits for its reply.
+    fn ask<T: Send + 'static>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> NetCommand,
+    ) -> BoxFuture<'static, Result<T, NetError>> {
+        let (reply, answer) = oneshot::channel();
+        let commands = self.commands.clone();
+        let command = command(reply);
+        Box::pin(async move {
+            commands
+                .send(command)
+                .await
+                .map_err(|_| NetError::Stopped)?;
+            answer.await.map_err(|_| NetError::Stopped)
+        })
     }
+}
 
-    /// Sends `request` to `peer` (dialling one of `addrs` if not connected) and waits for the
-    /// answer at most `timeout`.
-    pub async fn request(
+impl super::Transport for SwarmTransport {
+    fn request(
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         request: Request,
-        timeout: Duration,
-    ) -> Result<Response, NetError> {
-        let (reply, answer) = oneshot::channel();
-        let command = NetCommand::Request {
+    ) -> BoxFuture<'static, Result<Response, NetError>> {
+        let answer = self.ask(|reply| NetCommand::Request {
             peer,
             addrs,
             request,
             reply,
-        };
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(NetError::Stopped),
-            Err(_) => Err(NetError::Request {
-                peer,
-                reason: format!("no answer within {timeout:?}"),
-            }),
-        }
+        });
+        Box::pin(async move { answer.await? })
     }
 
-    /// Answers an inbound request.
-    pub async fn respond(&self, channel: ResponseChannel<Response>, response: Response) {
-        let _ = self
-            .commands
-            .send(NetCommand::Respond { channel, response })
-            .await;
+    fn dial(&self, addrs: Vec<Multiaddr>) -> BoxFuture<'static, Result<(), NetError>> {
+        let commands = self.commands.clone();
+        Box::pin(async move {
+            commands
+                .send(NetCommand::Dial { addrs })
+                .await
+                .map_err(|_| NetError::Stopped)
+        })
     }
 
-    /// Dials addresses whose peer is not known yet (seeds).
-    pub async fn dial(&self, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
-        self.commands
-            .send(NetCommand::Dial { addrs })
-            .await
-            .map_err(|_| NetError::Stopped)
+    fn reached(&self, addrs: Vec<Multiaddr>) -> BoxFuture<'static, Result<bool, NetError>> {
+        self.ask(|reply| NetCommand::Reached { addrs, reply })
     }
 
-    /// Whether every address is this node or has a live connection we dialled.
-    pub async fn reached(&self, addrs: Vec<Multiaddr>) -> Result<bool, NetError> {
-        let (reply, answer) = oneshot::channel();
-        let command = NetCommand::Reached { addrs, reply };
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        answer.await.map_err(|_| NetError::Stopped)
+    fn connected_peers(&self) -> BoxFuture<'static, Result<Vec<PeerId>, NetError>> {
+        self.ask(|reply| NetCommand::ConnectedPeers { reply })
     }
 
-    /// Peers with an open connection right now.
-    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, NetError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(NetCommand::ConnectedPeers { reply })
-            .await
-            .map_err(|_| NetError::Stopped)?;
-        answer.await.map_err(|_| NetError::Stopped)
+    fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.listen_addrs.clone()
     }
 }
 
 struct SwarmTask {
     swarm: Swarm<Behaviour>,
     commands: mpsc::Receiver<NetCommand>,
+    /// Where answers to inbound requests come back as `Respond` commands (weak, so the task
+    /// stops when every handle is gone).
+    answers: mpsc::WeakSender<NetCommand>,
     inbound: mpsc::Sender<Inbound>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     /// When something last arrived on each open connection (a ping's answer, a message).
@@ -494,14 +466,26 @@ impl SwarmTask {
             request_response::Message::Request {
                 request, channel, ..
             } => {
+                let (reply, answer) = oneshot::channel();
                 let inbound = Inbound {
                     peer,
                     request,
-                    channel,
+                    reply,
                 };
                 if self.inbound.try_send(inbound).is_err() {
                     tracing::warn!(%peer, "inbound queue full; dropping a request");
+                    return;
                 }
+                let Some(answers) = self.answers.upgrade() else {
+                    return;
+                };
+                crate::runtime::spawn(async move {
+                    if let Ok(response) = answer.await {
+                        let _ = answers
+                            .send(NetCommand::Respond { channel, response })
+                            .await;
+                    }
+                });
             }
             request_response::Message::Response {
                 request_id,

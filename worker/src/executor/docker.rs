@@ -209,7 +209,7 @@ impl DockerExecutor {
         let stdio = [step.stdin.clone(), step.stdout.clone(), step.stderr.clone()];
         let root = step.attempt_dir.to_path_buf();
         let files =
-            tokio::task::spawn_blocking(move || super::process::prepare(root, binds, stdio))
+            shoal_raft::runtime::blocking(move || super::process::prepare(root, binds, stdio))
                 .await
                 .map_err(std::io::Error::other)??;
         if cancel.is_cancelled() {

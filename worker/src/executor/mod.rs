@@ -26,6 +26,22 @@ pub enum ExecutorKind {
     Docker(DockerExecutor),
     Process,
     Noop,
+    /// Supplied by the program that embeds the worker; its steps get no files (no attempt
+    /// dir, no inputs or outputs), like `noop`'s. The deterministic simulation's executor,
+    /// which pretends to run commands for seeded durations, is one.
+    External(std::sync::Arc<dyn StepRunner>),
+}
+
+/// An executor supplied from outside (see [`ExecutorKind::External`]).
+pub trait StepRunner: std::fmt::Debug + Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// Runs one step until it ends or `cancel` fires.
+    fn run<'a>(
+        &'a self,
+        step: &'a StepRun<'_>,
+        cancel: &'a CancellationToken,
+    ) -> futures::future::BoxFuture<'a, Result<StepOutcome, ExecutorError>>;
 }
 
 impl ExecutorKind {
@@ -34,11 +50,14 @@ impl ExecutorKind {
             ExecutorKind::Docker(_) => "docker",
             ExecutorKind::Process => "process",
             ExecutorKind::Noop => "noop",
+            ExecutorKind::External(runner) => runner.name(),
         }
     }
 
-    pub fn is_noop(&self) -> bool {
-        matches!(self, ExecutorKind::Noop)
+    /// Whether attempts get an attempt dir with their inputs and outputs (`noop` and
+    /// external executors run without files).
+    pub fn needs_files(&self) -> bool {
+        matches!(self, ExecutorKind::Docker(_) | ExecutorKind::Process)
     }
 }
 
@@ -118,6 +137,7 @@ impl ExecutorKind {
             ExecutorKind::Docker(docker) => docker.run(step, cancel).await,
             ExecutorKind::Process => process::run(step, cancel).await,
             ExecutorKind::Noop => Ok(noop::run(step)),
+            ExecutorKind::External(runner) => runner.run(step, cancel).await,
         }
     }
 }

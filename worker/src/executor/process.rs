@@ -313,7 +313,7 @@ pub async fn run(
     let binds = step.binds.iter().map(|b| b.host.clone()).collect();
     let stdio = [step.stdin.clone(), step.stdout.clone(), step.stderr.clone()];
     let root = step.attempt_dir.to_path_buf();
-    let files = tokio::task::spawn_blocking(move || prepare(root, binds, stdio))
+    let files = shoal_raft::runtime::blocking(move || prepare(root, binds, stdio))
         .await
         .map_err(std::io::Error::other)??;
     match files.stdin {
