@@ -114,4 +114,17 @@ cargo build --workspace --bins
 export SHOAL_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/shoal"
 
 log "running tests (profile: $profile)"
-cargo nextest run --workspace --profile "$profile" --no-fail-fast
+status=0
+cargo nextest run --workspace --profile "$profile" --no-fail-fast || status=$?
+
+# --- the deterministic simulation: a sweep of seeded fault schedules ------------------------
+# Release build (the debug one runs about a seed a second). SHOAL_SIM_SEEDS and
+# SHOAL_SIM_START change the sweep; a failing seed is printed with its schedule, and
+# `shoal-sim --seed N --trace` replays it.
+sim_seeds="${SHOAL_SIM_SEEDS:-1000}"
+if [ "$profile" = "fast" ]; then sim_seeds="${SHOAL_SIM_SEEDS:-100}"; fi
+log "simulation: sweeping $sim_seeds seeds"
+cargo build --release -p shoal-tests --bin shoal-sim
+"${CARGO_TARGET_DIR:-$root/target}/release/shoal-sim" --seeds "$sim_seeds" \
+  --start "${SHOAL_SIM_START:-1}" || status=$?
+exit "$status"

@@ -17,6 +17,7 @@ use shoal_node::api::ClusterView;
 
 pub mod netns;
 pub mod s3;
+pub mod sim;
 
 /// The `shoal` binary the harness runs.
 pub fn shoal_bin() -> &'static Path {
