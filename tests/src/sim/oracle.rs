@@ -76,15 +76,44 @@ const TES_TERMINAL: [&str; 5] = [
     "PREEMPTED",
 ];
 
-/// The part of a state that is its value (not indexes, not what awaits persisting).
-fn same_value(a: &State, b: &State) -> bool {
-    a.cluster_id == b.cluster_id
+/// Where two states' values differ (not indexes, not what awaits persisting); `None` when
+/// they are the same.
+fn difference(a: &State, b: &State) -> Option<String> {
+    fn first_difference<K: Ord + std::fmt::Debug, V: PartialEq + std::fmt::Debug>(
+        what: &str,
+        a: &BTreeMap<K, V>,
+        b: &BTreeMap<K, V>,
+    ) -> Option<String> {
+        if a == b {
+            return None;
+        }
+        for (key, value) in a {
+            match b.get(key) {
+                Some(other) if other == value => {}
+                other => return Some(format!("{what} {key:?}: {value:?} / {other:?}")),
+            }
+        }
+        let extra = b.keys().find(|k| !a.contains_key(k));
+        Some(format!("{what} {extra:?} only in the second"))
+    }
+    let scalars = (a.cluster_id == b.cluster_id
         && a.clock_ms == b.clock_ms
         && a.term == b.term
-        && a.lease_epoch_ms == b.lease_epoch_ms
-        && a.nodes == b.nodes
-        && a.jobs == b.jobs
-        && a.datums == b.datums
+        && a.lease_epoch_ms == b.lease_epoch_ms)
+        .then_some(())
+        .map_or_else(
+            || {
+                Some(format!(
+                    "clock {} / {}, term {} / {}, lease epoch {} / {}",
+                    a.clock_ms, b.clock_ms, a.term, b.term, a.lease_epoch_ms, b.lease_epoch_ms
+                ))
+            },
+            |()| None,
+        );
+    scalars
+        .or_else(|| first_difference("node", &a.nodes, &b.nodes))
+        .or_else(|| first_difference("job", &a.jobs, &b.jobs))
+        .or_else(|| first_difference("datum", &a.datums, &b.datums))
 }
 
 impl Oracle {
@@ -230,10 +259,12 @@ impl Oracle {
                     .find(|(n, _)| n == other)
                     .map(|(_, r)| r.cluster.view());
                 if let Some(other_view) = other_view
-                    && !same_value(&state, &other_view.read())
+                    && let Some(difference) = difference(&other_view.read(), &state)
                 {
-                    let what =
-                        format!("n{other} and n{node} applied index {applied} to different states");
+                    let what = format!(
+                        "n{other} and n{node} applied index {applied} to different states: \
+                         {difference}"
+                    );
                     books.violations.push(what);
                 }
             } else {

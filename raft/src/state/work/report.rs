@@ -26,8 +26,11 @@ impl State {
             .datums
             .get_mut(&key)
             .and_then(|d| d.attempts.last_mut())
+            && attempt.started_ms.is_none()
         {
-            attempt.started_ms.get_or_insert(now_ms);
+            attempt.started_ms = Some(now_ms);
+            // Persisted even when the state stays (a datum canceled while it was claimed).
+            self.dirty.insert(RowKey::Datum(key));
         }
         if self
             .datums
