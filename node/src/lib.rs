@@ -117,6 +117,7 @@ fn worker_config(
         storage,
         // This very binary starts the process executor's sandboxes (`__exec-guard`).
         guard: std::env::current_exe().ok(),
+        stores: Vec::new(),
     })
 }
 

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 
 use crate::error::StorageError;
+use crate::fs::blocking;
 use crate::limits::{
     ATTEMPT_TRANSFERS_MAX, CONTENT_BYTES_MAX, DIRECTORY_OBJECTS_MAX, WRITE_BUFFER_BYTES,
 };
@@ -72,7 +73,8 @@ impl Transfers {
     ) -> Result<DownloadSummary, StorageError> {
         let location = self.resolver.resolve(url, Access::Read).await?;
         let dest = self.work_path(dest).await?;
-        tokio::fs::create_dir_all(&dest)
+        let created = dest.clone();
+        blocking(move || std::fs::create_dir_all(created))
             .await
             .map_err(|source| StorageError::io(&dest, source))?;
         let location = &location;
@@ -121,7 +123,8 @@ impl Transfers {
         }
         let dest = self.work_path(dest).await?;
         create_parent(&dest).await?;
-        tokio::fs::write(&dest, content)
+        let (path, bytes) = (dest.clone(), content.as_bytes().to_vec());
+        blocking(move || std::fs::write(path, bytes))
             .await
             .map_err(|source| StorageError::io(&dest, source))?;
         Ok(content.len() as u64)
@@ -155,7 +158,8 @@ async fn stream_object(
         .await
         .map_err(|source| StorageError::from_store(url, source))?;
     let expected_bytes = result.meta.size;
-    let file = tokio::fs::File::create(dest)
+    let path = dest.to_path_buf();
+    let file = blocking(move || std::fs::File::create(path))
         .await
         .map_err(|source| StorageError::io(dest, source))?;
     let written = write_stream(result.into_stream(), file, url, dest).await;
@@ -168,40 +172,53 @@ async fn stream_object(
         }
         Err(error) => Err(error),
     };
-    if let Err(remove_error) = tokio::fs::remove_file(dest).await {
+    let path = dest.to_path_buf();
+    if let Err(remove_error) = blocking(move || std::fs::remove_file(path)).await {
         tracing::warn!(path = %dest.display(), %remove_error, "could not remove a partial download");
     }
     outcome
 }
 
+/// Writes the stream to `file` in blocks of `WRITE_BUFFER_BYTES`.
 async fn write_stream(
     mut stream: futures::stream::BoxStream<'static, object_store::Result<bytes::Bytes>>,
-    file: tokio::fs::File,
+    mut file: std::fs::File,
     url: &str,
     dest: &Path,
 ) -> Result<u64, StorageError> {
-    let mut writer = tokio::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+    let mut buffer = Vec::with_capacity(WRITE_BUFFER_BYTES);
     let mut written_bytes = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|source| StorageError::from_store(url, source))?;
-        writer
-            .write_all(&chunk)
-            .await
-            .map_err(|source| StorageError::io(dest, source))?;
+        buffer.extend_from_slice(&chunk);
         written_bytes += chunk.len() as u64;
+        if buffer.len() >= WRITE_BUFFER_BYTES {
+            let full = std::mem::replace(&mut buffer, Vec::with_capacity(WRITE_BUFFER_BYTES));
+            file = write_block(file, full, dest).await?;
+        }
     }
-    writer
-        .flush()
-        .await
-        .map_err(|source| StorageError::io(dest, source))?;
+    write_block(file, buffer, dest).await?;
     Ok(written_bytes)
+}
+
+async fn write_block(
+    mut file: std::fs::File,
+    block: Vec<u8>,
+    dest: &Path,
+) -> Result<std::fs::File, StorageError> {
+    blocking(move || {
+        file.write_all(&block)?;
+        Ok(file)
+    })
+    .await
+    .map_err(|source| StorageError::io(dest, source))
 }
 
 /// Copies a local file (already checked against the allowed roots) with the kernel's copy.
 async fn copy_local(url: &str, source: PathBuf, dest: PathBuf) -> Result<u64, StorageError> {
     let url = url.to_owned();
     let dest_for_error = dest.clone();
-    tokio::task::spawn_blocking(move || match std::fs::copy(&source, &dest) {
+    shoal_runtime::blocking(move || match std::fs::copy(&source, &dest) {
         Ok(bytes) => Ok(bytes),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound && !source.exists() => {
             Err(StorageError::NotFound { url })
@@ -217,7 +234,8 @@ async fn copy_local(url: &str, source: PathBuf, dest: PathBuf) -> Result<u64, St
 
 pub(crate) async fn create_parent(path: &Path) -> Result<(), StorageError> {
     if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
+        let created = parent.to_path_buf();
+        blocking(move || std::fs::create_dir_all(created))
             .await
             .map_err(|source| StorageError::io(parent, source))?;
     }

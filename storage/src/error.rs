@@ -108,7 +108,7 @@ pub enum StorageError {
     Join {
         path: PathBuf,
         #[source]
-        source: tokio::task::JoinError,
+        source: shoal_runtime::BlockingError,
     },
 }
 

@@ -33,6 +33,7 @@ pub mod datum;
 pub mod download;
 pub mod error;
 pub mod expand;
+mod fs;
 pub mod limits;
 mod list;
 pub mod local;

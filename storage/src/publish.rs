@@ -45,7 +45,8 @@ impl Resolver {
         let location = self.resolve(prefix, Access::Write).await?;
         if let Backend::Local { path } = &location.backend {
             let count = list_below(&location, self.local_roots()).count().await as u64;
-            return match tokio::fs::remove_dir_all(path).await {
+            let removed = path.clone();
+            return match crate::fs::blocking(move || std::fs::remove_dir_all(removed)).await {
                 Ok(()) => Ok(count),
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(0),
                 Err(error) => Err(StorageError::io(path, error)),
@@ -82,8 +83,14 @@ impl Resolver {
         max: usize,
     ) -> Result<Option<HashMap<String, u64>>, StorageError> {
         let location = self.resolve(prefix, Access::Read).await?;
-        if let Backend::Local { path } = &location.backend
-            && !tokio::fs::try_exists(path).await.unwrap_or(false)
+        let local = match &location.backend {
+            Backend::Local { path } => Some(path.clone()),
+            Backend::Remote { .. } => None,
+        };
+        if let Some(path) = local
+            && !crate::fs::blocking(move || path.try_exists())
+                .await
+                .unwrap_or(false)
         {
             return Ok(Some(HashMap::new()));
         }
@@ -105,7 +112,8 @@ impl Resolver {
     pub async fn object_size(&self, url: &str) -> Result<Option<u64>, StorageError> {
         let location = self.resolve(url, Access::Read).await?;
         if let Backend::Local { path } = &location.backend {
-            return Ok(tokio::fs::metadata(path)
+            let path = path.clone();
+            return Ok(crate::fs::blocking(move || std::fs::metadata(path))
                 .await
                 .ok()
                 .filter(|m| m.is_file())

@@ -73,6 +73,8 @@ pub struct Resolver {
     /// One store for every local path (rooted at `/`; safety is checked before use).
     local_store: Arc<LocalFileSystem>,
     stores: Mutex<HashMap<StoreKey, Arc<dyn ObjectStore>>>,
+    /// Stores supplied by the program embedding the node (see [`Resolver::with_stores`]).
+    supplied: HashMap<StoreKey, Arc<dyn ObjectStore>>,
 }
 
 /// URL schemes the resolver handles (`http` and `https` for reading only), as the TES
@@ -95,8 +97,30 @@ impl Resolver {
             aws_file_credentials: AwsFileCredentials::from_usual_file(),
             local_store: Arc::new(LocalFileSystem::new()),
             stores: Mutex::new(HashMap::new()),
+            supplied: HashMap::new(),
             config,
         })
+    }
+
+    /// Serves the buckets named by `stores` (`s3://bucket`, `gs://bucket`, `az://container`)
+    /// from the stores given instead of building clients for them: the deterministic
+    /// simulation's in-memory store is one.
+    pub fn with_stores(
+        mut self,
+        stores: &[(String, Arc<dyn ObjectStore>)],
+    ) -> Result<Self, StorageError> {
+        for (url, store) in stores {
+            let parsed = Url::parse(url).map_err(|error| invalid(url, &error.to_string()))?;
+            let host = parsed.host_str().unwrap_or_default().to_owned();
+            let key = match parsed.scheme() {
+                "s3" | "s3a" if !host.is_empty() => StoreKey::S3(host),
+                "gs" if !host.is_empty() => StoreKey::Gcs(host),
+                "az" | "azure" if !host.is_empty() => StoreKey::Azure(host),
+                _ => return Err(invalid(url, "not a bucket or container url")),
+            };
+            self.supplied.insert(key, store.clone());
+        }
+        Ok(self)
     }
 
     /// The node's work dir, canonical.
@@ -145,7 +169,7 @@ impl Resolver {
     async fn resolve_local(&self, url: &str, path: PathBuf) -> Result<Location, StorageError> {
         let roots = self.local_roots.clone();
         let owned_url = url.to_owned();
-        let checked = tokio::task::spawn_blocking(move || roots.resolve_inside(&owned_url, &path))
+        let checked = shoal_runtime::blocking(move || roots.resolve_inside(&owned_url, &path))
             .await
             .map_err(|source| StorageError::Join {
                 path: PathBuf::from(url),
@@ -203,6 +227,9 @@ impl Resolver {
     }
 
     fn store_for(&self, key: &StoreKey) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
+        if let Some(store) = self.supplied.get(key) {
+            return Ok(store.clone());
+        }
         let mut stores = self
             .stores
             .lock()

@@ -96,7 +96,7 @@ impl Transfers {
         let roots = self.work_roots.clone();
         let owned = path.to_path_buf();
         let display = path.display().to_string();
-        let checked = tokio::task::spawn_blocking(move || roots.resolve_inside(&display, &owned))
+        let checked = shoal_runtime::blocking(move || roots.resolve_inside(&display, &owned))
             .await
             .map_err(|source| StorageError::Join {
                 path: path.to_path_buf(),

@@ -7,13 +7,13 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
-use tokio::io::AsyncReadExt;
+use std::io::Read;
 
 use crate::error::StorageError;
+use crate::fs::blocking;
 use crate::limits::{
     ATTEMPT_TRANSFERS_MAX, DIRECTORY_OBJECTS_MAX, GLOB_OUTPUT_FILES_MAX, PART_BYTES,
     PART_UPLOADS_MAX, PARTS_MAX, SINGLE_PUT_BYTES_MAX,
@@ -119,7 +119,7 @@ impl Transfers {
         let roots: LocalRoots = self.work_roots.clone();
         let url = url.to_owned();
         let join_path = dir.clone();
-        tokio::task::spawn_blocking(move || {
+        shoal_runtime::blocking(move || {
             let mut files = Vec::new();
             let mut outcome = Ok(());
             walk_files(&dir, &roots, |item| match item {
@@ -218,7 +218,7 @@ async fn copy_to_local(
     let roots = transfers.resolver.local_roots().clone();
     let (url, source, dest) = (url.to_owned(), source.to_path_buf(), dest.to_path_buf());
     let join_path = dest.clone();
-    tokio::task::spawn_blocking(move || {
+    shoal_runtime::blocking(move || {
         let Some(dest) = roots.resolve_inside(&url, &dest)? else {
             return Err(StorageError::OutsideAllowedRoots { url, path: dest });
         };
@@ -246,12 +246,14 @@ async fn put_object(
     source: &Path,
     object: &ObjectPath,
 ) -> Result<u64, StorageError> {
-    let size_bytes = tokio::fs::metadata(source)
+    let path = source.to_path_buf();
+    let size_bytes = blocking(move || std::fs::metadata(path))
         .await
         .map_err(|error| StorageError::io(source, error))?
         .len();
     if size_bytes <= SINGLE_PUT_BYTES_MAX {
-        let bytes = tokio::fs::read(source)
+        let path = source.to_path_buf();
+        let bytes = blocking(move || std::fs::read(path))
             .await
             .map_err(|error| StorageError::io(source, error))?;
         let size_bytes = bytes.len() as u64;
@@ -294,21 +296,20 @@ async fn feed_parts(
     source: &Path,
     part_bytes: usize,
 ) -> Result<u64, StorageError> {
-    let mut file = tokio::fs::File::open(source)
+    let path = source.to_path_buf();
+    let mut file = blocking(move || std::fs::File::open(path))
         .await
         .map_err(|error| StorageError::io(source, error))?;
     let mut sent_bytes = 0u64;
     loop {
-        let mut part = BytesMut::with_capacity(part_bytes);
-        while part.len() < part_bytes {
-            let read = file
-                .read_buf(&mut part)
-                .await
-                .map_err(|error| StorageError::io(source, error))?;
-            if read == 0 {
-                break;
-            }
-        }
+        let (returned, part) = blocking(move || {
+            let mut part = Vec::with_capacity(part_bytes);
+            (&mut file).take(part_bytes as u64).read_to_end(&mut part)?;
+            Ok((file, part))
+        })
+        .await
+        .map_err(|error| StorageError::io(source, error))?;
+        file = returned;
         if part.is_empty() {
             return Ok(sent_bytes);
         }
@@ -317,7 +318,7 @@ async fn feed_parts(
             .wait_for_capacity(PART_UPLOADS_MAX)
             .await
             .map_err(|error| StorageError::from_store(url, error))?;
-        writer.put(part.freeze());
+        writer.put(bytes::Bytes::from(part));
     }
 }
 

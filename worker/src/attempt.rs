@@ -30,6 +30,16 @@ const STARTED_DELAY: Duration = Duration::from_millis(200);
 
 use shoal_raft::runtime::now_ms;
 
+/// A `std::fs` call through the runtime seam (inline in the simulation), its error as text.
+async fn fs<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    shoal_raft::runtime::blocking(work)
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
 /// The report being built, with helpers to end it early.
 struct Run {
     report: AttemptReport,
@@ -126,9 +136,8 @@ async fn fetch_inputs(
     for input in inputs {
         let target = host(root, &input.path)?;
         if let Some(parent) = target.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| e.to_string())?;
+            let parent = parent.to_path_buf();
+            fs(move || std::fs::create_dir_all(parent)).await?;
         }
         let result = match (&input.content, input.kind) {
             (Some(content), _) => transfers.write_content(content, &target).await.map(|_| ()),
@@ -385,7 +394,7 @@ pub async fn run(
     ));
     let report = run_in(&shared, &job, &datum, &grant, &dir, run, &cancel).await;
     if !shared.config.keep_workdirs {
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let _ = fs(move || std::fs::remove_dir_all(dir)).await;
     }
     report
 }
@@ -469,7 +478,8 @@ async fn run_in(
     cancel: &CancellationToken,
 ) -> AttemptReport {
     let root = dir.join("root");
-    if let Err(error) = tokio::fs::create_dir_all(&root).await {
+    let created = root.clone();
+    if let Err(error) = fs(move || std::fs::create_dir_all(created)).await {
         return run.fail(
             AttemptOutcome::SystemError,
             format!("work dir {}: {error}", dir.display()),
@@ -570,7 +580,8 @@ async fn stage_outputs(
     staging: &str,
 ) -> Result<Vec<OutputFile>, String> {
     let out = host(root, pipeline::OUT_DIR)?;
-    if tokio::fs::symlink_metadata(out.join(pipeline::STAGING_DIR))
+    let staging_dir = out.join(pipeline::STAGING_DIR);
+    if fs(move || std::fs::symlink_metadata(staging_dir))
         .await
         .is_ok()
     {

@@ -80,6 +80,9 @@ pub struct WorkerConfig {
     /// node however it dies: the `shoal` binary (its `__exec-guard` subcommand). `None`
     /// starts them directly.
     pub guard: Option<PathBuf>,
+    /// Object stores supplied by the embedding program, by bucket URL (`s3://bucket`); empty
+    /// for a node. The deterministic simulation serves its buckets from memory.
+    pub stores: Vec<(String, std::sync::Arc<dyn object_store::ObjectStore>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,9 +110,12 @@ impl Worker {
             source,
         };
         let storage = config.storage.clone();
+        let stores = config.stores.clone();
         let resolver = blocking(move || {
             std::fs::create_dir_all(&work_dir)?;
-            Ok::<_, std::io::Error>(Resolver::new(storage, &work_dir))
+            Ok::<_, std::io::Error>(
+                Resolver::new(storage, &work_dir).and_then(|r| r.with_stores(&stores)),
+            )
         })
         .await
         .map_err(std::io::Error::other)

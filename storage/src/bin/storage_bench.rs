@@ -269,6 +269,7 @@ fn s3_from_env() -> Option<(StorageConfig, String)> {
 }
 
 async fn create_bucket(endpoint: &str) -> anyhow::Result<String> {
+    #[allow(clippy::disallowed_methods)] // a benchmark tool, never simulated
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     let bucket = format!("shoal-bench-{}", nanos % 1_000_000_000_000);
     let response = reqwest::Client::new()

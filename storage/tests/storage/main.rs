@@ -4,6 +4,9 @@
 //! Each scenario is written once in `scenarios.rs`; the macro below gives it one test per
 //! backend, named `<backend>::<scenario>`.
 
+// Tests run on tokio and the system clock directly; only the crate is simulated.
+#![allow(clippy::disallowed_methods)]
+
 mod fixture;
 mod scenarios;
 

@@ -26,15 +26,20 @@ pub enum ExecutorKind {
     Docker(DockerExecutor),
     Process,
     Noop,
-    /// Supplied by the program that embeds the worker; its steps get no files (no attempt
-    /// dir, no inputs or outputs), like `noop`'s. The deterministic simulation's executor,
-    /// which pretends to run commands for seeded durations, is one.
+    /// Supplied by the program that embeds the worker. The deterministic simulation's
+    /// executor, which pretends to run commands for seeded durations and writes a pipeline
+    /// datum's outputs itself, is one.
     External(std::sync::Arc<dyn StepRunner>),
 }
 
 /// An executor supplied from outside (see [`ExecutorKind::External`]).
 pub trait StepRunner: std::fmt::Debug + Send + Sync {
     fn name(&self) -> &'static str;
+
+    /// Whether its attempts get an attempt dir with their inputs and outputs.
+    fn needs_files(&self) -> bool {
+        false
+    }
 
     /// Runs one step until it ends or `cancel` fires.
     fn run<'a>(
@@ -54,10 +59,14 @@ impl ExecutorKind {
         }
     }
 
-    /// Whether attempts get an attempt dir with their inputs and outputs (`noop` and
-    /// external executors run without files).
+    /// Whether attempts get an attempt dir with their inputs and outputs (`noop` runs
+    /// without files; an external executor says).
     pub fn needs_files(&self) -> bool {
-        matches!(self, ExecutorKind::Docker(_) | ExecutorKind::Process)
+        match self {
+            ExecutorKind::Docker(_) | ExecutorKind::Process => true,
+            ExecutorKind::Noop => false,
+            ExecutorKind::External(runner) => runner.needs_files(),
+        }
     }
 }
 
