@@ -73,13 +73,14 @@ fn main() {
             print_failure(&report);
         }
         println!(
-            "seed={seed} nodes={} passed={} simulated_ms={} messages={} acknowledged={} executions={} trace_hash={}",
+            "seed={seed} nodes={} passed={} simulated_ms={} messages={} acknowledged={} executions={} published={} trace_hash={}",
             report.nodes,
             report.passed(),
             report.simulated_ms,
             report.messages,
             report.acknowledged,
             report.executions,
+            report.published,
             report.trace_hash
         );
         std::process::exit(if report.passed() { 0 } else { 1 });

@@ -1,7 +1,9 @@
 //! The simulated executor: a step's command says how long it "runs" and how it exits
 //! (`["sim", "<milliseconds>", "<exit code>"]`); nothing runs, time passes on the simulated
 //! clock. Every execution is counted here, outside shoal, by the step's unique name, so the
-//! oracle can hold the executions against the attempts shoal shows.
+//! oracle can hold the executions against the attempts shoal shows. A pipeline datum's step
+//! writes `/pfs/out/<input file>.out` for each of its input files, holding the step's name,
+//! so the oracle can tell which attempt's outputs were published.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,10 @@ impl StepRunner for SimExecutor {
         "sim"
     }
 
+    fn needs_files(&self) -> bool {
+        true
+    }
+
     fn run<'a>(
         &'a self,
         step: &'a StepRun<'_>,
@@ -77,6 +83,9 @@ impl StepRunner for SimExecutor {
             };
             self.executions.record(&step.container_name);
             self.trace.0.event(format!("exec {}", step.container_name));
+            if let Err(error) = write_outputs(step) {
+                return Err(ExecutorError::Io(error));
+            }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(StepOutcome {
                     exit_code: exit as i32,
@@ -90,4 +99,29 @@ impl StepRunner for SimExecutor {
             }
         })
     }
+}
+
+/// For a pipeline datum (its attempt has `/pfs/out`): one output per input file, named after
+/// it, holding the step's unique name. (Plain std::fs: the simulation runs it inline.)
+fn write_outputs(step: &StepRun<'_>) -> std::io::Result<()> {
+    let pfs = step.attempt_dir.join("pfs");
+    let out = pfs.join("out");
+    if !out.is_dir() {
+        return Ok(());
+    }
+    let mut inputs = Vec::new();
+    for atom in std::fs::read_dir(&pfs)? {
+        let atom = atom?;
+        if atom.file_name() == "out" || !atom.file_type()?.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(atom.path())? {
+            inputs.push(file?.file_name().to_string_lossy().into_owned());
+        }
+    }
+    inputs.sort();
+    for input in inputs {
+        std::fs::write(out.join(format!("{input}.out")), &step.container_name)?;
+    }
+    Ok(())
 }

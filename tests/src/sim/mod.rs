@@ -75,6 +75,8 @@ pub struct Report {
     pub messages: u64,
     pub acknowledged: usize,
     pub executions: usize,
+    /// Pipeline outputs in the bucket at the end.
+    pub published: usize,
     /// After each fault: how long until a write succeeded (`u64::MAX`: none in time).
     pub recoveries: Vec<(FaultKind, u64)>,
 }

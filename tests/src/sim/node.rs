@@ -100,6 +100,7 @@ impl SimNode {
         net: &SimNet,
         nodes: usize,
         executor: Arc<SimExecutor>,
+        stores: &[(String, Arc<dyn object_store::ObjectStore>)],
     ) -> Result<(), String> {
         let scope = NodeScope::new();
         let (transport, inbound) = net.attach(self.index);
@@ -112,6 +113,7 @@ impl SimNode {
             keep_workdirs: false,
             storage: Default::default(),
             guard: None,
+            stores: stores.to_vec(),
         };
         let peer_id = self.peer_id();
         let log_backend = self.log_disk.backend();

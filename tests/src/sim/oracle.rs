@@ -38,14 +38,18 @@ pub struct Submission {
     pub gave_up: bool,
     /// The terminal state a read showed.
     pub terminal: Option<String>,
+    /// A pipeline job's outputs' prefix in the bucket (`out/<key>/`).
+    pub egress: Option<String>,
 }
 
 #[derive(Default)]
 struct Books {
     violations: Vec<String>,
     submissions: BTreeMap<String, Submission>,
-    /// Acknowledged ids, in acknowledgement order.
+    /// Acknowledged task ids, in acknowledgement order.
     acknowledged: Vec<String>,
+    /// Acknowledged pipeline job ids.
+    pipelines: Vec<String>,
     by_id: BTreeMap<String, String>,
     /// Per term, the node seen leading it.
     leaders: BTreeMap<u64, usize>,
@@ -166,6 +170,16 @@ impl Oracle {
         }
     }
 
+    pub fn pipeline_acknowledged(&self, key: &str, id: String, egress: &str) {
+        let mut books = self.books();
+        books.by_id.insert(id.clone(), key.to_string());
+        books.pipelines.push(id.clone());
+        if let Some(submission) = books.submissions.get_mut(key) {
+            submission.id = Some(id);
+            submission.egress = Some(egress.to_string());
+        }
+    }
+
     pub fn gave_up(&self, key: &str) {
         if let Some(submission) = self.books().submissions.get_mut(key) {
             submission.gave_up = true;
@@ -173,7 +187,8 @@ impl Oracle {
     }
 
     pub fn acknowledged(&self) -> usize {
-        self.books().acknowledged.len()
+        let books = self.books();
+        books.acknowledged.len() + books.pipelines.len()
     }
 
     /// An acknowledged task id picked by `pick`.
@@ -218,16 +233,14 @@ impl Oracle {
         self.books().recoveries.clone()
     }
 
-    /// Whether every acknowledged task has ended in `state`.
+    /// Whether every acknowledged task and job has ended in `state`.
     pub fn all_ended(&self, state: &State) -> bool {
         let books = self.books();
-        books.acknowledged.iter().all(|id| {
-            state.job(id).is_some_and(|job| {
-                state
-                    .datums_of(job.seq)
-                    .all(|datum| is_terminal(datum.state))
-            })
-        })
+        books
+            .acknowledged
+            .iter()
+            .chain(&books.pipelines)
+            .all(|id| state.job(id).is_some_and(|job| job.finished()))
     }
 
     /// The checks made at every step.
@@ -291,7 +304,12 @@ impl Oracle {
     }
 
     /// The checks made once everything has healed and settled.
-    pub fn check_end(&self, running: &[Running], executions: &BTreeMap<String, u32>) {
+    pub fn check_end(
+        &self,
+        running: &[Running],
+        executions: &BTreeMap<String, u32>,
+        outputs: &BTreeMap<String, String>,
+    ) {
         let Some(first) = running.first() else {
             self.violation("no node runs at the end".to_string());
             return;
@@ -310,8 +328,8 @@ impl Oracle {
                             run.cluster.addr().name
                         )),
                         Some(job) => {
-                            if !view.datums_of(job.seq).all(|d| is_terminal(d.state)) {
-                                found.push(format!("task {id} ({key}) never ended"));
+                            if !job.finished() {
+                                found.push(format!("job {id} ({key}) never ended"));
                             }
                         }
                     }
@@ -335,6 +353,7 @@ impl Oracle {
             }
         }
         found.extend(self.check_executions(&state, executions));
+        found.extend(self.check_outputs(&state, outputs));
         found.extend(self.check_leases(&state));
         let mut books = self.books();
         for what in found {
@@ -384,6 +403,67 @@ impl Oracle {
             }
             if !shown.contains(name) {
                 found.push(format!("{name} ran but no attempt shows it"));
+            }
+        }
+        found
+    }
+
+    /// Each done datum of a pipeline published one output per input, made by the attempt whose
+    /// success committed (the executor writes its step's name into it); nothing else is
+    /// published under a job's egress.
+    fn check_outputs(&self, state: &State, outputs: &BTreeMap<String, String>) -> Vec<String> {
+        let books = self.books();
+        let mut found = Vec::new();
+        for submission in books.submissions.values() {
+            let (Some(id), Some(egress)) = (&submission.id, &submission.egress) else {
+                continue;
+            };
+            let Some(job) = state.job(id) else { continue };
+            let mut expected = BTreeMap::new();
+            for datum in state.datums_of(job.seq) {
+                if datum.state != DatumState::Done {
+                    continue;
+                }
+                let Some(attempt) = datum
+                    .attempts
+                    .iter()
+                    .rev()
+                    .find(|a| a.outcome == Some(AttemptOutcome::Succeeded))
+                else {
+                    found.push(format!(
+                        "datum {:?} of {id} is done without a success",
+                        datum.key
+                    ));
+                    continue;
+                };
+                let made_by = shoal_worker::executor::container_name(&[
+                    &shoal_raft::format_node_id(attempt.node),
+                    &job.spec.id,
+                    &datum.key.index.to_string(),
+                    &attempt.number.to_string(),
+                    "0",
+                ]);
+                for input in &datum.inputs {
+                    expected.insert(format!("{egress}{}.out", input.path), made_by.clone());
+                }
+            }
+            let published: BTreeMap<&String, &String> = outputs
+                .iter()
+                .filter(|(path, _)| path.starts_with(egress.as_str()))
+                .collect();
+            for (path, made_by) in &expected {
+                match published.get(path) {
+                    None => found.push(format!("{path} of a done datum was never published")),
+                    Some(content) if *content != made_by => found.push(format!(
+                        "{path} was published by {content}, not by {made_by} whose success committed"
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for path in published.keys() {
+                if !expected.contains_key(*path) {
+                    found.push(format!("{path} was published but no done datum made it"));
+                }
             }
         }
         found

@@ -1,6 +1,7 @@
 //! One run: form the cluster, let clients work while the schedule's faults come and go, heal
 //! everything, wait for the cluster to settle (the liveness phase), and judge.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,8 +72,15 @@ pub fn run(config: &SimConfig) -> Report {
     })
 }
 
+/// The bucket the simulation's object storage serves (from memory).
+pub const BUCKET: &str = "s3://sim";
+/// Input objects every pipeline job globs (`inputs/*`).
+const INPUT_FILES: usize = 6;
+
 struct World {
     config: SimConfig,
+    /// The object storage every node reaches (pipelines' inputs and outputs).
+    store: Arc<object_store::memory::InMemory>,
     shared: Arc<Shared>,
     net: SimNet,
     nodes: Vec<SimNode>,
@@ -99,6 +107,7 @@ impl World {
             quiet: AtomicBool::new(false),
         });
         World {
+            store: Arc::new(object_store::memory::InMemory::new()),
             schedule: schedule(config.seed, config.faults),
             config: config.clone(),
             shared,
@@ -112,7 +121,12 @@ impl World {
     async fn start(&mut self, index: usize) {
         let count = self.nodes.len();
         let node = &mut self.nodes[index];
-        match node.start(&self.net, count, self.executor.clone()).await {
+        let store: Arc<dyn object_store::ObjectStore> = self.store.clone();
+        let stores = [(BUCKET.to_string(), store)];
+        match node
+            .start(&self.net, count, self.executor.clone(), &stores)
+            .await
+        {
             Ok(()) => {
                 lock(&self.shared.nodes)[index] = node.running.clone();
                 self.shared.trace.event(format!("start n{index}"));
@@ -133,9 +147,24 @@ impl World {
 
     async fn run(mut self) -> Report {
         let begin = tokio::time::Instant::now();
+        for i in 0..INPUT_FILES {
+            let path = object_store::path::Path::from(format!("inputs/f{i}.txt"));
+            let put = object_store::ObjectStoreExt::put(
+                self.store.as_ref(),
+                &path,
+                format!("input {i}").into_bytes().into(),
+            )
+            .await;
+            if let Err(error) = put {
+                self.shared
+                    .oracle
+                    .violation(format!("cannot seed inputs: {error}"));
+            }
+        }
         for index in 0..self.nodes.len() {
             self.start(index).await;
         }
+        let mut published = 0;
         if self.wait_settled(FORMATION_MS, false).await {
             self.shared.trace.event("formed");
             let checker = tokio::spawn(super::oracle::check_continuously(self.shared.clone()));
@@ -164,9 +193,11 @@ impl World {
             checker.abort();
             let running: Vec<Running> =
                 lock(&self.shared.nodes).iter().flatten().cloned().collect();
+            let outputs = self.outputs().await;
+            published = outputs.len();
             self.shared
                 .oracle
-                .check_end(&running, &self.executions.counts());
+                .check_end(&running, &self.executions.counts(), &outputs);
         } else {
             self.shared
                 .oracle
@@ -190,7 +221,31 @@ impl World {
             acknowledged: self.shared.oracle.acknowledged(),
             executions: self.executions.counts().values().map(|n| *n as usize).sum(),
             recoveries: self.shared.oracle.recoveries(),
+            published,
         }
+    }
+
+    /// Every object below `out/` with its contents.
+    async fn outputs(&self) -> BTreeMap<String, String> {
+        use futures::TryStreamExt;
+        use object_store::{ObjectStore, ObjectStoreExt};
+        let prefix = object_store::path::Path::from("out");
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        let mut outputs = BTreeMap::new();
+        for meta in listed {
+            if let Ok(result) = self.store.get(&meta.location).await
+                && let Ok(bytes) = result.bytes().await
+            {
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                outputs.insert(meta.location.to_string(), text);
+            }
+        }
+        outputs
     }
 
     /// Waits until every node is up, one leader leads them all in one term, their logs are
@@ -407,13 +462,18 @@ async fn client(shared: Arc<Shared>, client: usize) {
     let mut n = 0;
     while !shared.quiet.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(200 + random_u64() % 500)).await;
-        match random_u64() % 10 {
-            0..=5 => {
+        match random_u64() % 20 {
+            0 => {
+                n += 1;
+                let key = format!("c{client}-{n}");
+                submissions.push(tokio::spawn(submit_pipeline(shared.clone(), key)));
+            }
+            1..=11 => {
                 n += 1;
                 let key = format!("c{client}-{n}");
                 submissions.push(tokio::spawn(submit(shared.clone(), key)));
             }
-            6 => {
+            12..=13 => {
                 if let Some(id) = shared.oracle.random_acknowledged(random_u64()) {
                     tokio::spawn(cancel(shared.clone(), id));
                 }
@@ -439,24 +499,49 @@ async fn submit(shared: Arc<Shared>, key: String) {
         "executors": [{"image": "sim", "command": ["sim", ms.to_string(), exit.to_string()]}],
     })
     .to_string();
+    submit_until_answered(shared, key, "/ga4gh/tes/v1/tasks", body, None).await;
+}
+
+/// Submits a pipeline job over every input object (one datum each), its outputs going to
+/// `out/<key>/`.
+async fn submit_pipeline(shared: Arc<Shared>, key: String) {
+    let ms = 50 + random_u64() % 2_000;
+    // Some datums fail a try or two: exit 1 in one job in eight.
+    let exit = u64::from(random_u64().is_multiple_of(8));
+    let egress = format!("out/{key}/");
+    let body = serde_json::json!({
+        "pipeline": {"name": key},
+        "transform": {"image": "sim", "cmd": ["sim", ms.to_string(), exit.to_string()]},
+        "datum_tries": 3,
+        "input": {"atom": {"URI": format!("{BUCKET}/inputs/"), "repo": "in", "glob": "/*"}},
+        "egress": {"URI": format!("{BUCKET}/{egress}")},
+    })
+    .to_string();
+    submit_until_answered(shared, key, "/v1/jobs", body, Some(egress)).await;
+}
+
+/// Posts `body` under the idempotency key `key`, retrying for a minute on 503, 504 and lost
+/// answers, as the CLI does.
+async fn submit_until_answered(
+    shared: Arc<Shared>,
+    key: String,
+    uri: &str,
+    body: String,
+    egress: Option<String>,
+) {
     shared.oracle.submitted(&key);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(CLIENT_RETRY_MS);
     loop {
         let node = random_node(&shared);
-        let answer = call(
-            &shared,
-            node,
-            "POST",
-            "/ga4gh/tes/v1/tasks",
-            Some(&key),
-            Some(body.clone()),
-        )
-        .await;
+        let answer = call(&shared, node, "POST", uri, Some(&key), Some(body.clone())).await;
         match answer {
             Ok((200, value)) => {
                 let id = value["id"].as_str().unwrap_or_default().to_string();
                 shared.trace.event(format!("ack {key} {id} via n{node}"));
-                shared.oracle.acknowledged_as(&key, id);
+                match &egress {
+                    Some(egress) => shared.oracle.pipeline_acknowledged(&key, id, egress),
+                    None => shared.oracle.acknowledged_as(&key, id),
+                }
                 return;
             }
             Ok((503 | 504, _)) | Err(_) => {}
