@@ -48,6 +48,20 @@ pub fn keypair(seed: u64, index: usize) -> Keypair {
     Keypair::ed25519_from_bytes(bytes).expect("32 bytes make an ed25519 key")
 }
 
+/// A node's directory: in memory (`/dev/shm`) where there is one, since a run makes and
+/// removes an attempt directory per attempt and a disk's metadata writes would halve the
+/// seeds per second.
+fn temp_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = std::path::Path::new("/dev/shm");
+    let builder = tempfile::Builder::new().prefix("shoal-sim-").clone();
+    if shm.is_dir()
+        && let Ok(dir) = builder.tempdir_in(shm)
+    {
+        return Ok(dir);
+    }
+    builder.tempdir()
+}
+
 impl SimNode {
     pub fn new(index: usize, keypair: Keypair) -> std::io::Result<SimNode> {
         Ok(SimNode {
@@ -55,7 +69,7 @@ impl SimNode {
             keypair,
             log_disk: SimDisk::default(),
             state_disk: SimDisk::default(),
-            dir: tempfile::tempdir()?,
+            dir: temp_dir()?,
             running: None,
             worker: None,
         })
