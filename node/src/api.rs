@@ -39,6 +39,12 @@ pub struct MemberView {
     pub role: Role,
     pub leader: bool,
     pub slots: Option<u32>,
+    /// Cores its attempts may take together.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Bytes of memory its attempts may take together.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
     pub running: Option<u32>,
     pub executor: Option<String>,
     /// RFC 3339, leader time of the last heartbeat.
@@ -108,6 +114,8 @@ impl MemberView {
             role: member.role,
             leader: member.is_leader,
             slots: member.slots,
+            cpus: member.capacity.map(|c| c.cpu_millis as f64 / 1000.0),
+            memory_bytes: member.capacity.map(|c| c.ram_bytes),
             running: member.running,
             executor: member.executor,
             last_heartbeat: member.last_heartbeat_ms.map(rfc3339_ms),
@@ -154,6 +162,9 @@ pub struct DatumErrorView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: String,
+    /// `pipeline`, or `task` for a TES task (a job of one datum).
+    #[serde(default)]
+    pub kind: String,
     pub name: String,
     /// queued, running, canceling, done, error or canceled.
     pub state: String,
@@ -174,6 +185,10 @@ pub struct JobView {
     pub first_errors: Vec<DatumErrorView>,
     /// The node that lists the input and closes the job.
     pub steward: Option<String>,
+    /// Why its pending datums wait when no node claiming work has the cpu and memory one of
+    /// them asks for; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// `GET /v1/jobs`.

@@ -20,6 +20,8 @@ const LEASE_MS_MIN: u64 = 1_000;
 const LEASE_MS_MAX: u64 = 3_600_000;
 /// Most concurrent attempts one node may be configured for.
 const SLOTS_MAX: u32 = 4096;
+/// Most cores a node may offer.
+const CPUS_MAX: f64 = 65_536.0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -132,6 +134,13 @@ pub struct RaftConfig {
 pub struct WorkerConfig {
     /// Concurrent attempts; 0 means the number of cores.
     pub slots: u32,
+    /// Cores the attempts on this node may take together (fractions allowed); 0 means the
+    /// cores this process may use. An attempt takes what its task asks, one core when it
+    /// asks nothing.
+    pub cpus: f64,
+    /// Memory the attempts on this node may take together, as a size like `16Gi` or `512M`;
+    /// empty means the machine's memory (or the cgroup limit it runs under).
+    pub memory: String,
     /// `auto`, `docker` or `process`.
     pub executor: String,
     /// Attempt working directories; empty means `<data_dir>/work`.
@@ -204,6 +213,8 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             slots: 0,
+            cpus: 0.0,
+            memory: String::new(),
             executor: "auto".to_string(),
             workdir: String::new(),
             lease_ms: 10_000,
@@ -326,6 +337,23 @@ impl Config {
         if self.worker.slots > SLOTS_MAX {
             return Err(invalid("worker.slots", format!("at most {SLOTS_MAX}")));
         }
+        if !(0.0..=CPUS_MAX).contains(&self.worker.cpus) || self.worker.cpus.is_nan() {
+            return Err(invalid(
+                "worker.cpus",
+                format!("must be 0 (all cores) up to {CPUS_MAX}"),
+            ));
+        }
+        if !self.worker.memory.is_empty() {
+            crate::pipeline::spec::memory_bytes(&self.worker.memory).ok_or_else(|| {
+                invalid(
+                    "worker.memory",
+                    format!(
+                        "{:?} is not a size like \"16Gi\" or \"512M\"",
+                        self.worker.memory
+                    ),
+                )
+            })?;
+        }
         let network = &self.worker.docker_network;
         let name_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
         if network.len() > 128 || !network.chars().all(name_ok) {
@@ -355,15 +383,54 @@ impl Config {
             .unwrap_or_else(|| "shoal".to_string())
     }
 
+    /// The cpu and memory this node's attempts may take together: configured, or detected.
+    pub fn capacity(&self) -> shoal_raft::job::Capacity {
+        let cpu_millis = if self.worker.cpus > 0.0 {
+            (self.worker.cpus * 1000.0).round() as u64
+        } else {
+            u64::from(cores()) * 1000
+        };
+        let ram_bytes = crate::pipeline::spec::memory_bytes(&self.worker.memory)
+            .filter(|_| !self.worker.memory.is_empty())
+            .unwrap_or_else(machine_memory);
+        shoal_raft::job::Capacity {
+            cpu_millis,
+            ram_bytes,
+        }
+    }
+
     /// Slots to run, with 0 resolved to the number of cores.
     pub fn slots(&self) -> u32 {
         if self.worker.slots > 0 {
             return self.worker.slots;
         }
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1)
+        cores()
     }
+}
+
+/// The cores this process may use (its cgroup's quota and cpuset count).
+fn cores() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+/// The machine's memory, or the limit of the cgroup (v2) this process runs under when lower;
+/// when neither can be read, a size so large it never refuses work.
+fn machine_memory() -> u64 {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(u64::MAX);
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(u64::MAX);
+    total.min(limit)
 }
 
 #[cfg(test)]
@@ -419,7 +486,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 5] = [
+        let cases: [(&str, Spoil); 8] = [
             ("p2p.seeds", |c| {
                 c.p2p.seeds = vec!["not-a-multiaddr".into()]
             }),
@@ -433,6 +500,9 @@ mod tests {
             ("worker.docker_network", |c| {
                 c.worker.docker_network = "bad name!".into()
             }),
+            ("worker.cpus", |c| c.worker.cpus = -1.0),
+            ("worker.cpus", |c| c.worker.cpus = f64::NAN),
+            ("worker.memory", |c| c.worker.memory = "lots".into()),
         ];
         for (key, spoil) in cases {
             let mut config = Config::default();
@@ -440,5 +510,20 @@ mod tests {
             let error = config.validate(false).expect_err(key).to_string();
             assert!(error.contains(key), "{key}: {error}");
         }
+    }
+
+    #[test]
+    fn capacity_is_configured_or_detected() {
+        let config =
+            Config::from_toml("[worker]\ncpus = 64\nmemory = \"512Mi\"\n").expect("parse");
+        config.validate(false).expect("valid");
+        let capacity = config.capacity();
+        assert_eq!(capacity.cpu_millis, 64_000);
+        assert_eq!(capacity.ram_bytes, 512 << 20);
+        let half = Config::from_toml("[worker]\ncpus = 0.5\n").expect("parse");
+        assert_eq!(half.capacity().cpu_millis, 500);
+        let detected = Config::default().capacity();
+        assert!(detected.cpu_millis >= 1000, "{detected:?}");
+        assert!(detected.ram_bytes > 1 << 20, "{detected:?}");
     }
 }

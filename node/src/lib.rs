@@ -110,6 +110,7 @@ fn worker_config(
     };
     Ok(shoal_worker::WorkerConfig {
         slots: config.slots(),
+        capacity: config.capacity(),
         executor,
         work_dir,
         tail_bytes_max: TAIL_BYTES_MAX,
@@ -158,6 +159,7 @@ fn cluster_config(
         lease_ms: config.worker.lease_ms,
         slots: config.slots(),
         executor: executor.name().to_string(),
+        capacity: config.capacity(),
     })
 }
 

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::{AttemptReport, DatumKey, JobSeq, JobSpec, NewDatum};
+use crate::job::{AttemptReport, Capacity, DatumKey, JobSeq, JobSpec, NewDatum};
 use crate::types::NodeId;
 
 /// One log entry's payload: a command plus the proposer's clock reading.
@@ -30,6 +30,8 @@ pub struct NodeInfo {
     pub slots: u32,
     /// The executor this node runs attempts with (`docker`, `process`, `noop`).
     pub executor: String,
+    /// The cpu and memory its attempts may take together.
+    pub capacity: Capacity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +110,9 @@ pub enum Command {
         node_id: NodeId,
         max: u32,
         queue: u32,
+        /// The node's capacity not taken by the attempts it runs, as the node counts them:
+        /// datums begun now must fit in it; queued ones must fit the node's capacity.
+        free: Capacity,
     },
     /// The node begins a datum it holds in its queue; refused (stale) once it was stolen.
     Begin {
@@ -200,6 +205,8 @@ pub struct Grant {
     pub attempt: u32,
     /// Granted for the node's queue: it must `Begin` the datum before running it.
     pub queued: bool,
+    /// The cpu and memory an attempt of the datum takes.
+    pub demand: Capacity,
 }
 
 /// The answer of applying one entry. Expected refusals are values, not errors.

@@ -167,6 +167,58 @@ pub struct Resources {
     pub backend_parameters: BTreeMap<String, String>,
 }
 
+impl Resources {
+    /// What one attempt of this work takes from its node while it runs: the cpu it asks
+    /// (a task that asks none counts as one core) and the memory it asks.
+    pub fn demand(&self) -> Capacity {
+        let cpu_millis = if self.cpu_millis > 0 {
+            self.cpu_millis
+        } else if self.cpu_cores > 0 {
+            u64::from(self.cpu_cores) * 1000
+        } else {
+            1000
+        };
+        Capacity {
+            cpu_millis,
+            ram_bytes: self.ram_bytes,
+        }
+    }
+}
+
+/// Cpu and memory: what a node offers attempts, what is free on it, or what one attempt
+/// takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Thousandths of a core.
+    pub cpu_millis: u64,
+    pub ram_bytes: u64,
+}
+
+impl Capacity {
+    /// Whether `demand` fits in this much.
+    pub fn fits(self, demand: Capacity) -> bool {
+        demand.cpu_millis <= self.cpu_millis && demand.ram_bytes <= self.ram_bytes
+    }
+
+    /// What is left of this after `demand` (nothing below zero).
+    pub fn minus(self, demand: Capacity) -> Capacity {
+        Capacity {
+            cpu_millis: self.cpu_millis.saturating_sub(demand.cpu_millis),
+            ram_bytes: self.ram_bytes.saturating_sub(demand.ram_bytes),
+        }
+    }
+}
+
+impl std::fmt::Display for Capacity {
+    /// `2 cpus, 1.5 GiB`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cpus = self.cpu_millis as f64 / 1000.0;
+        let gib = self.ram_bytes as f64 / (1024.0 * 1024.0 * 1024.0);
+        let unit = if cpus == 1.0 { "cpu" } else { "cpus" };
+        write!(f, "{cpus} {unit}, {gib:.1} GiB of memory")
+    }
+}
+
 /// The work every datum of a job runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {

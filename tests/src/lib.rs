@@ -129,6 +129,9 @@ pub struct ClusterOptions {
     pub lease_ms: u64,
     pub executor: String,
     pub slots: u32,
+    /// `worker.cpus` of every node; `None` offers one core per slot, so tasks asking nothing
+    /// fill every slot whatever the machine has.
+    pub cpus: Option<f64>,
     pub extra_env: Vec<(String, String)>,
     /// `http.tokens` of every node.
     pub tokens: Vec<shoal_node::config::TokenConfig>,
@@ -154,6 +157,7 @@ impl Default for ClusterOptions {
             lease_ms: 10_000,
             executor: "process".to_string(),
             slots: 2,
+            cpus: None,
             extra_env: Vec::new(),
             tokens: Vec::new(),
             client_token: None,
@@ -237,6 +241,7 @@ impl TestCluster {
         config.worker.executor = self.options.executor.clone();
         config.worker.lease_ms = self.options.lease_ms;
         config.worker.slots = self.options.slots;
+        config.worker.cpus = self.options.cpus.unwrap_or(f64::from(self.options.slots));
         config.http.tokens = self.options.tokens.clone();
         config.worker.docker_network = self.options.docker_network.clone();
         if let Some(s3) = &self.options.s3 {

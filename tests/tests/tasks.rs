@@ -380,3 +380,110 @@ async fn a_running_tasks_output_so_far_is_visible_from_every_node() -> Result<()
     ensure!(ended["state"] == "CANCELED", "{ended}");
     Ok(())
 }
+
+/// A task asking `cores` cpus that sleeps a second.
+fn sized_sleep(cores: u32) -> serde_json::Value {
+    let mut task = shell("sleep 1");
+    if cores > 0 {
+        task["resources"] = json!({ "cpu_cores": cores });
+    }
+    task
+}
+
+/// When the task's (only) executor started and ended, as RFC 3339 text with milliseconds in
+/// UTC: ordered as text.
+fn run_span(task: &serde_json::Value) -> Result<(String, String)> {
+    let log = &task["logs"][0]["logs"][0];
+    let (Some(start), Some(end)) = (log["start_time"].as_str(), log["end_time"].as_str()) else {
+        anyhow::bail!("no executor times in {task}");
+    };
+    Ok((start.to_string(), end.to_string()))
+}
+
+#[tokio::test]
+async fn two_tasks_asking_two_cpus_never_run_at_once_on_a_two_cpu_node() -> Result<()> {
+    let cluster = TestCluster::formed(
+        1,
+        ClusterOptions {
+            slots: 4,
+            cpus: Some(2.0),
+            ..single_node()
+        },
+    )
+    .await?;
+
+    phase("two tasks asking nothing (one cpu each) share the two cpus: they overlap");
+    let small = [
+        cluster.submit_task(0, &sized_sleep(0)).await?,
+        cluster.submit_task(0, &sized_sleep(0)).await?,
+    ];
+    let mut spans = Vec::new();
+    for id in &small {
+        let task = cluster.wait_task(0, id, TASK_TIMEOUT).await?;
+        ensure!(task["state"] == "COMPLETE", "{task}");
+        spans.push(run_span(&task)?);
+    }
+    let overlap = |a: &(String, String), b: &(String, String)| a.0 < b.1 && b.0 < a.1;
+    ensure!(overlap(&spans[0], &spans[1]), "{spans:?}");
+
+    phase("two tasks asking two cpus each run one after the other, with slots to spare");
+    let big = [
+        cluster.submit_task(0, &sized_sleep(2)).await?,
+        cluster.submit_task(0, &sized_sleep(2)).await?,
+    ];
+    let mut spans = Vec::new();
+    for id in &big {
+        let task = cluster.wait_task(0, id, TASK_TIMEOUT).await?;
+        ensure!(task["state"] == "COMPLETE", "{task}");
+        spans.push(run_span(&task)?);
+    }
+    ensure!(
+        !overlap(&spans[0], &spans[1]),
+        "they ran at once: {spans:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_no_node_fits_waits_saying_why_and_runs_when_a_big_enough_node_joins() -> Result<()>
+{
+    let options = ClusterOptions {
+        cpus: Some(2.0),
+        ..single_node()
+    };
+    let mut cluster = TestCluster::formed(1, options.clone()).await?;
+
+    phase("a task asking 64 cpus stays QUEUED on a 2-cpu cluster, and says why");
+    let mut task = shell("echo ran");
+    task["resources"] = json!({ "cpu_cores": 64, "ram_gb": 1 });
+    let id = cluster.submit_task(0, &task).await?;
+    let small = cluster.submit_task(0, &shell("echo small")).await?;
+    let done = cluster.wait_task(0, &small, TASK_TIMEOUT).await?;
+    ensure!(
+        done["state"] == "COMPLETE",
+        "work behind it still runs: {done}"
+    );
+    let waiting = cluster.task(0, &id, "MINIMAL").await?;
+    ensure!(waiting["state"] == "QUEUED", "{waiting}");
+    let job = cluster.job(0, &id).await?;
+    let why = job["waiting"].as_str().unwrap_or_default();
+    ensure!(
+        why.contains("64 cpus") && why.contains("2 cpus"),
+        "the job view says why: {job}"
+    );
+
+    phase("a node offering 64 cpus joins and runs it");
+    let big = cluster.add_node(Some(ClusterOptions {
+        cpus: Some(64.0),
+        bootstrap_expect: 1,
+        ..options
+    }))?;
+    cluster.start(big)?;
+    let ended = cluster.wait_task(0, &id, TASK_TIMEOUT).await?;
+    ensure!(ended["state"] == "COMPLETE", "{ended}");
+    let host = ended["logs"][0]["metadata"]["hostname"].as_str();
+    ensure!(host == Some(cluster.nodes[big].name.as_str()), "{ended}");
+    let job = cluster.job(0, &id).await?;
+    ensure!(job.get("waiting").is_none(), "{job}");
+    Ok(())
+}

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_raft::command::{Command, Completion, Grant, Outcome};
-use shoal_raft::job::{AttemptOutcome, DatumKey};
+use shoal_raft::job::{AttemptOutcome, Capacity, DatumKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::shared::{Running, Shared, lock};
@@ -23,33 +23,36 @@ pub(crate) fn prefetch(shared: &Shared) -> u32 {
     shared.config.slots.min(PREFETCH_MAX)
 }
 
-/// What this node should ask for now: datums to begin at once, and datums for its queue.
-pub(crate) fn wants_work(shared: &Shared) -> (u32, u32) {
-    let free = shared
-        .config
-        .slots
-        .saturating_sub(shared.running().len() as u32);
+/// What this node should ask for now: datums to begin at once, datums for its queue, and
+/// the capacity the running attempts leave free.
+pub(crate) fn wants_work(shared: &Shared) -> (u32, u32, Capacity) {
+    let (running, free) = {
+        let running = shared.running();
+        (running.len() as u32, shared.free(&running))
+    };
+    let slots = shared.config.slots.saturating_sub(running);
     let queued = lock(&shared.queue).len() as u32;
     let room = prefetch(shared).saturating_sub(queued);
-    if (free == 0 && room == 0) || shared.stop.is_cancelled() || !shared.cluster.is_ready() {
-        return (0, 0);
+    if (slots == 0 && room == 0) || shared.stop.is_cancelled() || !shared.cluster.is_ready() {
+        return (0, 0, free);
     }
     let me = shared.cluster.node_id();
     let state = shared.cluster.view().read();
     if state.nodes.get(&me).is_none_or(|record| record.draining) {
-        return (0, 0);
+        return (0, 0, free);
     }
-    if state.has_claimable() {
-        (free, room)
-    } else if free > 0 && state.has_stealable(me) {
-        (free, 0)
+    if state.has_claimable(me, slots, room, free) {
+        (slots, room, free)
+    } else if slots > 0 && state.has_stealable(me, free) {
+        (slots, 0, free)
     } else {
-        (0, 0)
+        (0, 0, free)
     }
 }
 
-/// Begins queued claims while slots are free. A grant leaves the queue and takes its slot
-/// under the same locks, so the claim watch never sees it in neither place.
+/// Begins queued claims while slots are free and their demand fits in the free capacity. A
+/// grant leaves the queue and takes its slot under the same locks, so the claim watch never
+/// sees it in neither place.
 pub(crate) fn start_queued(shared: &Arc<Shared>) {
     while !shared.stop.is_cancelled() {
         let (grant, cancel, live, count) = {
@@ -59,12 +62,14 @@ pub(crate) fn start_queued(shared: &Arc<Shared>) {
             if running.len() >= shared.config.slots as usize {
                 return;
             }
-            // The first grant whose datum has no older attempt still stopping here.
+            let free = shared.free(&running);
+            // The first grant that fits and whose datum has no older attempt still stopping
+            // here.
             let grant = {
                 let mut queue = lock(&shared.queue);
-                let next = queue
-                    .iter()
-                    .position(|g| running.get(&g.datum).is_none_or(|r| r.fence == g.fence));
+                let next = queue.iter().position(|g| {
+                    free.fits(g.demand) && running.get(&g.datum).is_none_or(|r| r.fence == g.fence)
+                });
                 match next.and_then(|i| queue.remove(i)) {
                     Some(grant) => grant,
                     None => return,
@@ -87,12 +92,13 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>) {
     let mut applied = shared.cluster.view().applied();
     loop {
         start_queued(&shared);
-        let (max, queue) = wants_work(&shared);
+        let (max, queue, free) = wants_work(&shared);
         if max + queue > 0 {
             let claim = Command::ClaimBatch {
                 node_id: shared.cluster.node_id(),
                 max,
                 queue,
+                free,
             };
             shared.claiming.store(true, Ordering::SeqCst);
             let answer = shared.cluster.write(claim).await;
@@ -198,6 +204,7 @@ pub(crate) fn occupy(
         grant.datum,
         Running {
             fence: grant.fence,
+            demand: grant.demand,
             cancel: cancel.clone(),
             live: live.clone(),
         },

@@ -68,6 +68,9 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct WorkerConfig {
     /// Attempts run at once on this node.
     pub slots: u32,
+    /// The cpu and memory the attempts on this node may take together; an attempt begins
+    /// only when its demand fits in what the running ones leave.
+    pub capacity: shoal_raft::job::Capacity,
     pub executor: ExecutorKind,
     /// Attempt directories live here (`<job>-<datum index>-<attempt>`).
     pub work_dir: PathBuf,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use shoal_raft::Cluster;
 use shoal_raft::command::{Completion, Grant};
-use shoal_raft::job::{Datum, DatumKey, Job, JobSeq};
+use shoal_raft::job::{Capacity, Datum, DatumKey, Job, JobSeq};
 use shoal_storage::Resolver;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,8 @@ use crate::live;
 /// An attempt in progress on this node.
 pub(crate) struct Running {
     pub(crate) fence: u64,
+    /// The cpu and memory it takes from the node.
+    pub(crate) demand: Capacity,
     pub(crate) cancel: CancellationToken,
     pub(crate) live: Arc<live::LiveAttempt>,
 }
@@ -75,6 +77,13 @@ impl Shared {
         }
         jobs.insert(key.job, job.clone());
         Some((job, datum))
+    }
+
+    /// The node's capacity not taken by the attempts in `running`.
+    pub(crate) fn free(&self, running: &HashMap<DatumKey, Running>) -> Capacity {
+        running
+            .values()
+            .fold(self.config.capacity, |free, r| free.minus(r.demand))
     }
 
     pub(crate) fn running(&self) -> std::sync::MutexGuard<'_, HashMap<DatumKey, Running>> {

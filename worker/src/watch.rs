@@ -94,6 +94,7 @@ pub(crate) fn orphaned_claims(shared: &Shared, applied: u64) -> Vec<Grant> {
                 fence: c.fence,
                 attempt: d.attempts.len() as u32,
                 queued: c.queued,
+                demand: state.demand(d.key.job),
             })
         })
         .collect();

@@ -9,7 +9,7 @@ use crate::api::{ClusterView, DrainView, RemovedView};
 pub enum ClusterCommand {
     /// The cluster id, leader, term, applied index and every member.
     Status,
-    /// Every member: id, name, role, slots, running, last heartbeat, draining.
+    /// Every member: id, name, role, slots, cpus, memory, running, last heartbeat, draining.
     Members,
     /// Stop a node (id or name) from claiming new work.
     Drain { node: String },
@@ -132,6 +132,10 @@ fn members_table(view: &ClusterView) -> String {
                 role,
                 m.http_url.clone(),
                 optional(m.slots),
+                m.cpus.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                m.memory_bytes
+                    .map(|b| format!("{:.1}Gi", b as f64 / (1u64 << 30) as f64))
+                    .unwrap_or_else(|| "-".into()),
                 optional(m.running),
                 m.executor.clone().unwrap_or_else(|| "-".into()),
                 m.last_heartbeat.clone().unwrap_or_else(|| "-".into()),
@@ -149,6 +153,8 @@ fn members_table(view: &ClusterView) -> String {
         "ROLE",
         "HTTP",
         "SLOTS",
+        "CPUS",
+        "MEMORY",
         "RUNNING",
         "EXECUTOR",
         "LAST HEARTBEAT",

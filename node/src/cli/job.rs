@@ -123,6 +123,9 @@ fn print_job(job: &JobView) {
         job.ended.as_deref().unwrap_or("-"),
         job.datums_per_second
     );
+    if let Some(waiting) = &job.waiting {
+        println!("{waiting}");
+    }
     if let Some(error) = &job.error {
         println!("error: {error}");
     }

@@ -31,6 +31,12 @@ pub struct NodeArgs {
     pub executor: Option<String>,
     #[arg(long)]
     pub slots: Option<u32>,
+    /// Cores this node's attempts may take together (`worker.cpus`).
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Memory this node's attempts may take together, e.g. 16Gi (`worker.memory`).
+    #[arg(long)]
+    pub memory: Option<String>,
     /// Allow HTTP beyond loopback without tokens.
     #[arg(long)]
     pub insecure: bool,
@@ -71,6 +77,12 @@ impl NodeArgs {
         }
         if let Some(executor) = &self.executor {
             config.worker.executor = executor.clone();
+        }
+        if let Some(cpus) = self.cpus {
+            config.worker.cpus = cpus;
+        }
+        if let Some(memory) = &self.memory {
+            config.worker.memory = memory.clone();
         }
         if let Some(slots) = self.slots {
             config.worker.slots = slots;

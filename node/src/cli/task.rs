@@ -178,7 +178,16 @@ pub async fn run(
         }
         TaskCommand::Get { id, view } => {
             let task = get(client, id, *view).await?;
-            print_json(&task)
+            print_json(&task)?;
+            // TES has no place for why a task waits; shoal's job view of it says.
+            if task.state == Some(TesState::Queued) {
+                let job: Result<crate::api::JobView, _> =
+                    client.get(&format!("/v1/jobs/{}", encode(id))).await;
+                if let Some(waiting) = job.ok().and_then(|job| job.waiting) {
+                    eprintln!("{waiting}");
+                }
+            }
+            Ok(())
         }
         TaskCommand::List {
             state,

@@ -112,7 +112,8 @@ fn find_job<'a>(
         .ok_or_else(|| not_found("job", target))
 }
 
-/// `GET /v1/jobs/{id}` (an id or a name).
+/// `GET /v1/jobs/{id}` (an id or a name). A TES task is a job of one datum: its id is
+/// answered too, which is where a waiting task says why it waits.
 pub async fn get(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -120,7 +121,11 @@ pub async fn get(
 ) -> Result<Json<JobView>, ApiError> {
     state.cluster.linearize().await?;
     let view = state.cluster.view().read();
-    let job = find_job(&view, &target, &caller)?;
+    let job = find_job(&view, &target, &caller).or_else(|error| {
+        view.job(&target)
+            .filter(|job| job.spec.kind == JobKind::Task && caller.sees(&job.spec.owner))
+            .ok_or(error)
+    })?;
     Ok(Json(views::job(&view, job, true)))
 }
 

@@ -405,7 +405,7 @@ fn resources(requests: Option<ResourceRequests>) -> Result<Resources, String> {
 
 /// A Kubernetes memory quantity: bytes, or a number with a decimal (`k`, `M`, `G`, `T`) or
 /// binary (`Ki`, `Mi`, `Gi`, `Ti`) suffix.
-fn memory_bytes(text: &str) -> Option<u64> {
+pub(crate) fn memory_bytes(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -1,8 +1,8 @@
 //! Replicated jobs and datums as the `/v1/jobs` and `/v1/datums` routes show them.
 
 use shoal_raft::job::{
-    Attempt, AttemptOutcome, Datum, DatumCounts, DatumState, ExecutorLog, FileKind, Job, JobState,
-    format_datum_id,
+    Attempt, AttemptOutcome, Datum, DatumCounts, DatumState, ExecutorLog, FileKind, Job, JobKind,
+    JobState, format_datum_id,
 };
 use shoal_raft::state::State;
 use shoal_raft::{NodeId, format_node_id};
@@ -121,6 +121,11 @@ pub fn job(state: &State, job: &Job, with_spec: bool) -> JobView {
     };
     JobView {
         id: job.spec.id.clone(),
+        kind: match job.spec.kind {
+            JobKind::Task => "task",
+            JobKind::Pipeline => "pipeline",
+        }
+        .to_string(),
         name: job.spec.name.clone(),
         state: job_state_name(job.state()).to_string(),
         owner: job.spec.owner.clone(),
@@ -144,6 +149,9 @@ pub fn job(state: &State, job: &Job, with_spec: bool) -> JobView {
             })
             .collect(),
         steward: job.steward.map(|node| node_name(state, node)),
+        waiting: (job.counts.pending > 0)
+            .then(|| state.unplaceable(job.seq))
+            .flatten(),
     }
 }
 

@@ -101,6 +101,8 @@ pub struct ClusterConfig {
     pub lease_ms: u64,
     pub slots: u32,
     pub executor: String,
+    /// The cpu and memory this node's attempts may take together.
+    pub capacity: crate::job::Capacity,
 }
 
 /// A cluster operation that only the leader can carry out.
@@ -191,6 +193,8 @@ pub struct MemberStatus {
     pub role: Role,
     pub is_leader: bool,
     pub slots: Option<u32>,
+    /// The cpu and memory its attempts may take together.
+    pub capacity: Option<crate::job::Capacity>,
     pub running: Option<u32>,
     pub executor: Option<String>,
     pub last_heartbeat_ms: Option<u64>,
@@ -498,6 +502,7 @@ impl Cluster {
             p2p_addrs: addr.p2p_addrs.clone(),
             slots: self.inner.config.slots,
             executor: self.inner.config.executor.clone(),
+            capacity: self.inner.config.capacity,
         }
     }
 
@@ -889,6 +894,7 @@ impl Cluster {
                     },
                     is_leader: metrics.current_leader == Some(node_id),
                     slots: record.map(|r| r.info.slots),
+                    capacity: record.map(|r| r.info.capacity),
                     running: record.map(|r| r.running),
                     executor: record.map(|r| r.info.executor.clone()),
                     last_heartbeat_ms: record.map(|r| r.last_heartbeat_ms),

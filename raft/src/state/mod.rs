@@ -260,7 +260,8 @@ impl State {
                 node_id,
                 max,
                 queue,
-            } => self.claim_batch(index, now_ms, *node_id, *max, *queue),
+                free,
+            } => self.claim_batch(index, now_ms, *node_id, (*max, *queue), *free),
             Command::Begin {
                 node_id,
                 datum,
@@ -581,6 +582,7 @@ mod tests {
             p2p_addrs: vec!["/ip4/127.0.0.1/tcp/7000".to_string()],
             slots: 2,
             executor: "process".to_string(),
+            capacity: crate::job::Capacity::default(),
         }
     }
 

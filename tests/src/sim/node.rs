@@ -19,6 +19,11 @@ use super::net::{SimNet, address};
 
 /// Lease of the simulated cluster: the production default.
 pub const LEASE_MS: u64 = 10_000;
+/// What each simulated node offers: two cores (a task asking nothing takes one) and 8 GiB.
+pub const CAPACITY: shoal_raft::job::Capacity = shoal_raft::job::Capacity {
+    cpu_millis: 2000,
+    ram_bytes: 8 << 30,
+};
 
 /// What a running node offers its clients and the oracle.
 #[derive(Clone)]
@@ -105,6 +110,7 @@ impl SimNode {
             lease_ms: LEASE_MS,
             slots: 2,
             executor: "sim".to_string(),
+            capacity: CAPACITY,
         }
     }
 
@@ -121,6 +127,7 @@ impl SimNode {
         let config = self.cluster_config(nodes);
         let worker_config = WorkerConfig {
             slots: config.slots,
+            capacity: config.capacity,
             executor: ExecutorKind::External(executor),
             work_dir: self.dir.path().join("work"),
             tail_bytes_max: 1024,

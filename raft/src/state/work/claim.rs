@@ -1,28 +1,47 @@
-//! Datums handed to nodes: `ClaimBatch` (FIFO across jobs, parallelism, prefetch into the
-//! node's queue, stealing queued claims), `Begin` and `HandBack`.
+//! Datums handed to nodes: `ClaimBatch` (FIFO across jobs, parallelism, cpu and memory,
+//! prefetch into the node's queue, stealing queued claims), `Begin` and `HandBack`.
 
 use std::ops::Bound;
 
 use super::CLAIM_BATCH_MAX;
 use crate::command::{Grant, Outcome};
-use crate::job::{Attempt, AttemptOutcome, Claim, DatumKey, DatumState};
+use crate::job::{Attempt, AttemptOutcome, Capacity, Claim, DatumKey, DatumState, JobSeq};
 use crate::state::{RowKey, State};
 use crate::types::NodeId;
 
 impl State {
-    /// Whether another node holds a queued claim `node` could steal.
-    pub fn has_stealable(&self, node: NodeId) -> bool {
-        self.queued.iter().any(|key| {
+    /// What one attempt of a datum of `job` takes from its node.
+    pub fn demand(&self, job: JobSeq) -> Capacity {
+        self.jobs
+            .get(&job)
+            .map(|j| j.spec.task.resources.demand())
+            .unwrap_or_default()
+    }
+
+    /// The queued claim of another node that `node` would steal to begin in `free`: the last
+    /// in claim order (what its holder would begin last) that fits.
+    fn stealable(&self, node: NodeId, free: Capacity) -> Option<DatumKey> {
+        self.queued.iter().rev().copied().find(|key| {
             self.datums
                 .get(key)
                 .and_then(|d| d.claim)
                 .is_some_and(|c| c.node != node)
+                && free.fits(self.demand(key.job))
         })
     }
 
-    /// The first pending datum at or after `cursor` of a job below its `parallelism`. Costs
-    /// one step per job at its cap, not one per pending datum.
-    fn next_claimable(&self, mut cursor: Bound<DatumKey>) -> Option<DatumKey> {
+    /// Whether another node holds a queued claim `node` could steal to begin in `free`.
+    pub fn has_stealable(&self, node: NodeId, free: Capacity) -> bool {
+        self.stealable(node, free).is_some()
+    }
+
+    /// The first pending datum at or after `cursor` of a job below its `parallelism` whose
+    /// demand `fits`. Costs one step per job skipped, not one per pending datum.
+    fn next_claimable(
+        &self,
+        mut cursor: Bound<DatumKey>,
+        fits: impl Fn(Capacity) -> bool,
+    ) -> Option<DatumKey> {
         loop {
             let key = self
                 .pending
@@ -31,7 +50,8 @@ impl State {
                 .copied()?;
             let job = self.jobs.get(&key.job)?;
             let parallelism = job.spec.parallelism;
-            if parallelism == 0 || job.counts.active() < parallelism {
+            let below_cap = parallelism == 0 || job.counts.active() < parallelism;
+            if below_cap && fits(job.spec.task.resources.demand()) {
                 return Some(key);
             }
             cursor = Bound::Excluded(DatumKey {
@@ -41,49 +61,96 @@ impl State {
         }
     }
 
-    /// Whether a `ClaimBatch` would grant anything now: a pending datum of a job below its
-    /// `parallelism`.
-    pub fn has_claimable(&self) -> bool {
-        self.next_claimable(Bound::Unbounded).is_some()
+    /// Whether a `ClaimBatch` of `node` asking for `now` datums to begin in `free` and
+    /// `queue` more for its queue would grant a pending datum.
+    pub fn has_claimable(&self, node: NodeId, now: u32, queue: u32, free: Capacity) -> bool {
+        let Some(record) = self.nodes.get(&node) else {
+            return false;
+        };
+        let capacity = record.info.capacity;
+        self.next_claimable(Bound::Unbounded, |demand| {
+            (now > 0 && free.fits(demand)) || (queue > 0 && capacity.fits(demand))
+        })
+        .is_some()
     }
 
+    /// Whether any pending datum waits for a claim, whatever its size (the simulation's
+    /// liveness check).
+    pub fn has_pending(&self) -> bool {
+        self.next_claimable(Bound::Unbounded, |_| true).is_some()
+    }
+
+    /// Why a pending datum of `job` cannot be claimed by any node there is: none that claims
+    /// work has the cpu and memory one of its attempts asks for. `None` when some node has.
+    pub fn unplaceable(&self, job: JobSeq) -> Option<String> {
+        let demand = self.demand(job);
+        let claiming = || self.nodes.values().filter(|n| !n.draining);
+        if claiming().any(|n| n.info.capacity.fits(demand)) {
+            return None;
+        }
+        let largest =
+            claiming().max_by_key(|n| (n.info.capacity.cpu_millis, n.info.capacity.ram_bytes));
+        Some(match largest {
+            Some(node) => format!(
+                "waiting for a node with room for {demand}: the largest node claiming work, \
+                 {}, has {}",
+                node.info.name, node.info.capacity
+            ),
+            None => format!("waiting for a node with room for {demand}: no node claims work"),
+        })
+    }
+
+    /// Grants `node` up to `max` pending datums to begin now, each fitting in what is left
+    /// of `free`, and up to `queue` more for its queue, each fitting the node's capacity;
+    /// then, for what did not begin, steals other nodes' queued claims that fit.
     pub(in crate::state) fn claim_batch(
         &mut self,
         fence: u64,
         now_ms: u64,
         node_id: NodeId,
-        max: u32,
-        queue: u32,
+        ask: (u32, u32),
+        mut free: Capacity,
     ) -> Outcome {
+        let (max, queue) = ask;
         let Some(node) = self.nodes.get(&node_id) else {
             return Outcome::UnknownNode { node_id };
         };
         if node.draining {
             return Outcome::Claimed { grants: Vec::new() };
         }
+        let capacity = node.info.capacity;
         // Asking for work is a sign of life: the grants must not expire at the next round.
         self.note_alive(node_id, now_ms);
-        let now = max.min(CLAIM_BATCH_MAX) as usize;
-        let total = max.saturating_add(queue).min(CLAIM_BATCH_MAX) as usize;
+        let now = max.min(CLAIM_BATCH_MAX);
+        let total = max.saturating_add(queue).min(CLAIM_BATCH_MAX);
+        let (mut begun, mut queued) = (0, 0);
         let mut grants = Vec::new();
         let mut cursor = Bound::Unbounded;
-        while grants.len() < total {
-            let Some(key) = self.next_claimable(cursor) else {
-                break;
-            };
-            let queued = grants.len() >= now;
-            grants.push(self.grant(key, node_id, fence, now_ms, queued));
-            cursor = Bound::Excluded(key);
-        }
-        while grants.len() < now {
-            let Some(key) = self.queued.iter().rev().copied().find(|key| {
-                self.datums
-                    .get(key)
-                    .and_then(|d| d.claim)
-                    .is_some_and(|c| c.node != node_id)
+        while begun + queued < total {
+            let begin_more = begun < now;
+            let queue_more = queued < total - now;
+            let Some(key) = self.next_claimable(cursor, |demand| {
+                (begin_more && free.fits(demand)) || (queue_more && capacity.fits(demand))
             }) else {
                 break;
             };
+            let demand = self.demand(key.job);
+            let begin = begin_more && free.fits(demand);
+            if begin {
+                free = free.minus(demand);
+                begun += 1;
+            } else {
+                queued += 1;
+            }
+            grants.push(self.grant(key, node_id, fence, now_ms, !begin));
+            cursor = Bound::Excluded(key);
+        }
+        while begun < now {
+            let Some(key) = self.stealable(node_id, free) else {
+                break;
+            };
+            free = free.minus(self.demand(key.job));
+            begun += 1;
             grants.push(self.steal(key, node_id, fence, now_ms));
         }
         Outcome::Claimed { grants }
@@ -131,6 +198,7 @@ impl State {
             fence,
             attempt: number,
             queued,
+            demand: self.demand(key.job),
         }
     }
 
@@ -161,6 +229,7 @@ impl State {
             fence,
             attempt: number,
             queued: false,
+            demand: self.demand(key.job),
         }
     }
 

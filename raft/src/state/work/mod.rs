@@ -16,10 +16,15 @@
 //!   granted it, and a report counts only with the datum's current fence and node.
 //! - Claims go out in FIFO order across jobs (job sequence, then datum index), skipping jobs at
 //!   their `parallelism`; draining nodes get nothing.
+//! - Cpu and memory: a datum granted to begin now fits in the node's free capacity as the
+//!   node counts it (sent in the `ClaimBatch`, since only the node knows which attempts have
+//!   ended); a datum granted for its queue fits the node's whole capacity. A job whose datums
+//!   do not fit is skipped, so smaller work behind it may go first (backfill); one that fits
+//!   no node waits, and [`State::unplaceable`] says why.
 //! - A claim granted for a node's queue (prefetch) is `queued` until the node `Begin`s it.
-//!   When nothing is pending, a node with free slots steals queued claims from other nodes,
-//!   last in claim order first (what their holders would begin last); the attempt keeps its
-//!   number, since it never began. Queued claims canceled, handed back or expired were
+//!   When no pending datum can begin on it, a node with free slots steals queued claims that
+//!   fit from other nodes, last in claim order first (what their holders would begin last);
+//!   the attempt keeps its number, since it never began. Queued claims canceled, handed back or expired were
 //!   never attempts: they spend nothing.
 //! - A pipeline datum whose attempt succeeded with outputs is `Publishing` under the same
 //!   claim until its holder reports the outputs published; no two datums of a job may

@@ -10,11 +10,16 @@ use crate::job::{
     AttemptReport, Datum, ExecutorSpec, JobKind, JobSeq, JobSpec, NewDatum, PipelineInput,
     PipelineSpec,
 };
-use crate::job::{DatumCounts, JobState, TaskSpec};
+use crate::job::{Capacity, DatumCounts, JobState, Resources, TaskSpec};
 
 const N1: NodeId = 1;
 const N2: NodeId = 2;
 const LEASE_MS: u64 = 10_000;
+/// The capacity of the nodes the tests start with: more than any test asks.
+const PLENTY: Capacity = Capacity {
+    cpu_millis: 1_024_000,
+    ram_bytes: 1 << 40,
+};
 
 /// A state machine driven like the log drives it: each command gets the next index.
 struct Log {
@@ -34,17 +39,22 @@ impl Log {
             rows: BTreeMap::new(),
         };
         for node_id in [N1, N2] {
-            let info = NodeInfo {
-                name: format!("n{node_id}"),
-                peer_id: format!("p{node_id}"),
-                http_url: String::new(),
-                p2p_addrs: Vec::new(),
-                slots: 4,
-                executor: "process".into(),
-            };
-            log.apply(Command::RegisterNode { node_id, info });
+            log.register(node_id, PLENTY);
         }
         log
+    }
+
+    fn register(&mut self, node_id: NodeId, capacity: Capacity) {
+        let info = NodeInfo {
+            name: format!("n{node_id}"),
+            peer_id: format!("p{node_id}"),
+            http_url: String::new(),
+            p2p_addrs: Vec::new(),
+            slots: 4,
+            executor: "process".into(),
+            capacity,
+        };
+        self.apply(Command::RegisterNode { node_id, info });
     }
 
     fn apply(&mut self, command: Command) -> Outcome {
@@ -121,10 +131,16 @@ impl Log {
     }
 
     fn claim_with_queue(&mut self, node_id: NodeId, max: u32, queue: u32) -> Vec<Grant> {
+        self.claim_into(node_id, max, queue, PLENTY)
+    }
+
+    /// A claim of a node whose running attempts leave `free`.
+    fn claim_into(&mut self, node_id: NodeId, max: u32, queue: u32, free: Capacity) -> Vec<Grant> {
         match self.apply(Command::ClaimBatch {
             node_id,
             max,
             queue,
+            free,
         }) {
             Outcome::Claimed { grants } => grants,
             other => panic!("claim answered {other:?}"),
@@ -266,11 +282,11 @@ fn parallelism_caps_a_job_across_nodes_and_later_jobs_still_run() {
     let mut log = Log::new();
     let capped = log.submit("capped", 5, 2, 1);
     let free = log.submit("free", 1, 0, 1);
-    assert!(log.state.has_claimable());
+    assert!(log.state.has_claimable(N1, 10, 0, PLENTY));
     let grants = log.claim(N1, 10);
     assert_eq!(keys(&grants), [(capped, 0), (capped, 1), (free, 0)]);
     assert!(
-        !log.state.has_claimable(),
+        !log.state.has_claimable(N2, 10, 4, PLENTY),
         "pending datums remain, but none may be claimed"
     );
     assert!(log.claim(N2, 10).is_empty(), "the cap holds for every node");
@@ -484,6 +500,7 @@ fn a_drained_node_gets_nothing_and_an_undrained_one_does() {
             node_id: 99,
             max: 1,
             queue: 0,
+            free: PLENTY,
         }),
         Outcome::UnknownNode { .. }
     ));
@@ -781,6 +798,7 @@ fn a_batch_applies_each_command_in_order_and_refuses_claims_inside() {
             node_id: N1,
             max: 1,
             queue: 0,
+            free: PLENTY,
         },
         submit("b"),
         Command::Batch(Vec::new()),
@@ -1294,4 +1312,113 @@ fn a_start_reported_after_a_cancel_is_persisted() {
     let datum = &log.state.datums[&grants[0].datum];
     assert_eq!(datum.state, DatumState::Canceling);
     assert!(datum.attempts[0].started_ms.is_some());
+}
+
+const GIB: u64 = 1 << 30;
+
+fn cpus(cores: u64, ram_gib: u64) -> Capacity {
+    Capacity {
+        cpu_millis: cores * 1000,
+        ram_bytes: ram_gib * GIB,
+    }
+}
+
+/// A task asking for `cores` cpus and `ram_gib` of memory.
+fn sized(log: &mut Log, id: &str, cores: u32, ram_gib: u64) -> JobSeq {
+    let mut spec = spec(id, JobKind::Task, 0, 1);
+    spec.task.resources = Resources {
+        cpu_cores: cores,
+        cpu_millis: u64::from(cores) * 1000,
+        ram_bytes: ram_gib * GIB,
+        ..Resources::default()
+    };
+    log.submit_spec(spec, 1, true)
+}
+
+#[test]
+fn a_datum_begins_only_in_the_free_capacity_its_node_sends() {
+    let mut log = Log::new();
+    const N3: NodeId = 3;
+    log.register(N3, cpus(2, 4));
+    let first = sized(&mut log, "a", 2, 1);
+    let second = sized(&mut log, "b", 2, 1);
+    let grants = log.claim_into(N3, 4, 0, cpus(2, 4));
+    assert_eq!(
+        keys(&grants),
+        [(first, 0)],
+        "two 2-cpu tasks do not fit 2 cpus"
+    );
+    assert!(!log.state.has_claimable(N3, 3, 0, cpus(0, 3)));
+    assert!(log.claim_into(N3, 3, 0, cpus(0, 3)).is_empty());
+    // Memory counts too: 2 cpus free but 512 MiB is less than the 1 GiB asked.
+    let half = Capacity {
+        cpu_millis: 2000,
+        ram_bytes: GIB / 2,
+    };
+    assert!(log.claim_into(N3, 1, 0, half).is_empty());
+    // Queued grants only need to fit the node's capacity; they begin when it frees.
+    let queued = log.claim_into(N3, 1, 1, cpus(0, 3));
+    assert_eq!(keys(&queued), [(second, 0)]);
+    assert!(queued[0].queued);
+    assert_eq!(queued[0].demand, cpus(2, 1));
+}
+
+#[test]
+fn a_task_asking_nothing_takes_one_core() {
+    let mut log = Log::new();
+    const N3: NodeId = 3;
+    log.register(N3, cpus(2, 4));
+    let jobs: Vec<JobSeq> = (0..3)
+        .map(|i| log.submit(&format!("j{i}"), 1, 0, 1))
+        .collect();
+    let grants = log.claim_into(N3, 8, 0, cpus(2, 4));
+    assert_eq!(keys(&grants), [(jobs[0], 0), (jobs[1], 0)]);
+    assert!(grants.iter().all(|g| g.demand == cpus(1, 0)));
+}
+
+#[test]
+fn work_no_node_fits_waits_saying_why_and_smaller_work_goes_first() {
+    let mut log = Log::new();
+    const SMALL: NodeId = 3;
+    const BIG: NodeId = 4;
+    // Only nodes of 2 cpus claim work.
+    for node in [N1, N2] {
+        log.apply(Command::DrainNode {
+            node_id: node,
+            draining: true,
+        });
+    }
+    log.register(SMALL, cpus(2, 8));
+    let big = sized(&mut log, "big", 64, 1);
+    let small = sized(&mut log, "small", 1, 1);
+    let why = log.state.unplaceable(big).expect("no node fits 64 cpus");
+    assert!(
+        why.contains("64 cpus") && why.contains("n3") && why.contains("2 cpus"),
+        "{why}"
+    );
+    assert_eq!(log.state.unplaceable(small), None);
+    // The big task is skipped, not in the way; it is not even queued.
+    let grants = log.claim_into(SMALL, 2, 4, cpus(2, 8));
+    assert_eq!(keys(&grants), [(small, 0)]);
+    assert_eq!(log.datum(big, 0).state, DatumState::Pending);
+    // A node big enough joins and takes it.
+    log.register(BIG, cpus(64, 256));
+    assert_eq!(log.state.unplaceable(big), None);
+    assert_eq!(keys(&log.claim_into(BIG, 1, 0, cpus(64, 256))), [(big, 0)]);
+}
+
+#[test]
+fn stealing_takes_only_queued_claims_that_fit() {
+    let mut log = Log::new();
+    const N3: NodeId = 3;
+    log.register(N3, cpus(2, 8));
+    let job = sized(&mut log, "a", 2, 1);
+    let queued = log.claim_with_queue(N1, 0, 1);
+    assert_eq!(keys(&queued), [(job, 0)]);
+    assert!(!log.state.has_stealable(N3, cpus(1, 8)));
+    assert!(log.claim_into(N3, 1, 0, cpus(1, 8)).is_empty());
+    assert!(log.state.has_stealable(N3, cpus(2, 8)));
+    let stolen = log.claim_into(N3, 1, 0, cpus(2, 8));
+    assert_eq!(keys(&stolen), [(job, 0)]);
+    assert!(!stolen[0].queued);
 }
