@@ -514,8 +514,7 @@ mod tests {
 
     #[test]
     fn capacity_is_configured_or_detected() {
-        let config =
-            Config::from_toml("[worker]\ncpus = 64\nmemory = \"512Mi\"\n").expect("parse");
+        let config = Config::from_toml("[worker]\ncpus = 64\nmemory = \"512Mi\"\n").expect("parse");
         config.validate(false).expect("valid");
         let capacity = config.capacity();
         assert_eq!(capacity.cpu_millis, 64_000);

@@ -487,3 +487,44 @@ async fn a_task_no_node_fits_waits_saying_why_and_runs_when_a_big_enough_node_jo
     ensure!(job.get("waiting").is_none(), "{job}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_command_that_cannot_be_started_fails_like_a_shell_and_ignore_error_holds() -> Result<()>
+{
+    let cluster = TestCluster::formed(1, single_node()).await?;
+    let unstartable = cluster
+        .submit_task(
+            0,
+            &json!({ "executors": [
+                { "image": "busybox", "command": ["ERROR"], "ignore_error": true },
+                { "image": "busybox", "command": ["echo", "hello"] },
+            ]}),
+        )
+        .await?;
+    let not_executable = cluster
+        .submit_task(
+            0,
+            &json!({
+                "inputs": [{ "path": "/in/data", "content": "not a program" }],
+                "executors": [{ "image": "busybox", "command": ["/in/data"] }],
+            }),
+        )
+        .await?;
+
+    phase("a missing program: EXECUTOR_ERROR, exit 127, its log kept, the next executor run");
+    let task = cluster.wait_task(0, &unstartable, TASK_TIMEOUT).await?;
+    ensure!(task["state"] == "EXECUTOR_ERROR", "{task}");
+    let logs = &task["logs"][0]["logs"];
+    ensure!(logs[0]["exit_code"] == 127, "{task}");
+    ensure!(
+        logs[0]["stderr"].as_str().unwrap_or("").contains("ERROR"),
+        "{task}"
+    );
+    ensure!(logs[1]["stdout"] == "hello\n", "{task}");
+
+    phase("a file that is not executable: exit 126");
+    let task = cluster.wait_task(0, &not_executable, TASK_TIMEOUT).await?;
+    ensure!(task["state"] == "EXECUTOR_ERROR", "{task}");
+    ensure!(task["logs"][0]["logs"][0]["exit_code"] == 126, "{task}");
+    Ok(())
+}

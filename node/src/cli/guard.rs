@@ -29,6 +29,14 @@ pub fn run(args: &[OsString]) -> ExitCode {
         return ExitCode::from(PARENT_GONE);
     }
     let error = std::process::Command::new(program).args(rest).exec();
-    eprintln!("__exec-guard: cannot run {program:?}: {error}");
-    ExitCode::from(127)
+    // As a shell: 127 when the program does not exist, 126 when it cannot be run. The
+    // process executor reads this line to tell the two from a program's own exit.
+    eprintln!(
+        "__exec-guard: cannot run {}: {error}",
+        program.to_string_lossy()
+    );
+    match error.kind() {
+        std::io::ErrorKind::NotFound => ExitCode::from(127),
+        _ => ExitCode::from(126),
+    }
 }

@@ -324,10 +324,15 @@ impl DockerExecutor {
                 ..Default::default()
             });
         }
-        self.client
-            .start_container(name, None)
-            .await
-            .map_err(docker_failed)?;
+        if let Err(error) = self.client.start_container(name, None).await {
+            // As `docker run`: a command that cannot be started is a step that failed with
+            // 127 (not found) or 126 (not runnable), not a failure of the node.
+            let reason = engine_error(&error);
+            return match super::start_failure_exit_code(&reason) {
+                Some(code) => Ok(super::not_started(code, reason, step)),
+                None => Err(docker_failed(error)),
+            };
+        }
         let exited = CancellationToken::new();
 
         let mut input = attached.input;

@@ -20,6 +20,43 @@ pub use process::{GUARD_SUBCOMMAND, bwrap_available};
 /// Exit code reported for a step killed by cancellation (as a shell reports SIGKILL).
 pub const KILLED_EXIT_CODE: i32 = 137;
 
+/// Exit code of a step whose program does not exist (as a shell and `docker run` report).
+pub const NOT_FOUND_EXIT_CODE: i32 = 127;
+/// Exit code of a step whose program exists but cannot be run (not executable, a directory).
+pub const NOT_RUNNABLE_EXIT_CODE: i32 = 126;
+
+/// The exit code a shell (and `docker run`) gives a program that could not be started, from
+/// the error the runtime gave: 127 when it does not exist, 126 when it cannot be run; `None`
+/// when the error is not about the program.
+pub fn start_failure_exit_code(error: &str) -> Option<i32> {
+    let error = error.to_lowercase();
+    let has = |text: &str| error.contains(text);
+    if has("executable file not found") || has("no such file or directory") {
+        Some(NOT_FOUND_EXIT_CODE)
+    } else if has("permission denied") || has("is a directory") || has("exec format error") {
+        Some(NOT_RUNNABLE_EXIT_CODE)
+    } else {
+        None
+    }
+}
+
+/// A step whose program could not be started: it ran and failed, as with a shell, with the
+/// reason on its stderr.
+fn not_started(exit_code: i32, reason: String, step: &StepRun<'_>) -> StepOutcome {
+    let mut stderr = crate::tail::Tail::new(step.tail_bytes_max);
+    let line = format!("{reason}\n");
+    stderr.push(line.as_bytes());
+    if let Some(live) = step.live {
+        live.push_stderr(line.as_bytes());
+    }
+    StepOutcome {
+        exit_code,
+        stderr_tail: stderr.into_string(),
+        note: Some(format!("the command could not be started: {reason}")),
+        ..StepOutcome::default()
+    }
+}
+
 /// Which executor a node runs attempts with.
 #[derive(Debug, Clone)]
 pub enum ExecutorKind {

@@ -11,7 +11,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
-use super::{Bind, ExecutorError, KILLED_EXIT_CODE, StepOutcome, StepRun};
+use super::{
+    Bind, ExecutorError, KILLED_EXIT_CODE, NOT_FOUND_EXIT_CODE, NOT_RUNNABLE_EXIT_CODE,
+    StepOutcome, StepRun, start_failure_exit_code,
+};
 use crate::tail::Tail;
 
 const BWRAP: &str = "bwrap";
@@ -321,9 +324,20 @@ pub async fn run(
         None => command.stdin(Stdio::null()),
     };
     let program = step.spec.command.first().cloned().unwrap_or_default();
-    let mut child = command
-        .spawn()
-        .map_err(|source| ExecutorError::Spawn { program, source })?;
+    // Started directly, the program is the user's: one that cannot be started is a step
+    // that failed (127 or 126), not a failure of the node. bwrap and the guard report theirs
+    // on stderr.
+    let users_own = bwrap_path().is_none() && step.guard.is_none();
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(source) => {
+            let reason = format!("{program}: {source}");
+            return match start_failure_exit_code(&source.to_string()) {
+                Some(code) if users_own => Ok(super::not_started(code, reason, step)),
+                _ => Err(ExecutorError::Spawn { program, source }),
+            };
+        }
+    };
     let pid = child.id();
     let stdout = child
         .stdout
@@ -364,18 +378,37 @@ pub async fn run(
             .map(|s| 128 + s)
             .unwrap_or(KILLED_EXIT_CODE),
     };
-    let note = killed.then(|| "step killed: the attempt was canceled".to_string());
+    let mut note = killed.then(|| "step killed: the attempt was canceled".to_string());
+    let mut exit_code = if killed { KILLED_EXIT_CODE } else { exit_code };
+    if let Some((code, reason)) = exec_failure(exit_code, &stderr_tail) {
+        exit_code = code;
+        note = Some(format!("the command could not be started: {reason}"));
+    }
     Ok(StepOutcome {
-        exit_code: if killed { KILLED_EXIT_CODE } else { exit_code },
+        exit_code,
         stdout_tail,
         stderr_tail,
         note,
     })
 }
 
+/// Whether the step's program could not be started inside the sandbox or by the guard: bwrap
+/// then exits 1 after `bwrap: execvp PROGRAM: REASON`, the guard 127 after `__exec-guard:
+/// cannot run …`. Gives the exit code a shell would (127 or 126) and the reason.
+fn exec_failure(exit_code: i32, stderr_tail: &str) -> Option<(i32, String)> {
+    let prefix = match exit_code {
+        1 => "bwrap: execvp ",
+        NOT_FOUND_EXIT_CODE | NOT_RUNNABLE_EXIT_CODE => "__exec-guard: cannot run ",
+        _ => return None,
+    };
+    let line = stderr_tail.lines().rev().find(|l| l.starts_with(prefix))?;
+    let reason = line[prefix.len()..].to_string();
+    Some((start_failure_exit_code(&reason)?, reason))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{build, bwrap_path, check_beneath};
+    use super::{build, bwrap_path, check_beneath, exec_failure};
     use crate::executor::StepRun;
     use shoal_raft::job::{ExecutorSpec, Resources};
 
@@ -437,5 +470,21 @@ mod tests {
         assert!(check_beneath(root, &root.join("out/link")).is_err());
         assert!(check_beneath(root, &root.join("out/link/passwd")).is_err());
         assert!(check_beneath(root, std::path::Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn a_program_that_cannot_start_exits_as_from_a_shell() {
+        let missing = exec_failure(1, "bwrap: execvp ERROR: No such file or directory\n");
+        assert_eq!(missing.map(|m| m.0), Some(127));
+        let denied = exec_failure(1, "x\nbwrap: execvp /etc/hostname: Permission denied\n");
+        assert_eq!(denied.map(|d| d.0), Some(126));
+        let guard = "__exec-guard: cannot run /etc: Permission denied (os error 13)\n";
+        assert_eq!(exec_failure(126, guard).map(|g| g.0), Some(126));
+        // A program's own exit 1 stays what it is.
+        assert_eq!(exec_failure(1, "no such file or directory\n"), None);
+        assert_eq!(
+            exec_failure(2, "bwrap: execvp x: No such file or directory\n"),
+            None
+        );
     }
 }
