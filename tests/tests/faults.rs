@@ -215,6 +215,12 @@ async fn a_node_killed_while_running_has_its_datum_rerun_elsewhere_after_the_lea
         "the rerun went to the dead node"
     );
     ensure!(logs[1]["logs"][0]["stdout"] == "finished\n", "{}", logs[1]);
+    let lost = logs[0]["system_logs"].to_string();
+    ensure!(
+        lost.contains("lost at") && lost.contains(&host) && lost.contains("lease (2 s)"),
+        "the lost attempt says what happened, to which node, when: {}",
+        logs[0]
+    );
     Ok(())
 }
 

@@ -265,15 +265,17 @@ async fn one_running_one_queued_on_node_0(
     }
     let first = cluster.submit_task(1, &shell(first)).await?;
     let second = cluster.submit_task(1, &shell(second)).await?;
-    let busy = cluster.nodes[0].name.as_str();
     shoal_tests::wait_for(
         "the second task queued on node 0",
         TASK_TIMEOUT,
         async || {
             let first = cluster.task(1, &first, "BASIC").await.ok()?;
-            let second = cluster.task(1, &second, "BASIC").await.ok()?;
+            let second_task = cluster.task(1, &second, "BASIC").await.ok()?;
+            // QUEUED in TES, but claimed in the log: held in a node's queue, and node 0 is
+            // the only node claiming work.
+            let second_job = cluster.job(1, &second).await.ok()?;
             let queued_here =
-                second["state"] == "QUEUED" && second["logs"][0]["metadata"]["hostname"] == busy;
+                second_task["state"] == "QUEUED" && second_job["counts"]["claimed"] == 1;
             (first["state"] == "RUNNING" && queued_here).then_some(())
         },
     )
@@ -362,8 +364,10 @@ async fn a_running_tasks_output_so_far_is_visible_from_every_node() -> Result<()
         let log = &seen["logs"][0]["logs"][0];
         ensure!(seen["state"] == "RUNNING", "{seen}");
         ensure!(
-            log["stderr"] == "b\n" && log.get("end_time").is_none(),
-            "{seen}"
+            log["stderr"] == "b\n"
+                && log.get("end_time").is_none()
+                && log.get("exit_code").is_none(),
+            "a running executor has no end and no exit code yet: {seen}"
         );
     }
     let basic = cluster.task(1, &id, "BASIC").await?;
@@ -526,5 +530,51 @@ async fn a_command_that_cannot_be_started_fails_like_a_shell_and_ignore_error_ho
     let task = cluster.wait_task(0, &not_executable, TASK_TIMEOUT).await?;
     ensure!(task["state"] == "EXECUTOR_ERROR", "{task}");
     ensure!(task["logs"][0]["logs"][0]["exit_code"] == 126, "{task}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_task_waiting_for_a_slot_is_queued_with_no_log_and_echoes_only_what_was_sent()
+-> Result<()> {
+    let cluster = TestCluster::formed(
+        1,
+        ClusterOptions {
+            slots: 1,
+            ..single_node()
+        },
+    )
+    .await?;
+    let busy = cluster.submit_task(0, &shell("exec sleep 300")).await?;
+    let this = &cluster;
+    shoal_tests::wait_for("the first task to run", TASK_TIMEOUT, async || {
+        (this.task(0, &busy, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
+    })
+    .await?;
+
+    phase("a task behind it (claimed into the node's queue, or pending) is QUEUED with no log");
+    let waiting = cluster.submit_task(0, &shell("true")).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let task = cluster.task(0, &waiting, "FULL").await?;
+    ensure!(task["state"] == "QUEUED", "{task}");
+    ensure!(
+        task["logs"].as_array().is_none_or(|logs| logs.is_empty()),
+        "a QUEUED task shows no attempt: {task}"
+    );
+
+    phase("resources not sent are not shown; those sent are");
+    ensure!(task.get("resources").is_none(), "{task}");
+    let mut sized = shell("true");
+    sized["resources"] = json!({ "ram_gb": 1.0 });
+    let sized = cluster.submit_task(0, &sized).await?;
+    let shown = cluster.task(0, &sized, "BASIC").await?;
+    ensure!(
+        shown["resources"] == json!({ "ram_gb": 1.0 }),
+        "only what was sent: {shown}"
+    );
+    for id in [&busy, &waiting, &sized] {
+        cluster
+            .post_json(0, &format!("/ga4gh/tes/v1/tasks/{id}:cancel"), &json!({}))
+            .await?;
+    }
     Ok(())
 }

@@ -150,7 +150,10 @@ fn print_logs(id: &str, number: usize, log: &TesTaskLog) {
         .unwrap_or("?");
     eprintln!("== task {id}, attempt {number} on {host}");
     for (i, executor) in log.logs.iter().enumerate() {
-        eprintln!("-- executor {i}: exit code {}", executor.exit_code);
+        match executor.exit_code {
+            Some(code) => eprintln!("-- executor {i}: exit code {code}"),
+            None => eprintln!("-- executor {i}: running"),
+        }
         print!("{}", executor.stdout.as_deref().unwrap_or_default());
         eprint!("{}", executor.stderr.as_deref().unwrap_or_default());
     }

@@ -329,7 +329,7 @@ fn schemas() -> Value {
             "image": string(), "command": strings(), "workdir": string(), "stdin": string(),
             "stdout": string(), "stderr": string(), "env": string_map(),
             "ignore_error": boolean() })),
-        "tesExecutorLog": object(&["exit_code"], json!({
+        "tesExecutorLog": object(&[], json!({
             "start_time": time(), "end_time": time(), "stdout": string(), "stderr": string(),
             "exit_code": int() })),
         "tesOutputFileLog": object(&["url", "path", "size_bytes"], json!({

@@ -305,19 +305,26 @@ fn kind_of(kind: FileKind) -> Option<TesFileType> {
 }
 
 /// Why an attempt that never reported ended (its node was lost, or it was canceled before
-/// it began), for its system logs.
-fn ended_without_report(attempt: &shoal_raft::job::Attempt, node: &str) -> Vec<String> {
+/// it began), for its system logs: what happened, to which node, when.
+fn ended_without_report(
+    attempt: &shoal_raft::job::Attempt,
+    node: &str,
+    lease_ms: u64,
+) -> Vec<String> {
+    let when = attempt.ended_ms.map(rfc3339_ms).unwrap_or_default();
     let line = match attempt.outcome {
         Some(AttemptOutcome::LeaseExpired) => format!(
-            "attempt {} lost: node {node} went silent longer than its lease; the task was \
+            "attempt {} lost at {when}: node {node} sent no heartbeat for longer than its \
+             lease ({} s), so its claim expired; the task was queued again",
+            attempt.number,
+            lease_ms as f64 / 1000.0
+        ),
+        Some(AttemptOutcome::Lost) => format!(
+            "attempt {} lost at {when}: node {node} restarted and ended it; the task was \
              queued again",
             attempt.number
         ),
-        Some(AttemptOutcome::Lost) => format!(
-            "attempt {} lost: node {node} restarted and ended it; the task was queued again",
-            attempt.number
-        ),
-        Some(AttemptOutcome::Canceled) => format!("attempt {} canceled", attempt.number),
+        Some(AttemptOutcome::Canceled) => format!("attempt {} canceled at {when}", attempt.number),
         _ => return Vec::new(),
     };
     vec![line]
@@ -329,15 +336,27 @@ pub struct LiveLogs<'a> {
     pub logs: &'a [ExecutorLog],
 }
 
+/// What the views of a task need besides the task.
+pub struct Context<'a> {
+    /// A node's name, from its id.
+    pub node_name: &'a dyn Fn(u64) -> String,
+    /// The claim lease, for saying why an attempt was lost.
+    pub lease_ms: u64,
+}
+
 fn task_logs(
     datum: &Datum,
     view: View,
-    node_name: &dyn Fn(u64) -> String,
+    context: &Context<'_>,
     live: Option<LiveLogs<'_>>,
 ) -> Vec<TesTaskLog> {
     let full = view == View::Full;
-    datum
-        .attempts
+    let node_name = context.node_name;
+    // A claim waiting in its node's queue is not an attempt yet (it may be stolen or handed
+    // back without spending one): the task is QUEUED and shows no log for it.
+    let queued = datum.claim.is_some_and(|c| c.queued);
+    let shown = datum.attempts.len() - usize::from(queued);
+    datum.attempts[..shown]
         .iter()
         .map(|attempt| {
             let report = attempt.report.as_ref();
@@ -355,7 +374,8 @@ fn task_logs(
                         end_time: (log.end_ms > 0).then(|| rfc3339_ms(log.end_ms)),
                         stdout: full.then_some(log.stdout_tail),
                         stderr: full.then_some(log.stderr_tail),
-                        exit_code: log.exit_code,
+                        // A running executor has no exit code yet.
+                        exit_code: (log.end_ms > 0).then_some(log.exit_code),
                     })
                     .collect(),
                 metadata: Some(BTreeMap::from([(
@@ -381,7 +401,9 @@ fn task_logs(
                     .unwrap_or_default(),
                 system_logs: full.then(|| match report {
                     Some(report) => report.system_logs.clone(),
-                    None => ended_without_report(attempt, &node_name(attempt.node)),
+                    None => {
+                        ended_without_report(attempt, &node_name(attempt.node), context.lease_ms)
+                    }
                 }),
             }
         })
@@ -393,7 +415,7 @@ pub fn tes_task(
     job: &Job,
     datum: &Datum,
     view: View,
-    node_name: &dyn Fn(u64) -> String,
+    context: &Context<'_>,
     live: Option<LiveLogs<'_>>,
 ) -> TesTask {
     let mut task = TesTask {
@@ -441,16 +463,20 @@ pub fn tes_task(
             })
             .collect(),
     );
+    // What was asked, and nothing that was not: a value left at its default was not sent
+    // (or sent as the default, which means the same).
     let r = &spec.task.resources;
-    task.resources = Some(TesResources {
-        cpu_cores: Some(i64::from(r.cpu_cores)),
-        preemptible: Some(r.preemptible),
-        ram_gb: Some(r.ram_bytes as f64 / (1024.0 * 1024.0 * 1024.0)),
-        disk_gb: Some(r.disk_bytes as f64 / (1024.0 * 1024.0 * 1024.0)),
-        zones: Some(r.zones.clone()),
+    let gb = |bytes: u64| (bytes > 0).then(|| bytes as f64 / (1024.0 * 1024.0 * 1024.0));
+    let resources = TesResources {
+        cpu_cores: (r.cpu_cores > 0).then(|| i64::from(r.cpu_cores)),
+        preemptible: r.preemptible.then_some(true),
+        ram_gb: gb(r.ram_bytes),
+        disk_gb: gb(r.disk_bytes),
+        zones: (!r.zones.is_empty()).then(|| r.zones.clone()),
         backend_parameters: None,
         backend_parameters_strict: None,
-    });
+    };
+    task.resources = (resources != TesResources::default()).then_some(resources);
     task.executors = spec
         .task
         .executors
@@ -473,7 +499,7 @@ pub fn tes_task(
             .map(|(k, v)| (k.clone(), Some(v.clone())))
             .collect(),
     );
-    task.logs = Some(task_logs(datum, view, node_name, live));
+    task.logs = Some(task_logs(datum, view, context, live));
     task.creation_time = Some(rfc3339_ms(job.created_ms));
     task
 }

@@ -216,11 +216,15 @@ pub async fn get(
     let state_view = state.cluster.view().read();
     let (job, datum) = find_task(&state_view, &id, &caller)?;
     let node_name = |node_id: u64| node_name(&state_view, node_id);
+    let context = convert::Context {
+        node_name: &node_name,
+        lease_ms: state.cluster.config().lease_ms,
+    };
     let live = live.as_ref().map(|(fence, logs)| convert::LiveLogs {
         fence: *fence,
         logs,
     });
-    Ok(Json(convert::tes_task(job, datum, view, &node_name, live)))
+    Ok(Json(convert::tes_task(job, datum, view, &context, live)))
 }
 
 /// `POST /tasks/{id}:cancel`.
@@ -362,6 +366,10 @@ pub async fn list(
     state.cluster.linearize().await?;
     let state_view = state.cluster.view().read();
     let node_name = |node_id: u64| node_name(&state_view, node_id);
+    let context = convert::Context {
+        node_name: &node_name,
+        lease_ms: state.cluster.config().lease_ms,
+    };
     let upper = query.before.unwrap_or(u64::MAX);
     // Walk the narrowest index the filters allow; every filter is still checked below.
     let candidates: Box<dyn Iterator<Item = JobSeq> + '_> =
@@ -400,7 +408,7 @@ pub async fn list(
             more = true;
             break;
         }
-        let task = convert::tes_task(job, datum, query.view, &node_name, None);
+        let task = convert::tes_task(job, datum, query.view, &context, None);
         bytes += approx_bytes(&task);
         tasks.push(task);
         last_seq = Some(*seq);

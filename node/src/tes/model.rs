@@ -124,7 +124,9 @@ pub struct TesExecutorLog {
     pub stdout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stderr: Option<String>,
-    pub exit_code: i32,
+    /// Absent while the executor runs: it has no exit code yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
