@@ -50,6 +50,6 @@ pub use download::{DownloadSummary, EntryKind};
 pub use error::StorageError;
 pub use expand::{AtomInput, InputTree, check_glob, expand_atom, expand_input, expand_tree};
 pub use local::{LocalRoots, container_path_below_mount, host_path_for};
-pub use resolve::{Access, Backend, Location, Resolver, SCHEMES};
+pub use resolve::{Access, Backend, Location, Resolver, SCHEMES, check_url};
 pub use transfers::{Transfers, join_url};
 pub use upload::UploadedFile;

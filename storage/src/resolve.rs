@@ -81,6 +81,35 @@ pub struct Resolver {
 /// service-info lists them.
 pub const SCHEMES: [&str; 7] = ["file", "s3", "gs", "az", "http", "https", "content"];
 
+/// Every scheme a URL given to shoal may have (aliases included); `http` and `https` are read
+/// only.
+const URL_SCHEMES: [&str; 8] = ["file", "s3", "s3a", "gs", "az", "azure", "http", "https"];
+
+/// Checks, before anything is accepted, that `url` is a URL with a scheme every node can
+/// read — and write, when `writable`. The answer names what is wrong; the caller adds the
+/// field.
+pub fn check_url(url: &str, writable: bool) -> Result<(), String> {
+    let url = url.trim();
+    if url.len() > URL_BYTES_MAX {
+        return Err(format!("longer than {URL_BYTES_MAX} bytes"));
+    }
+    // An absolute path is a local file, as with `file://`.
+    if url.starts_with('/') {
+        return Ok(());
+    }
+    let parsed = Url::parse(url).map_err(|error| format!("{url:?} is not a URL: {error}"))?;
+    let scheme = parsed.scheme();
+    if !URL_SCHEMES.contains(&scheme) {
+        return Err(format!(
+            "scheme {scheme:?} is not supported (file, s3, gs, az, http, https)"
+        ));
+    }
+    if writable && matches!(scheme, "http" | "https") {
+        return Err(format!("{scheme} is read only"));
+    }
+    Ok(())
+}
+
 impl Resolver {
     /// Builds a resolver. `work_dir` is where attempts keep their files; it is always allowed
     /// and is created if missing. Blocking (creates and canonicalises directories, reads the
@@ -443,5 +472,17 @@ mod tests {
         let outside = resolver.resolve("file:///etc/passwd", Access::Read).await;
         let message = outside.expect_err("refused").to_string();
         assert!(message.contains("file:///etc/passwd"), "{message}");
+    }
+
+    #[test]
+    fn only_known_schemes_pass_and_http_only_for_reading() {
+        check_url("s3://bucket/key", true).expect("s3");
+        check_url("file:///data/x", true).expect("file");
+        check_url("/data/x", true).expect("a local path");
+        check_url("https://example.org/x", false).expect("https read");
+        let ftp = check_url("ftp://host/x", false).expect_err("ftp");
+        assert!(ftp.contains("\"ftp\" is not supported"), "{ftp}");
+        assert!(check_url("https://example.org/x", true).is_err());
+        assert!(check_url("not a url", false).is_err());
     }
 }

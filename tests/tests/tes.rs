@@ -69,6 +69,14 @@ async fn invalid_tasks_get_400_naming_the_field_and_change_nothing() -> Result<(
             with(json!({ "outputs": [{ "path": "/out", "url": "" }] })),
         ),
         (
+            "inputs[0].url: scheme \"ftp\" is not supported",
+            with(json!({ "inputs": [{ "path": "/in", "url": "ftp://host/x" }] })),
+        ),
+        (
+            "outputs[0].url: https is read only",
+            with(json!({ "outputs": [{ "path": "/out", "url": "https://example.org/o" }] })),
+        ),
+        (
             "outputs[0].path_prefix",
             with(json!({ "outputs": [{ "path": "/out/*.txt", "url": "file:///o" }] })),
         ),

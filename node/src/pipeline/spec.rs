@@ -442,18 +442,8 @@ fn cpu_millis(cpu: &Cpu) -> Option<u64> {
 /// Checks a URI's shape and scheme (`writable`: not a read-only scheme).
 fn uri(field: &str, value: &str, writable: bool) -> Result<(), String> {
     required(field, value)?;
-    let scheme = url::Url::parse(value)
-        .map(|url| url.scheme().to_string())
-        .map_err(|e| format!("{field}: {value:?} is not a URL: {e}"))?;
-    let known = ["s3", "s3a", "gs", "az", "azure", "file", "http", "https"];
-    if !known.contains(&scheme.as_str()) {
-        return Err(format!(
-            "{field}: scheme {scheme:?} is not supported (s3, gs, az, file, http, https)"
-        ));
-    }
-    if writable && matches!(scheme.as_str(), "http" | "https") {
-        return Err(format!("{field}: {scheme} is read only"));
-    }
+    url::Url::parse(value).map_err(|e| format!("{field}: {value:?} is not a URL: {e}"))?;
+    shoal_storage::check_url(value, writable).map_err(|e| format!("{field}: {e}"))?;
     if value.split('/').any(|segment| segment == "..") {
         return Err(format!("{field}: {value:?} must not contain '..'"));
     }

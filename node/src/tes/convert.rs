@@ -125,6 +125,9 @@ fn input(i: usize, t: &TesInput) -> Result<InputSpec, String> {
             field("url")
         ));
     }
+    if content.is_none() {
+        shoal_storage::check_url(&url, false).map_err(|e| format!("{}: {e}", field("url")))?;
+    }
     Ok(InputSpec {
         name: text(&field("name"), &t.name)?,
         description: text(&field("description"), &t.description)?,
@@ -146,6 +149,7 @@ fn output(i: usize, t: &TesOutput) -> Result<OutputSpec, String> {
     if t.url.is_empty() {
         return Err(format!("{}: required", field("url")));
     }
+    shoal_storage::check_url(&t.url, true).map_err(|e| format!("{}: {e}", field("url")))?;
     let prefix = t.path_prefix.clone().unwrap_or_default();
     if t.path.contains(['*', '?', '[']) {
         absolute(&field("path_prefix"), &prefix).map_err(|_| {
