@@ -20,6 +20,10 @@ const LEASE_MS_MIN: u64 = 1_000;
 const LEASE_MS_MAX: u64 = 3_600_000;
 /// Most concurrent attempts one node may be configured for.
 const SLOTS_MAX: u32 = 4096;
+/// Most `worker.process_binds` and `worker.process_env` entries, and the longest value.
+const PROCESS_BINDS_MAX: usize = 64;
+const PROCESS_ENV_MAX: usize = 256;
+const PROCESS_TEXT_BYTES_MAX: usize = 4096;
 /// Most cores a node may offer.
 const CPUS_MAX: f64 = 65_536.0;
 
@@ -150,6 +154,14 @@ pub struct WorkerConfig {
     /// The network the docker executor's containers join (`none` cuts them off); empty
     /// means the engine's default.
     pub docker_network: String,
+    /// PATH inside the process executor's sandbox; empty means the system directories
+    /// (`/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`).
+    pub process_path: String,
+    /// Host paths the process executor's steps see read-only at the same path, besides the
+    /// system directories (e.g. `/opt/conda`, `/home/shared`).
+    pub process_binds: Vec<PathBuf>,
+    /// Variables every process step gets (a task's own `env` overrides them).
+    pub process_env: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -219,6 +231,9 @@ impl Default for WorkerConfig {
             workdir: String::new(),
             lease_ms: 10_000,
             docker_network: String::new(),
+            process_path: String::new(),
+            process_binds: Vec::new(),
+            process_env: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -362,12 +377,88 @@ impl Config {
                 format!("{network:?} is not a network name (letters, digits, _ . -)"),
             ));
         }
+        self.validate_process_sandbox()?;
         match self.worker.executor.as_str() {
             "auto" | "docker" | "process" | "noop" => Ok(()),
             other => Err(invalid(
                 "worker.executor",
                 format!("{other:?} is not auto, docker, process or noop"),
             )),
+        }
+    }
+
+    fn validate_process_sandbox(&self) -> Result<(), ConfigError> {
+        let worker = &self.worker;
+        let path = &worker.process_path;
+        if path.len() > PROCESS_TEXT_BYTES_MAX
+            || path.split(':').any(|dir| !dir.starts_with('/')) && !path.is_empty()
+        {
+            return Err(invalid(
+                "worker.process_path",
+                "must be absolute directories separated by ':'",
+            ));
+        }
+        if worker.process_binds.len() > PROCESS_BINDS_MAX {
+            return Err(invalid(
+                "worker.process_binds",
+                format!("at most {PROCESS_BINDS_MAX} paths"),
+            ));
+        }
+        for bind in &worker.process_binds {
+            let parent = bind
+                .components()
+                .any(|c| c == std::path::Component::ParentDir);
+            if !bind.is_absolute() || parent || bind == Path::new("/") {
+                return Err(invalid(
+                    "worker.process_binds",
+                    format!(
+                        "{} must be an absolute path below /, without ..",
+                        bind.display()
+                    ),
+                ));
+            }
+        }
+        if worker.process_env.len() > PROCESS_ENV_MAX {
+            return Err(invalid(
+                "worker.process_env",
+                format!("at most {PROCESS_ENV_MAX} variables"),
+            ));
+        }
+        for (name, value) in &worker.process_env {
+            let mut chars = name.chars();
+            let well_formed = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !well_formed || name == "PATH" || value.len() > PROCESS_TEXT_BYTES_MAX {
+                return Err(invalid(
+                    "worker.process_env",
+                    format!(
+                        "{name:?} must be a variable name (letters, digits, _), not PATH (see \
+                         worker.process_path), with a value of at most \
+                         {PROCESS_TEXT_BYTES_MAX} bytes"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What the process executor adds to every step.
+    pub fn process_sandbox(&self) -> shoal_worker::ProcessSandbox {
+        let worker = &self.worker;
+        shoal_worker::ProcessSandbox {
+            path: if worker.process_path.is_empty() {
+                shoal_worker::DEFAULT_PATH.to_string()
+            } else {
+                worker.process_path.clone()
+            },
+            binds: worker.process_binds.clone(),
+            env: worker
+                .process_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -486,7 +577,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 8] = [
+        let cases: [(&str, Spoil); 11] = [
             ("p2p.seeds", |c| {
                 c.p2p.seeds = vec!["not-a-multiaddr".into()]
             }),
@@ -503,6 +594,15 @@ mod tests {
             ("worker.cpus", |c| c.worker.cpus = -1.0),
             ("worker.cpus", |c| c.worker.cpus = f64::NAN),
             ("worker.memory", |c| c.worker.memory = "lots".into()),
+            ("worker.process_path", |c| {
+                c.worker.process_path = "/usr/bin:bin".into()
+            }),
+            ("worker.process_binds", |c| {
+                c.worker.process_binds = vec!["/opt/../etc".into()]
+            }),
+            ("worker.process_env", |c| {
+                c.worker.process_env = [("PATH".into(), "/x".into())].into()
+            }),
         ];
         for (key, spoil) in cases {
             let mut config = Config::default();

@@ -74,16 +74,26 @@ async fn executor_kind(config: &Config) -> Result<ExecutorKind, config::ConfigEr
             }
             Err(reason) => {
                 tracing::info!(%reason, "no container engine: process executor");
-                Ok(ExecutorKind::Process)
+                Ok(process_executor(config))
             }
         },
-        "process" => Ok(ExecutorKind::Process),
+        "process" => Ok(process_executor(config)),
         "noop" => Ok(ExecutorKind::Noop),
         other => Err(config::ConfigError::Invalid {
             key: "worker.executor",
             reason: format!("{other:?} is not an executor (use auto, docker, process or noop)"),
         }),
     }
+}
+
+/// The process executor with the node's sandbox settings; warns of bound paths that do not
+/// exist (steps start without them).
+fn process_executor(config: &Config) -> ExecutorKind {
+    let sandbox = config.process_sandbox();
+    for path in sandbox.binds.iter().filter(|path| !path.exists()) {
+        tracing::warn!(path = %path.display(), "worker.process_binds: no such path; not bound");
+    }
+    ExecutorKind::Process(std::sync::Arc::new(sandbox))
 }
 
 fn worker_config(

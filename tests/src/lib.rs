@@ -118,6 +118,9 @@ impl TestNode {
     }
 }
 
+/// A change to every node's config (see [`ClusterOptions::configure`]).
+pub type Configure = std::sync::Arc<dyn Fn(&mut shoal_node::config::Config) + Send + Sync>;
+
 /// Options shared by every node of a cluster.
 #[derive(Clone)]
 pub struct ClusterOptions {
@@ -141,6 +144,8 @@ pub struct ClusterOptions {
     pub docker_network: String,
     /// The S3 server every node reads and writes `s3://` URLs on.
     pub s3: Option<s3::S3Server>,
+    /// Changes every node's config last, for what the options above do not cover.
+    pub configure: Option<Configure>,
     /// Hosts of their own: node `i` runs in namespace `i` of this network, on its address
     /// (HTTP port 8000, p2p port 7000, `--insecure`), instead of on loopback.
     pub net: Option<std::sync::Arc<netns::Net>>,
@@ -163,6 +168,7 @@ impl Default for ClusterOptions {
             client_token: None,
             docker_network: String::new(),
             s3: None,
+            configure: None,
             net: None,
         }
     }
@@ -253,6 +259,9 @@ impl TestCluster {
         config.storage.allowed_local_roots = vec![self.files_dir()];
         if let Some(key) = &self.options.cluster_key_file {
             config.p2p.cluster_key_file = key.display().to_string();
+        }
+        if let Some(configure) = &self.options.configure {
+            configure(&mut config);
         }
         let config_path = self.dir.path().join(format!("{name}.toml"));
         std::fs::write(&config_path, toml::to_string(&config)?)?;

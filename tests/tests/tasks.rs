@@ -578,3 +578,60 @@ async fn a_task_waiting_for_a_slot_is_queued_with_no_log_and_echoes_only_what_wa
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn the_process_sandbox_sees_the_paths_path_and_variables_the_node_configures() -> Result<()> {
+    // A tool installed outside the system directories, as a conda env or a venv would be.
+    let tools = tempfile::tempdir()?;
+    let bin = tools.path().join("bin");
+    std::fs::create_dir_all(&bin)?;
+    let tool = bin.join("site-tool");
+    std::fs::write(&tool, "#!/bin/sh\necho \"site tool ran with $SITE\"\n")?;
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    // Outside /tmp (private in every sandbox anyway) and outside the system directories.
+    let hidden = tempfile::tempdir_in("/var/tmp")?;
+    std::fs::write(hidden.path().join("secret"), "not for tasks")?;
+    let (root, path) = (
+        tools.path().to_path_buf(),
+        format!("{}:/usr/bin:/bin", bin.display()),
+    );
+    let options = ClusterOptions {
+        configure: Some(std::sync::Arc::new(move |config| {
+            config.worker.process_binds = vec![root.clone()];
+            config.worker.process_path = path.clone();
+            config.worker.process_env =
+                [("SITE".to_string(), "the site's value".to_string())].into();
+        })),
+        ..single_node()
+    };
+    let cluster = TestCluster::formed(1, options).await?;
+
+    phase("a program on worker.process_path, below worker.process_binds, with worker.process_env");
+    let id = cluster
+        .submit_task(
+            0,
+            &json!({ "executors": [{ "image": "busybox", "command": ["site-tool"] }] }),
+        )
+        .await?;
+    let task = cluster.wait_task(0, &id, TASK_TIMEOUT).await?;
+    ensure!(task["state"] == "COMPLETE", "{task}");
+    ensure!(
+        task["logs"][0]["logs"][0]["stdout"] == "site tool ran with the site's value\n",
+        "{task}"
+    );
+
+    phase("a task's own env overrides the node's; other host paths stay invisible");
+    let script = format!(
+        "echo $SITE; cat {}/secret || echo hidden",
+        hidden.path().display()
+    );
+    let mut task = shell(&script);
+    task["executors"][0]["env"] = json!({ "SITE": "the task's value" });
+    let id = cluster.submit_task(0, &task).await?;
+    let task = cluster.wait_task(0, &id, TASK_TIMEOUT).await?;
+    ensure!(
+        task["logs"][0]["logs"][0]["stdout"] == "the task's value\nhidden\n",
+        "{task}"
+    );
+    Ok(())
+}

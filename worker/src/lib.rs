@@ -54,8 +54,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use executor::{
-    DockerExecutor, ExecutorKind, GUARD_SUBCOMMAND, StepOutcome, StepRun, StepRunner,
-    bwrap_available,
+    DEFAULT_PATH, DockerExecutor, ExecutorKind, GUARD_SUBCOMMAND, ProcessSandbox, StepOutcome,
+    StepRun, StepRunner, bwrap_available,
 };
 
 use shared::Shared;
@@ -127,7 +127,7 @@ impl Worker {
         // Nothing of a previous life runs on, and its attempt directories go.
         let dir = config.work_dir.clone();
         let _ = blocking(move || restart::clean_work_dir(&dir)).await;
-        if matches!(config.executor, ExecutorKind::Process) {
+        if matches!(config.executor, ExecutorKind::Process(_)) {
             // Finds bwrap once (it runs `bwrap --version`), off the async threads.
             let _ = blocking(bwrap_available).await;
         }

@@ -15,7 +15,7 @@ use shoal_raft::job::{ExecutorSpec, Resources};
 use tokio_util::sync::CancellationToken;
 
 pub use docker::{DockerExecutor, container_name};
-pub use process::{GUARD_SUBCOMMAND, bwrap_available};
+pub use process::{DEFAULT_PATH, GUARD_SUBCOMMAND, ProcessSandbox, bwrap_available};
 
 /// Exit code reported for a step killed by cancellation (as a shell reports SIGKILL).
 pub const KILLED_EXIT_CODE: i32 = 137;
@@ -61,7 +61,7 @@ fn not_started(exit_code: i32, reason: String, step: &StepRun<'_>) -> StepOutcom
 #[derive(Debug, Clone)]
 pub enum ExecutorKind {
     Docker(DockerExecutor),
-    Process,
+    Process(std::sync::Arc<ProcessSandbox>),
     Noop,
     /// Supplied by the program that embeds the worker. The deterministic simulation's
     /// executor, which pretends to run commands for seeded durations and writes a pipeline
@@ -90,7 +90,7 @@ impl ExecutorKind {
     pub fn name(&self) -> &'static str {
         match self {
             ExecutorKind::Docker(_) => "docker",
-            ExecutorKind::Process => "process",
+            ExecutorKind::Process(_) => "process",
             ExecutorKind::Noop => "noop",
             ExecutorKind::External(runner) => runner.name(),
         }
@@ -100,7 +100,7 @@ impl ExecutorKind {
     /// without files; an external executor says).
     pub fn needs_files(&self) -> bool {
         match self {
-            ExecutorKind::Docker(_) | ExecutorKind::Process => true,
+            ExecutorKind::Docker(_) | ExecutorKind::Process(_) => true,
             ExecutorKind::Noop => false,
             ExecutorKind::External(runner) => runner.needs_files(),
         }
@@ -181,7 +181,7 @@ impl ExecutorKind {
     ) -> Result<StepOutcome, ExecutorError> {
         match self {
             ExecutorKind::Docker(docker) => docker.run(step, cancel).await,
-            ExecutorKind::Process => process::run(step, cancel).await,
+            ExecutorKind::Process(sandbox) => process::run(sandbox, step, cancel).await,
             ExecutorKind::Noop => Ok(noop::run(step)),
             ExecutorKind::External(runner) => runner.run(step, cancel).await,
         }

@@ -22,8 +22,30 @@ const BWRAP: &str = "bwrap";
 pub const GUARD_SUBCOMMAND: &str = "__exec-guard";
 // Note: the host's /etc is bound read-only (name resolution, users); keep node secrets
 // out of /etc. The network is shared with the host.
-/// PATH inside the step unless the task sets one.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// PATH inside the step unless the node (`worker.process_path`) or the task sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What a node adds to every process step: where its programs are found, the host paths it
+/// sees besides the system directories, the variables it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSandbox {
+    /// PATH inside the sandbox.
+    pub path: String,
+    /// Host paths bound read-only at the same path (those that exist).
+    pub binds: Vec<PathBuf>,
+    /// Variables every step gets; the task's own `env` may override them.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ProcessSandbox {
+    fn default() -> Self {
+        ProcessSandbox {
+            path: DEFAULT_PATH.to_string(),
+            binds: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
 /// Host directories bound read-only into every sandbox (those that exist).
 const SYSTEM_DIRS: [&str; 6] = ["/usr", "/bin", "/sbin", "/lib", "/lib64", "/etc"];
 
@@ -90,9 +112,11 @@ fn system_dirs() -> &'static [(&'static str, Option<PathBuf>)] {
     })
 }
 
-/// The step's environment: a default PATH and HOME, the task's variables, shoal's own.
-fn step_env<'a>(step: &'a StepRun<'_>) -> Vec<(&'a str, &'a str)> {
-    let mut env = vec![("PATH", DEFAULT_PATH), ("HOME", "/tmp")];
+/// The step's environment: the node's PATH, HOME, the node's variables, the task's, shoal's
+/// own — later ones win.
+fn step_env<'a>(sandbox: &'a ProcessSandbox, step: &'a StepRun<'_>) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![("PATH", sandbox.path.as_str()), ("HOME", "/tmp")];
+    env.extend(sandbox.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     env.extend(step.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     env.extend(step.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     env
@@ -162,7 +186,7 @@ pub(super) fn prepare(
     })
 }
 
-fn sandboxed(bwrap: &Path, step: &StepRun<'_>) -> Command {
+fn sandboxed(bwrap: &Path, sandbox: &ProcessSandbox, step: &StepRun<'_>) -> Command {
     let mut command = Command::new(bwrap);
     command.args([
         "--die-with-parent",
@@ -187,7 +211,11 @@ fn sandboxed(bwrap: &Path, step: &StepRun<'_>) -> Command {
         "/tmp",
         "--clearenv",
     ]);
-    for (key, value) in step_env(step) {
+    // The node's extra host paths, before the task's (which may lie below them).
+    for path in &sandbox.binds {
+        command.arg("--ro-bind-try").arg(path).arg(path);
+    }
+    for (key, value) in step_env(sandbox, step) {
         command.args(["--setenv", key, value]);
     }
     let mut binds: Vec<&Bind> = step.binds.iter().collect();
@@ -236,7 +264,7 @@ fn guarded(guard: &Path, command: Command) -> Command {
     outer
 }
 
-fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
+fn build(sandbox: &ProcessSandbox, step: &StepRun<'_>) -> Result<Command, ExecutorError> {
     if step.spec.command.is_empty() {
         return Err(ExecutorError::NoCommand);
     }
@@ -247,7 +275,7 @@ fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
         || step.stderr.is_some();
     let bwrap = bwrap_path();
     let command = if let Some(bwrap) = bwrap {
-        sandboxed(bwrap, step)
+        sandboxed(bwrap, sandbox, step)
     } else if maps_paths {
         return Err(ExecutorError::NeedsBwrap);
     } else {
@@ -257,17 +285,14 @@ fn build(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
         Some(guard) => guarded(guard, command),
         None => command,
     };
-    command
-        .env_clear()
-        .env("PATH", DEFAULT_PATH)
-        .env("HOME", "/tmp");
+    command.env_clear();
     if bwrap.is_none() {
-        // Only an unsandboxed step gets the task's variables in its process environment.
-        // bwrap itself runs on the host before any namespace exists, so it must never see
-        // them (LD_PRELOAD and the like); inside the sandbox they come from `--setenv`.
-        command
-            .envs(&step.spec.env)
-            .envs(step.extra_env.iter().map(|(k, v)| (k, v)));
+        // Only an unsandboxed step gets the variables in its process environment. bwrap
+        // itself runs on the host before any namespace exists, so it must never see them
+        // (LD_PRELOAD and the like); inside the sandbox they come from `--setenv`.
+        command.envs(step_env(sandbox, step));
+    } else {
+        command.env("PATH", DEFAULT_PATH).env("HOME", "/tmp");
     }
     command
         .stdout(Stdio::piped())
@@ -309,10 +334,11 @@ fn kill_group(pid: Option<u32>) {
 }
 
 pub async fn run(
+    sandbox: &ProcessSandbox,
     step: &StepRun<'_>,
     cancel: &CancellationToken,
 ) -> Result<StepOutcome, ExecutorError> {
-    let mut command = build(step)?;
+    let mut command = build(sandbox, step)?;
     let binds = step.binds.iter().map(|b| b.host.clone()).collect();
     let stdio = [step.stdin.clone(), step.stdout.clone(), step.stderr.clone()];
     let root = step.attempt_dir.to_path_buf();
@@ -408,7 +434,7 @@ fn exec_failure(exit_code: i32, stderr_tail: &str) -> Option<(i32, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{build, bwrap_path, check_beneath, exec_failure};
+    use super::{ProcessSandbox, build, bwrap_path, check_beneath, exec_failure};
     use crate::executor::StepRun;
     use shoal_raft::job::{ExecutorSpec, Resources};
 
@@ -436,7 +462,12 @@ mod tests {
             live: None,
             guard: None,
         };
-        let command = build(&step).expect("build");
+        let sandbox = ProcessSandbox {
+            path: "/opt/tools/bin:/usr/bin".into(),
+            binds: vec!["/opt/tools".into()],
+            env: vec![("NODE_WIDE".into(), "1".into())],
+        };
+        let command = build(&sandbox, &step).expect("build");
         let std = command.as_std();
         let envs: Vec<_> = std.get_envs().map(|(k, _)| k.to_owned()).collect();
         let args: Vec<String> = std
@@ -451,6 +482,17 @@ mod tests {
                 .expect("--setenv");
             assert_eq!(args[at - 1], "--setenv");
             assert_eq!(args[at + 1], "/tmp/evil.so");
+            // The node's sandbox settings: its PATH and variables inside, its paths bound.
+            let joined = args.join(" ");
+            assert!(
+                joined.contains("--setenv PATH /opt/tools/bin:/usr/bin"),
+                "{joined}"
+            );
+            assert!(joined.contains("--setenv NODE_WIDE 1"), "{joined}");
+            assert!(
+                joined.contains("--ro-bind-try /opt/tools /opt/tools"),
+                "{joined}"
+            );
         } else {
             assert!(
                 envs.iter().any(|k| k == "LD_PRELOAD"),
