@@ -635,3 +635,56 @@ async fn the_process_sandbox_sees_the_paths_path_and_variables_the_node_configur
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_process_step_over_its_memory_is_killed_and_says_so() -> Result<()> {
+    let cluster = TestCluster::formed(1, single_node()).await?;
+    let hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
+    let mut over = shell(hog);
+    over["resources"] = json!({ "ram_gb": 0.05, "cpu_cores": 1 });
+    let over = cluster.submit_task(0, &over).await?;
+    let mut within = shell("echo fits");
+    within["resources"] = json!({ "ram_gb": 0.05, "cpu_cores": 1 });
+    let within = cluster.submit_task(0, &within).await?;
+
+    phase("a step asking 50 MiB that takes 200 MB: killed, EXECUTOR_ERROR, killed for memory");
+    let task = cluster.wait_task(0, &over, TASK_TIMEOUT).await?;
+    ensure!(task["state"] == "EXECUTOR_ERROR", "{task}");
+    let log = &task["logs"][0];
+    ensure!(log["logs"][0]["stdout"] != "survived\n", "{task}");
+    ensure!(
+        log["system_logs"].to_string().contains("killed for memory"),
+        "{task}"
+    );
+
+    phase("a step within its limits completes; no step cgroup is left behind");
+    let task = cluster.wait_task(0, &within, TASK_TIMEOUT).await?;
+    ensure!(task["state"] == "COMPLETE", "{task}");
+    ensure!(
+        !task["logs"][0]["system_logs"]
+            .to_string()
+            .contains("not enforced"),
+        "{task}"
+    );
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let left: Vec<String> = own
+        .lines()
+        .filter_map(|line| line.splitn(3, ':').nth(2))
+        .flat_map(|path| {
+            let dirs = ["memory", "cpu", ""].map(|c| {
+                std::path::Path::new("/sys/fs/cgroup")
+                    .join(c)
+                    .join(path.trim_start_matches('/'))
+            });
+            dirs.into_iter()
+                .filter_map(|dir| std::fs::read_dir(dir).ok())
+                .flatten()
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("shoal-"))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ensure!(left.is_empty(), "step cgroups left: {left:?}");
+    Ok(())
+}

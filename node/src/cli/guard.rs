@@ -1,7 +1,8 @@
-//! `shoal __exec-guard PARENT PROGRAM [ARGS…]`: how the process executor starts its
-//! sandboxes. It asks the kernel to kill it when its parent dies, checks that its parent is
-//! still the node that started it (the node may have died before the request took hold),
-//! then becomes PROGRAM — which keeps the request. So no executor outlives its node, even a
+//! `shoal __exec-guard PARENT [--cgroup PROCS_FILE]… PROGRAM [ARGS…]`: how the process
+//! executor starts its sandboxes. It joins the step's cgroups (its cpu and memory limits),
+//! asks the kernel to kill it when its parent dies, checks that its parent is still the node
+//! that started it (the node may have died before the request took hold), then becomes
+//! PROGRAM — which keeps the request. So no executor outlives its node, even a
 //! node killed while it was starting one. Handled before the command line is parsed, and
 //! without an async runtime: nothing may run between the check and the exec.
 
@@ -13,8 +14,23 @@ use std::process::ExitCode;
 const PARENT_GONE: u8 = 137;
 
 pub fn run(args: &[OsString]) -> ExitCode {
-    let [parent, program, rest @ ..] = args else {
-        eprintln!("usage: shoal __exec-guard PARENT_PID PROGRAM [ARGS…]");
+    let usage = "usage: shoal __exec-guard PARENT_PID [--cgroup PROCS_FILE]… PROGRAM [ARGS…]";
+    let Some((parent, mut args)) = args.split_first() else {
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    };
+    // The step's cgroups, joined now so everything it starts is inside and stays inside.
+    while let [flag, procs, rest @ ..] = args
+        && flag == "--cgroup"
+    {
+        if let Err(error) = std::fs::write(procs, std::process::id().to_string()) {
+            eprintln!("__exec-guard: cannot join the step's cgroup {procs:?}: {error}");
+            return ExitCode::from(126);
+        }
+        args = rest;
+    }
+    let [program, rest @ ..] = args else {
+        eprintln!("{usage}");
         return ExitCode::from(2);
     };
     let Some(parent) = parent.to_str().and_then(|p| p.parse::<i32>().ok()) else {

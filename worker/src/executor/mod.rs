@@ -5,6 +5,7 @@
 //! - `docker`: containers through the local engine's API (bollard).
 //! - `noop`: succeeds at once without running anything — for benchmarks only.
 
+mod cgroup;
 mod docker;
 mod noop;
 mod process;
@@ -128,7 +129,7 @@ pub struct StepRun<'a> {
     /// Variables set on top of the task's `env`.
     pub extra_env: &'a [(String, String)],
     pub tail_bytes_max: usize,
-    /// The task's cpu and memory limits (applied by the docker executor).
+    /// The task's cpu and memory limits (container limits, or the process step's cgroup).
     pub resources: &'a Resources,
     /// A name unique to this step of this attempt on this node (a container's name).
     pub container_name: String,

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
+use super::cgroup::StepCgroup;
 use super::{
     Bind, ExecutorError, KILLED_EXIT_CODE, NOT_FOUND_EXIT_CODE, NOT_RUNNABLE_EXIT_CODE,
     StepOutcome, StepRun, start_failure_exit_code,
@@ -247,24 +248,32 @@ fn direct(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
     Ok(command)
 }
 
-/// `command` started through `guard` (`shoal __exec-guard <this pid> <program> <args…>`),
-/// which makes the kernel kill it when this node dies, even if the node dies while the
-/// command is being started — before bwrap's own `--die-with-parent` takes hold.
-fn guarded(guard: &Path, command: Command) -> Command {
+/// `command` started through `guard` (`shoal __exec-guard <this pid> [--cgroup <procs
+/// file>]… <program> <args…>`), which makes the kernel kill it when this node dies, even if
+/// the node dies while the command is being started — before bwrap's own
+/// `--die-with-parent` takes hold — and joins the step's cgroups before it becomes the
+/// command.
+fn guarded(guard: &Path, command: Command, cgroup_procs: &[PathBuf]) -> Command {
     let inner = command.as_std();
     let mut outer = Command::new(guard);
     outer
         .arg(GUARD_SUBCOMMAND)
-        .arg(std::process::id().to_string())
-        .arg(inner.get_program())
-        .args(inner.get_args());
+        .arg(std::process::id().to_string());
+    for procs in cgroup_procs {
+        outer.arg("--cgroup").arg(procs);
+    }
+    outer.arg(inner.get_program()).args(inner.get_args());
     if let Some(dir) = inner.get_current_dir() {
         outer.current_dir(dir);
     }
     outer
 }
 
-fn build(sandbox: &ProcessSandbox, step: &StepRun<'_>) -> Result<Command, ExecutorError> {
+fn build(
+    sandbox: &ProcessSandbox,
+    step: &StepRun<'_>,
+    cgroup_procs: &[PathBuf],
+) -> Result<Command, ExecutorError> {
     if step.spec.command.is_empty() {
         return Err(ExecutorError::NoCommand);
     }
@@ -282,7 +291,7 @@ fn build(sandbox: &ProcessSandbox, step: &StepRun<'_>) -> Result<Command, Execut
         direct(step)?
     };
     let mut command = match step.guard {
-        Some(guard) => guarded(guard, command),
+        Some(guard) => guarded(guard, command, cgroup_procs),
         None => command,
     };
     command.env_clear();
@@ -338,7 +347,56 @@ pub async fn run(
     step: &StepRun<'_>,
     cancel: &CancellationToken,
 ) -> Result<StepOutcome, ExecutorError> {
-    let mut command = build(sandbox, step)?;
+    // The step's cpu and memory limits: a cgroup it joins through the guard.
+    let (name, resources) = (step.container_name.clone(), step.resources.clone());
+    let guarded = step.guard.is_some();
+    let cgroup = shoal_raft::runtime::blocking(move || match guarded {
+        true => StepCgroup::create(&name, &resources),
+        false if resources == Default::default() => Ok(None),
+        false => Err("steps start without the node's guard".to_string()),
+    })
+    .await
+    .map_err(std::io::Error::other)?;
+    let (cgroup, unlimited) = match cgroup {
+        Ok(cgroup) => (cgroup, None),
+        Err(reason) => (None, Some(reason)),
+    };
+    let procs = cgroup
+        .as_ref()
+        .map(StepCgroup::procs_files)
+        .unwrap_or_default();
+    let ran = run_in(sandbox, step, cancel, &procs).await;
+    let killed_for_memory = match cgroup {
+        Some(cgroup) => shoal_raft::runtime::blocking(move || {
+            let killed = cgroup.oom_killed().then_some(cgroup.ram_bytes());
+            cgroup.remove();
+            killed
+        })
+        .await
+        .ok()
+        .flatten(),
+        None => None,
+    };
+    let mut outcome = ran?;
+    let notes = [
+        outcome.note.take(),
+        killed_for_memory
+            .map(|limit| format!("step killed for memory: it exceeded its limit of {limit} bytes")),
+        unlimited.map(|reason| format!("cpu and memory limits not enforced: {reason}")),
+    ];
+    let notes: Vec<String> = notes.into_iter().flatten().collect();
+    outcome.note = (!notes.is_empty()).then(|| notes.join("; "));
+    Ok(outcome)
+}
+
+/// Runs the step, joining the cgroups whose `cgroup.procs` files are `procs` first.
+async fn run_in(
+    sandbox: &ProcessSandbox,
+    step: &StepRun<'_>,
+    cancel: &CancellationToken,
+    procs: &[PathBuf],
+) -> Result<StepOutcome, ExecutorError> {
+    let mut command = build(sandbox, step, procs)?;
     let binds = step.binds.iter().map(|b| b.host.clone()).collect();
     let stdio = [step.stdin.clone(), step.stdout.clone(), step.stderr.clone()];
     let root = step.attempt_dir.to_path_buf();
@@ -467,7 +525,7 @@ mod tests {
             binds: vec!["/opt/tools".into()],
             env: vec![("NODE_WIDE".into(), "1".into())],
         };
-        let command = build(&sandbox, &step).expect("build");
+        let command = build(&sandbox, &step, &[]).expect("build");
         let std = command.as_std();
         let envs: Vec<_> = std.get_envs().map(|(k, _)| k.to_owned()).collect();
         let args: Vec<String> = std
