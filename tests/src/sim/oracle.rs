@@ -13,8 +13,9 @@
 //! - no node lost a claim to lease expiry while it was healthy and connected for the whole
 //!   lease before.
 //!
-//! Clients add what they see: a task's terminal state never changes between reads, an
-//! acknowledged task is always found; the driver adds that a write succeeds within
+//! Clients add what they see: a task's terminal state never changes between reads (a read
+//! that began after a read showing it ended shows it too; one that overlapped it may be
+//! ordered before it), an acknowledged task is always found; the driver adds that a write succeeds within
 //! `RECOVERY_MS` of each fault ending and that the healed cluster settles.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,8 +37,8 @@ pub struct Submission {
     pub id: Option<String>,
     /// The client stopped retrying without an answer: it may or may not exist.
     pub gave_up: bool,
-    /// The terminal state a read showed.
-    pub terminal: Option<String>,
+    /// The terminal state a read showed, and when that read ended.
+    pub terminal: Option<(String, tokio::time::Instant)>,
     /// A pipeline job's outputs' prefix in the bucket (`out/<key>/`).
     pub egress: Option<String>,
 }
@@ -198,8 +199,11 @@ impl Oracle {
         (count > 0).then(|| books.acknowledged[(pick % count) as usize].clone())
     }
 
-    /// A client read task `id` in `state` from node `node`.
-    pub fn observed(&self, id: &str, state: &str, node: usize) {
+    /// A client's read of task `id` from node `node`, begun at `began`, answered `state`
+    /// (now). Linearizable reads: one that began after an earlier read ended sees at least
+    /// what that one saw; two that overlap may be ordered either way.
+    pub fn observed(&self, id: &str, state: &str, node: usize, began: tokio::time::Instant) {
+        let now = tokio::time::Instant::now();
         let mut books = self.books();
         let Some(key) = books.by_id.get(id).cloned() else {
             return;
@@ -207,12 +211,13 @@ impl Oracle {
         let Some(submission) = books.submissions.get_mut(&key) else {
             return;
         };
+        let terminal = TES_TERMINAL.contains(&state);
         match &submission.terminal {
-            Some(earlier) if earlier != state => {
+            Some((earlier, seen)) if earlier != state && (terminal || began > *seen) => {
                 let what = format!("task {id} read {state} on n{node} after it was {earlier}");
                 books.violations.push(what);
             }
-            None if TES_TERMINAL.contains(&state) => submission.terminal = Some(state.to_string()),
+            None if terminal => submission.terminal = Some((state.to_string(), now)),
             _ => {}
         }
     }

@@ -588,10 +588,18 @@ async fn cancel(shared: Arc<Shared>, id: String) {
 async fn read(shared: &Shared, id: &str) {
     let node = random_node(shared);
     let uri = format!("/ga4gh/tes/v1/tasks/{id}?view=MINIMAL");
+    let began = tokio::time::Instant::now();
     match call(shared, node, "GET", &uri, None, None).await {
         Ok((200, value)) => {
             let state = value["state"].as_str().unwrap_or_default().to_string();
-            shared.oracle.observed(id, &state, node);
+            if let Some(running) = shared.running(node) {
+                let p = running.cluster.progress();
+                shared.trace.event(format!(
+                    "read {id} {state} on n{node} (term {}, leader {:?}, applied {:?})",
+                    p.term, p.leader, p.applied_index
+                ));
+            }
+            shared.oracle.observed(id, &state, node, began);
         }
         Ok((404, _)) => shared
             .oracle
