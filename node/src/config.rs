@@ -352,10 +352,11 @@ impl Config {
         if self.worker.slots > SLOTS_MAX {
             return Err(invalid("worker.slots", format!("at most {SLOTS_MAX}")));
         }
-        if !(0.0..=CPUS_MAX).contains(&self.worker.cpus) || self.worker.cpus.is_nan() {
+        let cpus = self.worker.cpus;
+        if cpus.is_nan() || !(cpus == 0.0 || (0.001..=CPUS_MAX).contains(&cpus)) {
             return Err(invalid(
                 "worker.cpus",
-                format!("must be 0 (all cores) up to {CPUS_MAX}"),
+                format!("must be 0 (all cores), or 0.001 up to {CPUS_MAX}"),
             ));
         }
         if !self.worker.memory.is_empty() {
@@ -506,8 +507,9 @@ fn cores() -> u32 {
         .unwrap_or(1)
 }
 
-/// The machine's memory, or the limit of the cgroup (v2) this process runs under when lower;
-/// when neither can be read, a size so large it never refuses work.
+/// The machine's memory, or the memory limit of the cgroup this process runs in when lower
+/// (v2 `memory.max`, v1 `memory.limit_in_bytes`); when none can be read, a size so large it
+/// never refuses work.
 fn machine_memory() -> u64 {
     let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -517,11 +519,25 @@ fn machine_memory() -> u64 {
             Some(kib * 1024)
         })
         .unwrap_or(u64::MAX);
-    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .unwrap_or(u64::MAX);
-    total.min(limit)
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let limits = own.lines().filter_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let path = path.trim_start_matches('/');
+        let file = match controllers {
+            "" => Path::new("/sys/fs/cgroup").join(path).join("memory.max"),
+            c if c.split(',').any(|c| c == "memory") => Path::new("/sys/fs/cgroup/memory")
+                .join(path)
+                .join("memory.limit_in_bytes"),
+            _ => return None,
+        };
+        std::fs::read_to_string(file)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    });
+    limits.fold(total, u64::min)
 }
 
 #[cfg(test)]

@@ -107,7 +107,15 @@ pub fn check_url(url: &str, writable: bool) -> Result<(), String> {
     if writable && matches!(scheme, "http" | "https") {
         return Err(format!("{scheme} is read only"));
     }
-    Ok(())
+    let host = parsed.host_str().unwrap_or_default();
+    match scheme {
+        "file" if !matches!(host, "" | "localhost") => {
+            Err("a file URL must not name a host".to_string())
+        }
+        "file" => Ok(()),
+        _ if host.is_empty() => Err(format!("{url:?} names no bucket, container or host")),
+        _ => Ok(()),
+    }
 }
 
 impl Resolver {
@@ -484,5 +492,10 @@ mod tests {
         assert!(ftp.contains("\"ftp\" is not supported"), "{ftp}");
         assert!(check_url("https://example.org/x", true).is_err());
         assert!(check_url("not a url", false).is_err());
+        assert!(check_url("s3:///key", false).is_err(), "no bucket");
+        assert!(
+            check_url("file://host/x", false).is_err(),
+            "a file url with a host"
+        );
     }
 }

@@ -128,8 +128,15 @@ impl Worker {
         let dir = config.work_dir.clone();
         let _ = blocking(move || restart::clean_work_dir(&dir)).await;
         if matches!(config.executor, ExecutorKind::Process(_)) {
-            // Finds bwrap once (it runs `bwrap --version`), off the async threads.
+            // Finds bwrap once (it runs `bwrap --version`), off the async threads, and
+            // removes what step cgroups a previous life left.
             let _ = blocking(bwrap_available).await;
+            let node = shoal_raft::format_node_id(cluster.node_id());
+            if let Ok(count @ 1..) =
+                blocking(move || executor::remove_leftover_cgroups(&node)).await
+            {
+                tracing::info!(count, "removed step cgroups of this node's previous run");
+            }
         }
         if let ExecutorKind::Docker(docker) = &config.executor {
             let node = shoal_raft::format_node_id(cluster.node_id());

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 const PARENT_GONE: u8 = 137;
 
 pub fn run(args: &[OsString]) -> ExitCode {
-    let usage = "usage: shoal __exec-guard PARENT_PID [--cgroup PROCS_FILE]… PROGRAM [ARGS…]";
+    let usage = "usage: shoal __exec-guard PARENT_PID [--cgroup PROCS_FILE]… -- PROGRAM [ARGS…]";
     let Some((parent, mut args)) = args.split_first() else {
         eprintln!("{usage}");
         return ExitCode::from(2);
@@ -24,15 +24,20 @@ pub fn run(args: &[OsString]) -> ExitCode {
         && flag == "--cgroup"
     {
         if let Err(error) = std::fs::write(procs, std::process::id().to_string()) {
+            // Read by the process executor (its `CGROUP_JOIN_FAILED`): a failure of the node.
             eprintln!("__exec-guard: cannot join the step's cgroup {procs:?}: {error}");
-            return ExitCode::from(126);
+            return ExitCode::from(125);
         }
         args = rest;
     }
-    let [program, rest @ ..] = args else {
+    let [separator, program, rest @ ..] = args else {
         eprintln!("{usage}");
         return ExitCode::from(2);
     };
+    if separator != "--" {
+        eprintln!("{usage}");
+        return ExitCode::from(2);
+    }
     let Some(parent) = parent.to_str().and_then(|p| p.parse::<i32>().ok()) else {
         eprintln!("__exec-guard: {parent:?} is not a process id");
         return ExitCode::from(2);

@@ -81,8 +81,19 @@ fn find_hierarchy(root: &Path) -> Result<Hierarchy, String> {
             .all(|c| enabled.split_whitespace().any(|e| e == *c))
     };
     if !delegated(&unified) {
-        // Only possible while the node's cgroup holds no process (or is the root).
-        let _ = std::fs::write(unified.join("cgroup.subtree_control"), "+memory +cpu");
+        // A cgroup that holds processes cannot hand controllers to children (the kernel's
+        // "no internal processes" rule). A node alone in its cgroup (a systemd service with
+        // `Delegate=yes`, a container) moves itself into a leaf of its own, `shoal-node`,
+        // then enables them for the step cgroups beside it.
+        let enable =
+            |dir: &Path| std::fs::write(dir.join("cgroup.subtree_control"), "+memory +cpu");
+        if enable(&unified).is_err() {
+            let leaf = unified.join("shoal-node");
+            let _ = std::fs::create_dir(&leaf);
+            if std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()).is_ok() {
+                let _ = enable(&unified);
+            }
+        }
     }
     if !delegated(&unified) {
         return Err(format!(
@@ -135,15 +146,14 @@ impl StepCgroup {
         let hierarchy = hierarchy().as_ref().map_err(Clone::clone)?;
         let cgroup = StepCgroup {
             hierarchy,
-            name: format!("shoal-{name}"),
+            name: name.to_string(),
             ram_bytes: ram,
         };
-        for dir in cgroup.dirs() {
-            std::fs::create_dir(&dir)
-                .map_err(|e| format!("cannot make cgroup {}: {e}", dir.display()))?;
-        }
-        let limits = cgroup.write_limits(cpu, ram);
-        if let Err(error) = limits {
+        let made = cgroup.dirs().iter().try_for_each(|dir| {
+            std::fs::create_dir(dir)
+                .map_err(|e| format!("cannot make cgroup {}: {e}", dir.display()))
+        });
+        if let Err(error) = made.and_then(|()| cgroup.write_limits(cpu, ram)) {
             cgroup.remove();
             return Err(error);
         }
@@ -227,16 +237,57 @@ impl StepCgroup {
         self.ram_bytes
     }
 
-    /// Removes the cgroup once the step's processes are gone. Blocking.
+    /// Kills what is left of the step and removes its cgroup. Blocking: waits up to a second
+    /// for the kernel to let the last processes go.
     pub(crate) fn remove(&self) {
         for dir in self.dirs() {
-            if let Err(error) = std::fs::remove_dir(&dir)
-                && error.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::debug!(dir = %dir.display(), %error, "cannot remove a step cgroup");
+            remove_cgroup(&dir);
+        }
+    }
+}
+
+/// Kills every process in the cgroup `dir` and removes it, retrying while it is busy.
+fn remove_cgroup(dir: &Path) {
+    for _ in 0..100 {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    tracing::warn!(dir = %dir.display(), "cannot remove a step cgroup: still busy");
+}
+
+/// Removes the step cgroups a previous life of this node left (named from `prefix`, the
+/// node's part of every step's name), killing what still runs in them. Blocking.
+pub(crate) fn remove_leftovers(prefix: &str) -> usize {
+    let Ok(hierarchy) = hierarchy() else {
+        return 0;
+    };
+    let parents = match hierarchy {
+        Hierarchy::V2(base) => vec![base.clone()],
+        Hierarchy::V1 { memory, cpu } => vec![memory.clone(), cpu.clone()],
+    };
+    let mut removed = 0;
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(prefix) {
+                remove_cgroup(&entry.path());
+                removed += 1;
             }
         }
     }
+    removed
 }
 
 #[cfg(test)]

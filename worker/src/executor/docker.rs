@@ -328,7 +328,7 @@ impl DockerExecutor {
             // As `docker run`: a command that cannot be started is a step that failed with
             // 127 (not found) or 126 (not runnable), not a failure of the node.
             let reason = engine_error(&error);
-            return match super::start_failure_exit_code(&reason) {
+            return match super::container_start_failure_exit_code(&reason) {
                 Some(code) => Ok(super::not_started(code, reason, step)),
                 None => Err(docker_failed(error)),
             };

@@ -16,6 +16,12 @@ use shoal_raft::job::{ExecutorSpec, Resources};
 use tokio_util::sync::CancellationToken;
 
 pub use docker::{DockerExecutor, container_name};
+
+/// Removes the cgroups of process steps a previous life of the node `node_label` left.
+/// Blocking.
+pub fn remove_leftover_cgroups(node_label: &str) -> usize {
+    cgroup::remove_leftovers(&container_name(&[node_label, ""]))
+}
 pub use process::{DEFAULT_PATH, GUARD_SUBCOMMAND, ProcessSandbox, bwrap_available};
 
 /// Exit code reported for a step killed by cancellation (as a shell reports SIGKILL).
@@ -39,6 +45,17 @@ pub fn start_failure_exit_code(error: &str) -> Option<i32> {
     } else {
         None
     }
+}
+
+/// The exit code for a container engine's refusal to start a step, when the refusal is about
+/// the step's program (runc: `exec: "X": executable file not found in $PATH`, `exec: "X":
+/// permission denied`); `None` for any other start failure (a mount, the engine), which is
+/// the node's, not the task's.
+pub fn container_start_failure_exit_code(error: &str) -> Option<i32> {
+    let about_program = error.contains("exec: ") || error.contains("executable file not found");
+    about_program
+        .then(|| start_failure_exit_code(error))
+        .flatten()
 }
 
 /// A step whose program could not be started: it ran and failed, as with a shell, with the
@@ -171,6 +188,8 @@ pub enum ExecutorError {
     Image { image: String, reason: String },
     #[error("container engine: {0}")]
     Engine(String),
+    #[error("cannot put the step in its cgroup: {0}")]
+    Cgroup(String),
 }
 
 impl ExecutorKind {
@@ -186,5 +205,32 @@ impl ExecutorKind {
             ExecutorKind::Noop => Ok(noop::run(step)),
             ExecutorKind::External(runner) => runner.run(step, cancel).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_refusal_about_the_program_is_the_tasks_failure() {
+        let missing = "the engine answered 400: failed to create task for container: OCI runtime \
+            create failed: runc create failed: unable to start container process: exec: \
+            \"ERROR\": executable file not found in $PATH: unknown";
+        assert_eq!(container_start_failure_exit_code(missing), Some(127));
+        let denied =
+            "unable to start container process: exec: \"/etc/hostname\": permission denied";
+        assert_eq!(container_start_failure_exit_code(denied), Some(126));
+        let mount = "error mounting \"/work/x\" to rootfs at \"/in\": no such file or directory";
+        assert_eq!(
+            container_start_failure_exit_code(mount),
+            None,
+            "the node's failure"
+        );
+        assert_eq!(
+            start_failure_exit_code("Permission denied (os error 13)"),
+            Some(126)
+        );
+        assert_eq!(start_failure_exit_code("connection refused"), None);
     }
 }

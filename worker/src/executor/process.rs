@@ -249,7 +249,7 @@ fn direct(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
 }
 
 /// `command` started through `guard` (`shoal __exec-guard <this pid> [--cgroup <procs
-/// file>]… <program> <args…>`), which makes the kernel kill it when this node dies, even if
+/// file>]… -- <program> <args…>`), which makes the kernel kill it when this node dies, even if
 /// the node dies while the command is being started — before bwrap's own
 /// `--die-with-parent` takes hold — and joins the step's cgroups before it becomes the
 /// command.
@@ -262,7 +262,10 @@ fn guarded(guard: &Path, command: Command, cgroup_procs: &[PathBuf]) -> Command 
     for procs in cgroup_procs {
         outer.arg("--cgroup").arg(procs);
     }
-    outer.arg(inner.get_program()).args(inner.get_args());
+    outer
+        .arg("--")
+        .arg(inner.get_program())
+        .args(inner.get_args());
     if let Some(dir) = inner.get_current_dir() {
         outer.current_dir(dir);
     }
@@ -462,6 +465,9 @@ async fn run_in(
             .map(|s| 128 + s)
             .unwrap_or(KILLED_EXIT_CODE),
     };
+    if let Some(reason) = cgroup_join_failure(exit_code, &stderr_tail) {
+        return Err(ExecutorError::Cgroup(reason));
+    }
     let mut note = killed.then(|| "step killed: the attempt was canceled".to_string());
     let mut exit_code = if killed { KILLED_EXIT_CODE } else { exit_code };
     if let Some((code, reason)) = exec_failure(exit_code, &stderr_tail) {
@@ -485,9 +491,20 @@ fn exec_failure(exit_code: i32, stderr_tail: &str) -> Option<(i32, String)> {
         NOT_FOUND_EXIT_CODE | NOT_RUNNABLE_EXIT_CODE => "__exec-guard: cannot run ",
         _ => return None,
     };
-    let line = stderr_tail.lines().rev().find(|l| l.starts_with(prefix))?;
-    let reason = line[prefix.len()..].to_string();
+    // Their last words: a program's own output before it is not theirs.
+    let line = stderr_tail.lines().rev().find(|l| !l.trim().is_empty())?;
+    let reason = line.strip_prefix(prefix)?.to_string();
     Some((start_failure_exit_code(&reason)?, reason))
+}
+
+/// Exit status of the guard when it cannot put the step in its cgroup (see the guard).
+const CGROUP_JOIN_FAILED: i32 = 125;
+
+/// The guard's complaint when it could not join the step's cgroup: a failure of the node.
+fn cgroup_join_failure(exit_code: i32, stderr_tail: &str) -> Option<String> {
+    let line = stderr_tail.lines().rev().find(|l| !l.trim().is_empty())?;
+    let reason = line.strip_prefix("__exec-guard: cannot join the step's cgroup ")?;
+    (exit_code == CGROUP_JOIN_FAILED).then(|| reason.to_string())
 }
 
 #[cfg(test)]
@@ -580,8 +597,13 @@ mod tests {
         assert_eq!(denied.map(|d| d.0), Some(126));
         let guard = "__exec-guard: cannot run /etc: Permission denied (os error 13)\n";
         assert_eq!(exec_failure(126, guard).map(|g| g.0), Some(126));
-        // A program's own exit 1 stays what it is.
+        // A program's own exit 1 stays what it is, even after printing such a line.
         assert_eq!(exec_failure(1, "no such file or directory\n"), None);
+        let own = "bwrap: execvp x: No such file or directory\nthen the program went on\n";
+        assert_eq!(exec_failure(1, own), None);
+        let join = "__exec-guard: cannot join the step's cgroup \"/x\": Permission denied\n";
+        assert!(super::cgroup_join_failure(125, join).is_some());
+        assert!(super::cgroup_join_failure(1, join).is_none());
         assert_eq!(
             exec_failure(2, "bwrap: execvp x: No such file or directory\n"),
             None

@@ -9,6 +9,13 @@ use crate::job::{Attempt, AttemptOutcome, Capacity, Claim, DatumKey, DatumState,
 use crate::state::{RowKey, State};
 use crate::types::NodeId;
 
+/// What a `ClaimBatch` asking `max` to begin and `queue` to hold may grant of each: at most
+/// `CLAIM_BATCH_MAX` in all, those to begin first.
+fn batch_caps(max: u32, queue: u32) -> (u32, u32) {
+    let now = max.min(CLAIM_BATCH_MAX);
+    (now, queue.min(CLAIM_BATCH_MAX - now))
+}
+
 impl State {
     /// What one attempt of a datum of `job` takes from its node.
     pub fn demand(&self, job: JobSeq) -> Capacity {
@@ -68,6 +75,8 @@ impl State {
             return false;
         };
         let capacity = record.info.capacity;
+        // The same caps as `claim_batch`, so a `true` here means a batch would grant.
+        let (now, queue) = batch_caps(now, queue);
         self.next_claimable(Bound::Unbounded, |demand| {
             (now > 0 && free.fits(demand)) || (queue > 0 && capacity.fits(demand))
         })
@@ -121,14 +130,14 @@ impl State {
         let capacity = node.info.capacity;
         // Asking for work is a sign of life: the grants must not expire at the next round.
         self.note_alive(node_id, now_ms);
-        let now = max.min(CLAIM_BATCH_MAX);
-        let total = max.saturating_add(queue).min(CLAIM_BATCH_MAX);
+        let (now, queue) = batch_caps(max, queue);
+        let total = now + queue;
         let (mut begun, mut queued) = (0, 0);
         let mut grants = Vec::new();
         let mut cursor = Bound::Unbounded;
         while begun + queued < total {
             let begin_more = begun < now;
-            let queue_more = queued < total - now;
+            let queue_more = queued < queue;
             let Some(key) = self.next_claimable(cursor, |demand| {
                 (begin_more && free.fits(demand)) || (queue_more && capacity.fits(demand))
             }) else {
