@@ -666,24 +666,24 @@ async fn a_process_step_over_its_memory_is_killed_and_says_so() -> Result<()> {
             .contains("not enforced"),
         "{task}"
     );
+    // This node's step cgroups (other tests' nodes share the cgroup the test runs in).
+    let mine = format!("shoal-{}-", cluster.status(0, false).await?.node_id);
     let own = std::fs::read_to_string("/proc/self/cgroup")?;
-    let left: Vec<String> = own
+    let left: std::collections::BTreeSet<std::path::PathBuf> = own
         .lines()
         .filter_map(|line| line.splitn(3, ':').nth(2))
         .flat_map(|path| {
-            let dirs = ["memory", "cpu", ""].map(|c| {
+            ["memory", "cpu", ""].map(|c| {
                 std::path::Path::new("/sys/fs/cgroup")
                     .join(c)
                     .join(path.trim_start_matches('/'))
-            });
-            dirs.into_iter()
-                .filter_map(|dir| std::fs::read_dir(dir).ok())
-                .flatten()
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .filter(|name| name.starts_with("shoal-"))
-                .collect::<Vec<_>>()
+            })
         })
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with(&mine))
+        .map(|entry| entry.path())
         .collect();
     ensure!(left.is_empty(), "step cgroups left: {left:?}");
     Ok(())
