@@ -690,3 +690,29 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// Checks how tasks whose command cannot be started end, on any executor: `unstartable` ran a
+/// missing program under `ignore_error`, then `echo hello`; `not_executable` ran a file that
+/// is not executable. As a shell: 127 and 126, EXECUTOR_ERROR, the log kept.
+pub fn check_unstartable(
+    unstartable: &serde_json::Value,
+    not_executable: &serde_json::Value,
+) -> Result<()> {
+    anyhow::ensure!(unstartable["state"] == "EXECUTOR_ERROR", "{unstartable}");
+    let logs = &unstartable["logs"][0]["logs"];
+    anyhow::ensure!(logs[0]["exit_code"] == 127, "{unstartable}");
+    anyhow::ensure!(
+        logs[0]["stderr"].as_str().unwrap_or("").contains("ERROR"),
+        "the reason is on its stderr: {unstartable}"
+    );
+    anyhow::ensure!(logs[1]["stdout"] == "hello\n", "{unstartable}");
+    anyhow::ensure!(
+        not_executable["state"] == "EXECUTOR_ERROR",
+        "{not_executable}"
+    );
+    anyhow::ensure!(
+        not_executable["logs"][0]["logs"][0]["exit_code"] == 126,
+        "{not_executable}"
+    );
+    Ok(())
+}

@@ -52,28 +52,6 @@ fn containers_named(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// `unstartable` ran a missing program under `ignore_error`, then `echo hello`;
-/// `not_executable` ran a file that is not executable.
-fn check_unstartable(unstartable: &Value, not_executable: &Value) -> Result<()> {
-    ensure!(unstartable["state"] == "EXECUTOR_ERROR", "{unstartable}");
-    let logs = &unstartable["logs"][0]["logs"];
-    ensure!(logs[0]["exit_code"] == 127, "{unstartable}");
-    ensure!(
-        logs[0]["stderr"].as_str().unwrap_or("").contains("ERROR"),
-        "the reason is on its stderr: {unstartable}"
-    );
-    ensure!(stdout(unstartable, 1) == "hello\n", "{unstartable}");
-    ensure!(
-        not_executable["state"] == "EXECUTOR_ERROR",
-        "{not_executable}"
-    );
-    ensure!(
-        not_executable["logs"][0]["logs"][0]["exit_code"] == 126,
-        "{not_executable}"
-    );
-    Ok(())
-}
-
 fn stdout(task: &Value, executor: usize) -> &str {
     task["logs"][0]["logs"][executor]["stdout"]
         .as_str()
@@ -233,7 +211,7 @@ async fn tasks_run_in_containers_with_their_files_env_limits_and_results() -> Re
     ensure!(stdout(ignored, 1) == "next ran\n", "{ignored}");
 
     phase("a command that cannot be started fails like `docker run`: 127, log kept, next runs");
-    check_unstartable(&results["unstartable"], &results["not executable"])?;
+    shoal_tests::check_unstartable(&results["unstartable"], &results["not executable"])?;
 
     phase("stdin from a file, stdout and stderr into files");
     ensure!(

@@ -136,13 +136,18 @@ fn cpu_millis(resources: &Resources) -> u64 {
 }
 
 impl StepCgroup {
+    /// Whether a step of work asking `resources` gets a cgroup: it asks for cpu or memory.
+    pub(crate) fn wanted(resources: &Resources) -> bool {
+        cpu_millis(resources) > 0 || resources.ram_bytes > 0
+    }
+
     /// Makes the cgroup of step `name` with the limits `resources` ask for. `Ok(None)` when
     /// the task asks for no limit; `Err` says why limits cannot be applied here. Blocking.
     pub(crate) fn create(name: &str, resources: &Resources) -> Result<Option<StepCgroup>, String> {
-        let (cpu, ram) = (cpu_millis(resources), resources.ram_bytes);
-        if cpu == 0 && ram == 0 {
+        if !Self::wanted(resources) {
             return Ok(None);
         }
+        let (cpu, ram) = (cpu_millis(resources), resources.ram_bytes);
         let hierarchy = hierarchy().as_ref().map_err(Clone::clone)?;
         let cgroup = StepCgroup {
             hierarchy,

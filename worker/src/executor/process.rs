@@ -351,15 +351,17 @@ pub async fn run(
     cancel: &CancellationToken,
 ) -> Result<StepOutcome, ExecutorError> {
     // The step's cpu and memory limits: a cgroup it joins through the guard.
-    let (name, resources) = (step.container_name.clone(), step.resources.clone());
-    let guarded = step.guard.is_some();
-    let cgroup = shoal_raft::runtime::blocking(move || match guarded {
-        true => StepCgroup::create(&name, &resources),
-        false if resources == Default::default() => Ok(None),
-        false => Err("steps start without the node's guard".to_string()),
-    })
-    .await
-    .map_err(std::io::Error::other)?;
+    // A step asking for neither (the common case) costs nothing here.
+    let cgroup = if !StepCgroup::wanted(step.resources) {
+        Ok(None)
+    } else if step.guard.is_none() {
+        Err("steps start without the node's guard".to_string())
+    } else {
+        let (name, resources) = (step.container_name.clone(), step.resources.clone());
+        shoal_raft::runtime::blocking(move || StepCgroup::create(&name, &resources))
+            .await
+            .map_err(std::io::Error::other)?
+    };
     let (cgroup, unlimited) = match cgroup {
         Ok(cgroup) => (cgroup, None),
         Err(reason) => (None, Some(reason)),
