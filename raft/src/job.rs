@@ -484,9 +484,17 @@ impl Datum {
     }
 
     /// Attempts lost with their node (lease expiry, restart) since the last retry.
-    pub fn lease_expiries(&self) -> u32 {
+    pub fn node_losses(&self) -> u32 {
         self.since_retry()
             .filter(|a| a.outcome.is_some_and(AttemptOutcome::node_lost))
+            .count() as u32
+    }
+
+    /// Attempts lost with their node (lease expiry, restart) since the last retry, leaving
+    /// out those whose node reported them later (it was cut off or paused, not taken down).
+    pub fn lease_expiries(&self) -> u32 {
+        self.since_retry()
+            .filter(|a| a.outcome.is_some_and(AttemptOutcome::node_lost) && a.report.is_none())
             .count() as u32
     }
 }

@@ -225,6 +225,64 @@ async fn a_node_killed_while_running_has_its_datum_rerun_elsewhere_after_the_lea
 }
 
 #[tokio::test]
+async fn a_node_paused_past_its_lease_reports_its_lost_attempt_late() -> Result<()> {
+    let options = ClusterOptions {
+        lease_ms: SHORT_LEASE_MS,
+        ..Default::default()
+    };
+    let cluster = TestCluster::formed(3, options).await?;
+    let id = cluster
+        .submit_task(0, &shell_task("sleep 1; echo finished"))
+        .await?;
+    let this = &cluster;
+    let host = wait_for("the task to run", FORMATION, async || {
+        let task = this.task(0, &id, "BASIC").await.ok()?;
+        (task["state"] == "RUNNING").then(|| {
+            task["logs"][0]["metadata"]["hostname"]
+                .as_str()
+                .map(str::to_string)
+        })?
+    })
+    .await?;
+    let paused = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == host)
+        .expect("host node");
+
+    phase("SIGSTOP that node past its lease: the task runs again elsewhere");
+    cluster.pause(paused)?;
+    let survivor = (paused + 1) % 3;
+    let task = cluster
+        .wait_task(survivor, &id, Duration::from_secs(60))
+        .await?;
+    ensure!(task["state"] == "COMPLETE", "{task}");
+
+    phase("SIGCONT: its attempt (which ran on meanwhile) is reported late, and shown lost");
+    cluster.resume(paused)?;
+    let this = &cluster;
+    let lost = wait_for("the late report", FORMATION, async || {
+        let task = this.task(survivor, &id, "FULL").await.ok()?;
+        let first = task["logs"][0].clone();
+        first["system_logs"]
+            .to_string()
+            .contains("after the lease expired")
+            .then_some(first)
+    })
+    .await?;
+    let lines = lost["system_logs"].to_string();
+    ensure!(
+        lines.contains("lost at") && lines.contains(&host),
+        "the attempt still says it was lost, and where: {lost}"
+    );
+    ensure!(
+        lost["logs"][0]["exit_code"] == 0 && lost["logs"][0]["stdout"] == "finished\n",
+        "the late report shows how the attempt ended: {lost}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn killing_the_leader_mid_run_loses_no_acknowledged_submission() -> Result<()> {
     let options = ClusterOptions {
         lease_ms: SHORT_LEASE_MS,

@@ -648,7 +648,14 @@ async fn check_end(
     for id in ids {
         match tasks.get(id) {
             None => tally.lost += 1,
-            Some((state, _)) if state != "COMPLETE" => tally.failed += 1,
+            Some((state, _)) if state != "COMPLETE" => {
+                let task: Value = cluster
+                    .get(0, &format!("/ga4gh/tes/v1/tasks/{id}?view=FULL"))
+                    .await
+                    .unwrap_or_default();
+                eprintln!("task {id} ended {state}: {}", task["logs"]);
+                tally.failed += 1
+            }
             Some(_) => {}
         }
     }
@@ -669,7 +676,20 @@ async fn check_end(
             executions.entry(id.to_string()).or_default().push(attempt);
         }
     }
-    for (id, (_, attempts)) in tasks {
+    let mut unseen = 0;
+    for (id, (state, attempts)) in tasks {
+        // The attempt that completed a task ran and told the observer so: without that the
+        // count below would check nothing (an observer nobody reaches sees no executions).
+        if state == "COMPLETE"
+            && !executions
+                .get(id)
+                .is_some_and(|a| a.contains(&(*attempts as u64)))
+        {
+            eprintln!(
+                "task {id}: COMPLETE in attempt {attempts}, which the observer never heard from"
+            );
+            unseen += 1;
+        }
         let mut ran = executions.get(id).cloned().unwrap_or_default();
         let count = ran.len();
         ran.sort_unstable();
@@ -688,6 +708,10 @@ async fn check_end(
         tally.failed == 0,
         "{} acknowledged tasks did not complete",
         tally.failed
+    );
+    ensure!(
+        unseen == 0,
+        "{unseen} completed tasks ran without telling the observer (is busybox installed?)"
     );
     ensure!(
         tally.over_executed == 0,

@@ -193,10 +193,11 @@ fn attempt(
     let report = attempt.report.as_ref();
     let logs = attempt_logs(attempt, live);
     let error = match (attempt.outcome, report) {
-        (_, Some(report)) => report.error_message(),
-        (Some(AttemptOutcome::LeaseExpired), None) => {
+        // Its node may have reported it later (it was cut off or paused): still lost.
+        (Some(AttemptOutcome::LeaseExpired), _) => {
             Some("the node running it went silent longer than its lease".to_string())
         }
+        (_, Some(report)) => report.error_message(),
         (Some(AttemptOutcome::Lost), None) => {
             Some("the node running it restarted; nothing of it ran on".to_string())
         }

@@ -308,8 +308,8 @@ fn kind_of(kind: FileKind) -> Option<TesFileType> {
     })
 }
 
-/// Why an attempt that never reported ended (its node was lost, or it was canceled before
-/// it began), for its system logs: what happened, to which node, when.
+/// Why an attempt that did not report in time ended (its node was lost, or it was canceled
+/// before it began), for its system logs: what happened, to which node, when.
 fn ended_without_report(
     attempt: &shoal_raft::job::Attempt,
     node: &str,
@@ -404,6 +404,16 @@ fn task_logs(
                     })
                     .unwrap_or_default(),
                 system_logs: full.then(|| match report {
+                    // Reported after its lease expired: why it was lost, then what it said.
+                    Some(report) if attempt.outcome == Some(AttemptOutcome::LeaseExpired) => {
+                        let mut lines = ended_without_report(
+                            attempt,
+                            &node_name(attempt.node),
+                            context.lease_ms,
+                        );
+                        lines.extend(report.system_logs.iter().cloned());
+                        lines
+                    }
                     Some(report) => report.system_logs.clone(),
                     None => {
                         ended_without_report(attempt, &node_name(attempt.node), context.lease_ms)

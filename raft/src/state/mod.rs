@@ -13,7 +13,7 @@ mod work;
 
 pub use work::{
     CLAIM_BATCH_MAX, DATUM_TRIES_MAX, DATUMS_PER_COMMAND_MAX, DATUMS_PER_JOB_MAX,
-    LEASE_EXPIRIES_MAX, RETRIES_MAX,
+    LEASE_EXPIRIES_MAX, NODE_LOSSES_MAX, RETRIES_MAX,
 };
 
 use std::collections::{BTreeMap, BTreeSet};

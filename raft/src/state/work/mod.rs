@@ -45,7 +45,8 @@ pub(in crate::state) use submit::AddDatums;
 use super::{RowKey, State};
 use crate::command::Outcome;
 use crate::job::{
-    AttemptOutcome, AttemptReport, DatumError, DatumKey, DatumState, FIRST_ERRORS_MAX, JobSeq,
+    AttemptOutcome, AttemptReport, Datum, DatumError, DatumKey, DatumState, FIRST_ERRORS_MAX,
+    JobSeq,
 };
 use crate::types::NodeId;
 
@@ -57,9 +58,13 @@ pub const DATUMS_PER_JOB_MAX: u32 = 1_000_000;
 pub const CLAIM_BATCH_MAX: u32 = 1024;
 /// Most tries a job may give each datum.
 pub const DATUM_TRIES_MAX: u32 = 100;
-/// A datum whose attempts took their node down (lease expired) this many times fails: it
-/// may be what kills the nodes.
+/// A datum whose attempts took their node down (lease expired, node restarted) this many
+/// times fails: it may be what kills the nodes. An expired attempt whose node reports it
+/// later (the node was cut off or paused) does not count.
 pub const LEASE_EXPIRIES_MAX: u32 = 3;
+/// Most attempts a datum loses with their node, those its node reported later included,
+/// before it fails: a datum that stalls its node past the lease cannot run again forever.
+pub const NODE_LOSSES_MAX: u32 = 10;
 /// Most `RetryFailed` rounds a job takes, so retries cannot grow a datum's attempts (and the
 /// log) without limit.
 pub const RETRIES_MAX: u32 = 10;
@@ -89,8 +94,18 @@ fn bounded(text: &str) -> String {
 }
 
 /// Why an attempt failed, in one line, from what its node reported.
-fn failure_message(outcome: AttemptOutcome, report: Option<&AttemptReport>) -> String {
+fn failure_message(
+    outcome: AttemptOutcome,
+    report: Option<&AttemptReport>,
+    datum: &Datum,
+) -> String {
     if outcome.node_lost() {
+        if datum.lease_expiries() < LEASE_EXPIRIES_MAX {
+            return format!(
+                "its attempts were lost with their node {NODE_LOSSES_MAX} times (most while their \
+                 node was cut off or paused)"
+            );
+        }
         return format!(
             "its attempts were lost with their node {LEASE_EXPIRIES_MAX} times (lease expired or \
              node restarted)"
@@ -188,15 +203,18 @@ impl State {
         let Some(datum) = self.datums.get_mut(&key) else {
             return;
         };
-        let message = (outcome != AttemptOutcome::Succeeded)
-            .then(|| failure_message(outcome, report.as_ref()));
         if let Some(attempt) = datum.attempts.last_mut() {
             attempt.ended_ms = Some(now_ms);
             attempt.outcome = Some(outcome);
             attempt.report = report;
         }
+        let message = (outcome != AttemptOutcome::Succeeded).then(|| {
+            let report = datum.attempts.last().and_then(|a| a.report.as_ref());
+            failure_message(outcome, report, datum)
+        });
         let tries_used = datum.tries_used();
-        let lease_expiries = datum.lease_expiries();
+        let node_lost_often =
+            datum.lease_expiries() >= LEASE_EXPIRIES_MAX || datum.node_losses() >= NODE_LOSSES_MAX;
         let canceling = datum.state == DatumState::Canceling;
         let Some(job) = self.jobs.get(&key.job) else {
             return;
@@ -206,10 +224,10 @@ impl State {
         } else if outcome == AttemptOutcome::Succeeded {
             DatumState::Done
         } else if outcome.node_lost() {
-            if lease_expiries < LEASE_EXPIRIES_MAX {
-                DatumState::Pending
-            } else {
+            if node_lost_often {
                 DatumState::Failed
+            } else {
+                DatumState::Pending
             }
         } else if tries_used < job.spec.datum_tries {
             DatumState::Pending

@@ -64,6 +64,7 @@ impl State {
                 continue;
             }
             if !self.holds(key, completion.fence, Some(node)) {
+                self.note_late_report(key, completion, node);
                 stale.push(key);
                 continue;
             }
@@ -78,14 +79,46 @@ impl State {
         Outcome::Reported { accepted, stale }
     }
 
-    /// Whether the log recorded `node`'s report of the attempt under `fence` already.
+    /// Whether the log recorded `node`'s report of the attempt under `fence` already (a late
+    /// report of an expired attempt does not count: that attempt stays stale).
     fn reported_already(&self, key: DatumKey, fence: u64, node: NodeId) -> bool {
         self.datums.get(&key).is_some_and(|datum| {
-            datum
-                .attempts
-                .iter()
-                .any(|a| a.fence == fence && a.node == node && a.report.is_some())
+            datum.attempts.iter().any(|a| {
+                a.fence == fence
+                    && a.node == node
+                    && a.report.is_some()
+                    && a.outcome != Some(AttemptOutcome::LeaseExpired)
+            })
         })
+    }
+
+    /// Keeps the report of an attempt whose lease expired while its node was cut off or
+    /// paused: the attempt stays lost (its datum ran again), but its node was not taken down
+    /// by it, so it no longer counts towards `LEASE_EXPIRIES_MAX`, and its logs show how it
+    /// ended. Its outputs are not the job's, so none are kept.
+    fn note_late_report(&mut self, key: DatumKey, completion: &Completion, node: NodeId) {
+        let Some(attempt) = self.datums.get_mut(&key).and_then(|d| {
+            d.attempts.iter_mut().find(|a| {
+                a.fence == completion.fence
+                    && a.node == node
+                    && a.outcome == Some(AttemptOutcome::LeaseExpired)
+                    && a.report.is_none()
+            })
+        }) else {
+            return;
+        };
+        let mut report = completion.report.clone();
+        report.outputs.clear();
+        report.system_logs.insert(
+            0,
+            bounded(&format!(
+                "its node reported after the lease expired that the attempt ended {:?}; \
+                 that report was too late to count",
+                report.outcome
+            )),
+        );
+        attempt.report = Some(report);
+        self.dirty.insert(RowKey::Datum(key));
     }
 
     /// Whether the report is a pipeline attempt that succeeded with outputs to publish (and

@@ -403,6 +403,96 @@ fn lease_expiry_requeues_with_the_next_attempt_without_spending_a_try() {
 }
 
 #[test]
+fn an_expired_attempt_its_node_reports_later_does_not_count_as_taking_the_node_down() {
+    let mut log = Log::new();
+    let job = log.submit("j", 1, 0, 1);
+    // Each attempt's node is cut off past its lease, then comes back and reports it: a
+    // partition or a pause, not a datum that kills nodes. None of them counts.
+    for attempt in 1..=LEASE_EXPIRIES_MAX + 1 {
+        let grant = log.claim(N1, 1)[0];
+        assert_eq!(grant.attempt, attempt);
+        log.apply(Command::Started {
+            datum: grant.datum,
+            fence: grant.fence,
+        });
+        log.now_ms += 2 * LEASE_MS;
+        log.apply(Command::ExpireLeases {
+            lease_ms: LEASE_MS,
+            by: N2,
+        });
+        assert_eq!(
+            log.report(N1, grant, AttemptOutcome::Succeeded),
+            Outcome::Reported {
+                accepted: 0,
+                stale: vec![grant.datum]
+            },
+            "the late report stays stale"
+        );
+        assert_eq!(
+            log.report(N1, grant, AttemptOutcome::Succeeded),
+            Outcome::Reported {
+                accepted: 0,
+                stale: vec![grant.datum]
+            },
+            "and so does its resend"
+        );
+        let datum = log.datum(job, 0);
+        assert_eq!(datum.state, DatumState::Pending, "attempt {attempt}");
+        let lost = &datum.attempts[attempt as usize - 1];
+        assert_eq!(lost.outcome, Some(AttemptOutcome::LeaseExpired));
+        let report = lost.report.as_ref().expect("the late report is kept");
+        assert!(report.system_logs[0].contains("after the lease expired"));
+        assert_eq!(datum.lease_expiries(), 0);
+    }
+    // An attempt whose node never comes back counts as before.
+    assert_eq!(log.datum(job, 0).node_losses(), LEASE_EXPIRIES_MAX + 1);
+    let grant = log.claim(N1, 1)[0];
+    log.apply(Command::Started {
+        datum: grant.datum,
+        fence: grant.fence,
+    });
+    log.now_ms += 2 * LEASE_MS;
+    log.apply(Command::ExpireLeases {
+        lease_ms: LEASE_MS,
+        by: N2,
+    });
+    assert_eq!(log.datum(job, 0).lease_expiries(), 1);
+    let last = log.claim(N2, 1)[0];
+    log.report(N2, last, AttemptOutcome::Succeeded);
+    assert_eq!(log.datum(job, 0).state, DatumState::Done);
+}
+
+#[test]
+fn a_datum_that_keeps_stalling_its_node_fails_even_when_every_attempt_reports_late() {
+    let mut log = Log::new();
+    let job = log.submit("j", 1, 0, 1);
+    for _ in 0..NODE_LOSSES_MAX {
+        let grant = log.claim(N1, 1)[0];
+        log.apply(Command::Started {
+            datum: grant.datum,
+            fence: grant.fence,
+        });
+        log.now_ms += 2 * LEASE_MS;
+        log.apply(Command::ExpireLeases {
+            lease_ms: LEASE_MS,
+            by: N2,
+        });
+        log.report(N1, grant, AttemptOutcome::Succeeded);
+    }
+    let datum = log.datum(job, 0);
+    assert_eq!(datum.lease_expiries(), 0);
+    assert_eq!(datum.state, DatumState::Failed);
+    assert_eq!(datum.attempts.len() as u32, NODE_LOSSES_MAX);
+    let errors = &log.state.jobs[&job].first_errors;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("cut off or paused")),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn a_failed_attempt_spends_a_try() {
     let mut log = Log::new();
     let job = log.submit("j", 1, 0, 2);
