@@ -7,13 +7,15 @@
 #
 # Installed when missing: cargo-nextest, bubblewrap and busybox-static (apt), iproute2 and
 # iptables (apt, as root: the nemesis test puts nodes in network namespaces on a bridge),
-# moto[server] and py-tes (PyPI, into .venv/).
+# moto[server], py-tes and pyftpdlib (PyPI, into .venv/).
 # Built: the test image shoal-test/busybox:latest (FROM scratch + Debian's static busybox; no
 # registry needed), when a Docker engine answers. Without one the docker tests are skipped
 # with a message, unless SHOAL_REQUIRE_DOCKER=1 (the default when CI is set).
 # Services started here (each on 127.0.0.1, on a free port, stopped on exit):
 #   - moto_server: a real S3-compatible server (PyPI `moto[server]`), in .venv/
+#   - scripts/ftp_server.py: a real FTP server (PyPI `pyftpdlib`), one user, a temporary root
 # Exported to the tests: SHOAL_BIN, SHOAL_TEST_S3_ENDPOINT, SHOAL_TEST_S3_KEY, SHOAL_TEST_S3_SECRET,
+# SHOAL_TEST_FTP_URL (ftp://user:password@127.0.0.1:port), SHOAL_TEST_FTP_ROOT (its directory),
 # SHOAL_TEST_IMAGE (when the engine answers), SHOAL_TEST_PYTHON (the venv's python, with py-tes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,7 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ -n "${ftp_root:-}" ]; then rm -rf "$ftp_root"; fi
 }
 trap cleanup EXIT INT TERM
 
@@ -76,11 +79,12 @@ fi
 
 # --- python venv with moto (S3) ------------------------------------------------------------
 venv="$root/.venv"
-if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c 'import tes' 2>/dev/null; then
-  log "creating $venv with moto[server] and py-tes"
+if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c 'import tes, pyftpdlib' 2>/dev/null; then
+  log "creating $venv with moto[server], py-tes and pyftpdlib"
   python3 -m venv "$venv"
   for try in 1 2 3; do
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*' 'py-tes==1.1.4' \
+      'pyftpdlib==2.*' \
       && break
     if [ "$try" = 3 ]; then log "pip install failed three times"; exit 1; fi
     log "pip install failed; trying again"
@@ -107,6 +111,19 @@ wait_http "http://127.0.0.1:$s3_port/" 30
 export SHOAL_TEST_S3_ENDPOINT="http://127.0.0.1:$s3_port"
 export SHOAL_TEST_S3_KEY="shoal-test"
 export SHOAL_TEST_S3_SECRET="shoal-test-secret"
+
+ftp_port=$(free_port)
+ftp_root=$(mktemp -d)
+log "starting the FTP server on 127.0.0.1:$ftp_port (root $ftp_root)"
+"$venv/bin/python" "$root/scripts/ftp_server.py" 127.0.0.1 "$ftp_port" "$ftp_root" shoal shoal-ftp-secret \
+  >"${TMPDIR:-/tmp}/shoal-ftp-$ftp_port.log" 2>&1 &
+pids+=($!)
+until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $ftp_port), 1)" 2>/dev/null; do
+  if ! kill -0 "${pids[-1]}" 2>/dev/null; then log "the FTP server did not start"; exit 1; fi
+  sleep 0.2
+done
+export SHOAL_TEST_FTP_URL="ftp://shoal:shoal-ftp-secret@127.0.0.1:$ftp_port"
+export SHOAL_TEST_FTP_ROOT="$ftp_root"
 
 # --- build once, then test ------------------------------------------------------------------
 log "building"

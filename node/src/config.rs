@@ -171,6 +171,10 @@ pub struct StorageConfig {
     pub s3_endpoint: String,
     pub s3_region: String,
     pub s3_allow_http: bool,
+    /// User for `ftp://` URLs that name none; empty = `anonymous`.
+    pub ftp_user: String,
+    /// Password paired with `ftp_user`.
+    pub ftp_password: String,
 }
 
 impl Default for Config {

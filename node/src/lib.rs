@@ -117,6 +117,8 @@ fn worker_config(
         s3_allow_http: config.storage.s3_allow_http,
         s3_access_key_id: None,
         s3_secret_access_key: None,
+        ftp_user: Some(config.storage.ftp_user.clone()).filter(|user| !user.is_empty()),
+        ftp_password: Some(config.storage.ftp_password.clone()),
     };
     Ok(shoal_worker::WorkerConfig {
         slots: config.slots(),

@@ -24,4 +24,9 @@ pub struct StorageConfig {
     pub s3_access_key_id: Option<String>,
     /// Static S3 secret key, paired with `s3_access_key_id`.
     pub s3_secret_access_key: Option<String>,
+    /// FTP user for `ftp://` URLs that name none (`ftp://user:password@host/...` does);
+    /// `None` logs in as `anonymous`.
+    pub ftp_user: Option<String>,
+    /// FTP password, paired with `ftp_user`.
+    pub ftp_password: Option<String>,
 }

@@ -18,6 +18,8 @@
 //! - [`expand`] / [`datum`] — pipeline inputs: URI + Pachyderm glob → streamed chunks of
 //!   [`Datum`]s with stable ids ([`Datum::id`]: inputs and their versions); [`cross`] and
 //!   [`union`] as pure functions; [`expand_input`] for a whole input tree.
+//! - `ftp` (private) — `ftp://` as an object store, through suppaftp: passive, binary,
+//!   pooled connections, writes renamed into place.
 //! - [`publish`] — what publishing a pipeline's staged outputs needs: server-side copies
 //!   and deleting everything below a prefix.
 //! - [`limits`] — every bound, named with its unit.
@@ -34,6 +36,7 @@ pub mod download;
 pub mod error;
 pub mod expand;
 mod fs;
+mod ftp;
 pub mod limits;
 mod list;
 pub mod local;

@@ -69,5 +69,14 @@ pub const LOCAL_LIST_CHANNEL_CAPACITY: usize = 1_024;
 /// Object stores the resolver keeps built (one per bucket, container or HTTP origin).
 pub const STORES_CACHED_MAX: usize = 256;
 
+/// Connections one FTP store (one server and user) has open at once.
+pub const FTP_CONNECTIONS_MAX: usize = 8;
+
+/// Idle FTP connections kept per store for the next transfer.
+pub const FTP_IDLE_CONNECTIONS_MAX: usize = 4;
+
+/// Entries one FTP directory listing may hold (it is read whole).
+pub const FTP_DIRECTORY_ENTRIES_MAX: usize = 1_000_000;
+
 /// Length of a URL the resolver accepts.
 pub const URL_BYTES_MAX: usize = 4_096;

@@ -2,7 +2,8 @@
 //!
 //! `s3://bucket/key` (also S3-compatible servers through `StorageConfig::s3_endpoint`, path
 //! style), `gs://bucket/key`, `az://container/key`, `http(s)://host/path` (read only),
-//! `file:///abs/path` and bare absolute paths (only under the allowed local roots or the work
+//! `ftp://[user[:password]@]host[:port]/path` (see `ftp`), `file:///abs/path` and bare
+//! absolute paths (only under the allowed local roots or the work
 //! dir). Clients are built with our own builders, never `parse_url_opts` (which ignores unknown
 //! keys), and cached per bucket, container or origin.
 
@@ -21,6 +22,7 @@ use url::Url;
 
 use crate::config::StorageConfig;
 use crate::error::StorageError;
+use crate::ftp::{FtpStore, FtpTarget};
 use crate::limits::{
     CONNECT_TIMEOUT, READ_IDLE_TIMEOUT, REQUEST_RETRIES_MAX, REQUEST_RETRY_TIMEOUT,
     STORES_CACHED_MAX, URL_BYTES_MAX,
@@ -59,6 +61,7 @@ enum StoreKey {
     Gcs(String),
     Azure(String),
     Http(String),
+    Ftp(FtpTarget),
 }
 
 /// Resolves URLs for one node; cheap to share behind an `Arc`.
@@ -79,11 +82,13 @@ pub struct Resolver {
 
 /// URL schemes the resolver handles (`http` and `https` for reading only), as the TES
 /// service-info lists them.
-pub const SCHEMES: [&str; 7] = ["file", "s3", "gs", "az", "http", "https", "content"];
+pub const SCHEMES: [&str; 8] = ["file", "s3", "gs", "az", "http", "https", "ftp", "content"];
 
 /// Every scheme a URL given to shoal may have (aliases included); `http` and `https` are read
 /// only.
-const URL_SCHEMES: [&str; 8] = ["file", "s3", "s3a", "gs", "az", "azure", "http", "https"];
+const URL_SCHEMES: [&str; 9] = [
+    "file", "s3", "s3a", "gs", "az", "azure", "http", "https", "ftp",
+];
 
 /// Checks, before anything is accepted, that `url` is a URL with a scheme every node can
 /// read — and write, when `writable`. The answer names what is wrong; the caller adds the
@@ -101,7 +106,7 @@ pub fn check_url(url: &str, writable: bool) -> Result<(), String> {
     let scheme = parsed.scheme();
     if !URL_SCHEMES.contains(&scheme) {
         return Err(format!(
-            "scheme {scheme:?} is not supported (file, s3, gs, az, http, https)"
+            "scheme {scheme:?} is not supported (file, s3, gs, az, http, https, ftp)"
         ));
     }
     if writable && matches!(scheme, "http" | "https") {
@@ -242,6 +247,7 @@ impl Resolver {
             "gs" => (StoreKey::Gcs(host.to_owned()), false),
             "az" | "azure" => (StoreKey::Azure(host.to_owned()), false),
             "http" | "https" => (StoreKey::Http(parsed.origin().ascii_serialization()), true),
+            "ftp" => (StoreKey::Ftp(self.ftp_target(url, parsed)?), false),
             scheme => {
                 return Err(StorageError::UnsupportedScheme {
                     url: url.to_owned(),
@@ -299,6 +305,7 @@ impl Resolver {
                     .with_client_options(client_options(false))
                     .build()?,
             ),
+            StoreKey::Ftp(target) => Arc::new(FtpStore::new(target.clone())),
             StoreKey::Http(origin) => Arc::new(
                 HttpBuilder::new()
                     .with_url(origin)
@@ -306,6 +313,34 @@ impl Resolver {
                     .with_client_options(client_options(origin.starts_with("http://")))
                     .build()?,
             ),
+        })
+    }
+
+    /// Where an `ftp://` URL connects and as whom: the URL's user and password, else the
+    /// config's, else `anonymous`.
+    fn ftp_target(&self, url: &str, parsed: &Url) -> Result<FtpTarget, StorageError> {
+        let decoded = |text: &str| {
+            percent_decode(text).ok_or_else(|| invalid(url, "user or password is not UTF-8"))
+        };
+        let (user, password) = if parsed.username().is_empty() {
+            match &self.config.ftp_user {
+                Some(user) => (
+                    user.clone(),
+                    self.config.ftp_password.clone().unwrap_or_default(),
+                ),
+                None => ("anonymous".to_owned(), "anonymous@".to_owned()),
+            }
+        } else {
+            (
+                decoded(parsed.username())?,
+                decoded(parsed.password().unwrap_or_default())?,
+            )
+        };
+        Ok(FtpTarget {
+            host: parsed.host_str().unwrap_or_default().to_owned(),
+            port: parsed.port().unwrap_or(21),
+            user,
+            password,
         })
     }
 
@@ -340,6 +375,14 @@ impl Resolver {
         }
         builder
     }
+}
+
+/// `%xx` escapes of a URL's user or password decoded; `None` when not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(|text| text.into_owned())
 }
 
 fn invalid(url: &str, reason: &str) -> StorageError {
@@ -464,7 +507,23 @@ mod tests {
             .resolve("https://example.org/f", Access::Write)
             .await;
         assert!(matches!(http, Err(StorageError::ReadOnly { .. })));
-        let bad = resolver.resolve("ftp://host/f", Access::Read).await;
+        let ftp = resolver
+            .resolve("ftp://u:p%40ss@host:2121/dir/f", Access::Write)
+            .await
+            .expect("ftp resolves, for writing too");
+        assert_eq!(ftp.path.as_ref(), "dir/f");
+        assert_eq!(ftp.backend, Backend::Remote { read_only: false });
+        let other_user = resolver.resolve("ftp://v@host:2121/f", Access::Read).await;
+        assert!(
+            !Arc::ptr_eq(&ftp.store, &other_user.expect("ftp").store),
+            "one store per server and user"
+        );
+        let shown = ftp.store.to_string();
+        assert!(
+            shown.contains("u@host:2121") && !shown.contains("p@ss"),
+            "{shown}"
+        );
+        let bad = resolver.resolve("sftp://host/f", Access::Read).await;
         assert!(matches!(bad, Err(StorageError::UnsupportedScheme { .. })));
         let dots = resolver.resolve("s3://bucket/a/../b", Access::Read).await;
         assert!(matches!(dots, Err(StorageError::ParentSegment { .. })));
@@ -488,8 +547,9 @@ mod tests {
         check_url("file:///data/x", true).expect("file");
         check_url("/data/x", true).expect("a local path");
         check_url("https://example.org/x", false).expect("https read");
-        let ftp = check_url("ftp://host/x", false).expect_err("ftp");
-        assert!(ftp.contains("\"ftp\" is not supported"), "{ftp}");
+        check_url("ftp://user:pw@host:2121/x", true).expect("ftp, both ways");
+        let sftp = check_url("sftp://host/x", false).expect_err("sftp");
+        assert!(sftp.contains("\"sftp\" is not supported"), "{sftp}");
         assert!(check_url("https://example.org/x", true).is_err());
         assert!(check_url("not a url", false).is_err());
         assert!(check_url("s3:///key", false).is_err(), "no bucket");

@@ -676,3 +676,92 @@ async fn a_process_step_over_its_memory_is_killed_and_says_so() -> Result<()> {
     ensure!(left.is_empty(), "step cgroups left: {left:?}");
     Ok(())
 }
+
+/// The FTP server scripts/test.sh started: its URL without the user, the user, the password
+/// and its root directory on this machine (to seed inputs and read outputs without shoal).
+fn ftp_server() -> Result<Option<(String, String, String, std::path::PathBuf)>> {
+    let (Ok(url), Ok(root)) = (
+        std::env::var("SHOAL_TEST_FTP_URL"),
+        std::env::var("SHOAL_TEST_FTP_ROOT"),
+    ) else {
+        anyhow::ensure!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but SHOAL_TEST_FTP_URL/SHOAL_TEST_FTP_ROOT are not: run scripts/test.sh"
+        );
+        eprintln!("skipping: set SHOAL_TEST_FTP_URL and SHOAL_TEST_FTP_ROOT (scripts/test.sh)");
+        return Ok(None);
+    };
+    let parsed = url::Url::parse(&url)?;
+    let origin = format!(
+        "ftp://{}:{}",
+        parsed.host_str().unwrap_or_default(),
+        parsed.port().unwrap_or(21)
+    );
+    Ok(Some((
+        origin,
+        parsed.username().to_string(),
+        parsed.password().unwrap_or_default().to_string(),
+        root.into(),
+    )))
+}
+
+#[tokio::test]
+async fn a_task_reads_its_inputs_from_ftp_and_writes_its_outputs_there() -> Result<()> {
+    let Some((origin, user, password, root)) = ftp_server()? else {
+        return Ok(());
+    };
+    let dir = format!("task-{}", std::process::id());
+    std::fs::create_dir_all(root.join(&dir).join("in/sub"))?;
+    std::fs::write(root.join(&dir).join("in/a.txt"), "alpha\n")?;
+    std::fs::write(root.join(&dir).join("in/sub/b.txt"), "beta\n")?;
+    let options = ClusterOptions {
+        // The node logs in with its configured user: the URLs carry no password.
+        configure: Some(std::sync::Arc::new(move |config| {
+            config.storage.ftp_user = user.clone();
+            config.storage.ftp_password = password.clone();
+        })),
+        ..single_node()
+    };
+    let cluster = TestCluster::formed(1, options).await?;
+
+    phase("a task reads a file and a directory over FTP and writes a file and a directory back");
+    let base = format!("{origin}/{dir}");
+    let task = json!({
+        "inputs": [
+            { "path": "/in/a.txt", "url": format!("{base}/in/a.txt") },
+            { "path": "/in/tree", "url": format!("{base}/in"), "type": "DIRECTORY" }
+        ],
+        "outputs": [
+            { "path": "/out/joined.txt", "url": format!("{base}/out/joined.txt") },
+            { "path": "/out/tree", "url": format!("{base}/out/tree"), "type": "DIRECTORY" }
+        ],
+        "executors": [{ "image": "busybox", "command": ["sh", "-c",
+            "cat /in/a.txt /in/tree/sub/b.txt > /out/joined.txt && mkdir -p /out/tree/deep && \
+             echo gamma > /out/tree/deep/c.txt"] }]
+    });
+    let id = cluster.submit_task(0, &task).await?;
+    let done = cluster.wait_task(0, &id, TASK_TIMEOUT).await?;
+    ensure!(done["state"] == "COMPLETE", "{done}");
+    let out = root.join(&dir).join("out");
+    ensure!(std::fs::read_to_string(out.join("joined.txt"))? == "alpha\nbeta\n");
+    ensure!(std::fs::read_to_string(out.join("tree/deep/c.txt"))? == "gamma\n");
+    let leftovers: Vec<_> = walkdir::WalkDir::new(&out)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".shoal-partial-"))
+        .collect();
+    ensure!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+
+    phase("an input that is not on the server fails the task, naming the URL");
+    let missing = json!({
+        "inputs": [{ "path": "/in/x", "url": format!("{base}/in/missing.txt") }],
+        "executors": [{ "image": "busybox", "command": ["true"] }]
+    });
+    let id = cluster.submit_task(0, &missing).await?;
+    let failed = cluster.wait_task(0, &id, TASK_TIMEOUT).await?;
+    ensure!(failed["state"] == "SYSTEM_ERROR", "{failed}");
+    let logs = cluster.task(0, &id, "FULL").await?["logs"].to_string();
+    ensure!(logs.contains("missing.txt"), "{logs}");
+    std::fs::remove_dir_all(root.join(&dir))?;
+    Ok(())
+}

@@ -69,8 +69,8 @@ async fn invalid_tasks_get_400_naming_the_field_and_change_nothing() -> Result<(
             with(json!({ "outputs": [{ "path": "/out", "url": "" }] })),
         ),
         (
-            "inputs[0].url: scheme \"ftp\" is not supported",
-            with(json!({ "inputs": [{ "path": "/in", "url": "ftp://host/x" }] })),
+            "inputs[0].url: scheme \"sftp\" is not supported",
+            with(json!({ "inputs": [{ "path": "/in", "url": "sftp://host/x" }] })),
         ),
         (
             "outputs[0].url: https is read only",

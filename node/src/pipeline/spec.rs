@@ -670,7 +670,7 @@ egress: { URI: "s3://b/out/" }
                 "resource_requests.cpu",
             ),
             (r#"{"egress": {"URI": "http://x/out/"}}"#, "egress.URI"),
-            (r#"{"egress": {"URI": "ftp://x/out/"}}"#, "egress.URI"),
+            (r#"{"egress": {"URI": "sftp://x/out/"}}"#, "egress.URI"),
             (r#"{"input": {"atom": {"glob": "*"}}}"#, "input.atom.glob"),
             (r#"{"input": {"atom": {"repo": "out"}}}"#, "input.atom.name"),
             (r#"{"input": {"atom": {"repo": "a/b"}}}"#, "input.atom.name"),

@@ -55,6 +55,22 @@ impl Fixture {
         Self::build(config, format!("s3://{bucket}"), Vec::new()).map(Some)
     }
 
+    /// A fresh directory on the FTP server from scripts/test.sh (`SHOAL_TEST_FTP_URL`, with
+    /// its user and password); `None` (after saying why) outside CI without one.
+    pub async fn ftp() -> anyhow::Result<Option<Self>> {
+        let Some(server) = ftp_server()? else {
+            return Ok(None);
+        };
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+        let base_url = format!(
+            "{server}/run-{}-{}",
+            std::process::id(),
+            nanos % 1_000_000_000_000
+        );
+        let config = static_s3_config(UNUSED_ENDPOINT, "k", "s");
+        Self::build(config, base_url, Vec::new()).map(Some)
+    }
+
     fn build(
         config: StorageConfig,
         base_url: String,
@@ -107,6 +123,24 @@ pub fn static_s3_config(endpoint: &str, key: &str, secret: &str) -> StorageConfi
         s3_allow_http: true,
         s3_access_key_id: Some(key.to_owned()),
         s3_secret_access_key: Some(secret.to_owned()),
+        ..StorageConfig::default()
+    }
+}
+
+/// `SHOAL_TEST_FTP_URL` (`ftp://user:password@127.0.0.1:port`): `None` (after saying why)
+/// when unset outside CI; an error when unset in CI.
+pub fn ftp_server() -> anyhow::Result<Option<String>> {
+    match std::env::var("SHOAL_TEST_FTP_URL") {
+        Ok(url) => Ok(Some(url.trim_end_matches('/').to_owned())),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            bail!("CI is set but SHOAL_TEST_FTP_URL is not: run the tests through scripts/test.sh")
+        }
+        Err(_) => {
+            eprintln!(
+                "skipping FTP scenario: set SHOAL_TEST_FTP_URL (scripts/test.sh starts a server)"
+            );
+            Ok(None)
+        }
     }
 }
 

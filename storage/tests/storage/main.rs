@@ -1,5 +1,6 @@
-//! Storage scenarios run against every backend: `file://` always, and the S3 server that
-//! scripts/test.sh starts (`SHOAL_TEST_S3_*`; outside CI the S3 half says why it is skipped).
+//! Storage scenarios run against every backend: `file://` always, and the S3 and FTP servers
+//! that scripts/test.sh starts (`SHOAL_TEST_S3_*`, `SHOAL_TEST_FTP_URL`; outside CI a backend
+//! without its server says why it is skipped).
 //!
 //! Each scenario is written once in `scenarios.rs`; the macro below gives it one test per
 //! backend, named `<backend>::<scenario>`.
@@ -26,6 +27,17 @@ macro_rules! on_every_backend {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() -> anyhow::Result<()> {
                     let Some(fixture) = crate::fixture::Fixture::s3().await? else {
+                        return Ok(());
+                    };
+                    crate::scenarios::$scenario(&fixture).await
+                }
+            )*
+        }
+        mod ftp {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() -> anyhow::Result<()> {
+                    let Some(fixture) = crate::fixture::Fixture::ftp().await? else {
                         return Ok(());
                     };
                     crate::scenarios::$scenario(&fixture).await
@@ -95,4 +107,136 @@ async fn inline_content_is_written_and_capped() -> anyhow::Result<()> {
     ));
     anyhow::ensure!(!fixture.work_path("big").exists());
     Ok(())
+}
+
+/// `ftp://` beyond the shared scenarios: credentials from the config when the URL names
+/// none, a wrong password said plainly (and not retried), server-side work of publishing
+/// (copy, delete below a prefix), and an aborted upload that leaves nothing behind.
+mod ftp_only {
+    use std::sync::Arc;
+
+    use anyhow::{Context, ensure};
+    use futures::TryStreamExt;
+    use object_store::{ObjectStoreExt, PutPayload};
+    use shoal_storage::{Access, Resolver, StorageConfig, StorageError, Transfers};
+
+    use crate::fixture::{Fixture, ftp_server};
+
+    /// The server's URL split into (`ftp://host:port`, user, password).
+    fn parts(server: &str) -> anyhow::Result<(String, String, String)> {
+        let url = url::Url::parse(server)?;
+        let origin = format!(
+            "ftp://{}:{}",
+            url.host_str().context("host")?,
+            url.port().unwrap_or(21)
+        );
+        let password = url.password().unwrap_or_default().to_owned();
+        Ok((origin, url.username().to_owned(), password))
+    }
+
+    fn transfers(config: StorageConfig, work: &std::path::Path) -> anyhow::Result<Transfers> {
+        let resolver = Arc::new(Resolver::new(config, work)?);
+        Ok(Transfers::new(resolver, Transfers::node_semaphore())?)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn credentials_come_from_the_config_and_a_wrong_password_is_said_plainly()
+    -> anyhow::Result<()> {
+        let Some(server) = ftp_server()? else {
+            return Ok(());
+        };
+        let (origin, user, password) = parts(&server)?;
+        let work = tempfile::tempdir()?;
+        let source = work.path().join("a.txt");
+        std::fs::write(&source, b"by config")?;
+
+        let config = StorageConfig {
+            ftp_user: Some(user.clone()),
+            ftp_password: Some(password),
+            ..StorageConfig::default()
+        };
+        let by_config = transfers(config, work.path())?;
+        let url = format!("{origin}/config-{}/a.txt", std::process::id());
+        by_config.upload_file(&source, &url).await?;
+        let back = work.path().join("back.txt");
+        by_config.download_file(&url, &back).await?;
+        ensure!(std::fs::read(&back)? == b"by config");
+
+        let anonymous = transfers(StorageConfig::default(), work.path())?;
+        let wrong = format!("ftp://{user}:not-the-password@{}/x.txt", &origin[6..]);
+        let refused = anonymous.upload_file(&source, &wrong).await;
+        let error = refused.err().context("a wrong password must fail")?;
+        ensure!(
+            matches!(
+                &error,
+                StorageError::Store {
+                    source: object_store::Error::Unauthenticated { .. },
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        ensure!(
+            error.to_string().contains("530"),
+            "the error names the refusal: {error}"
+        );
+        ensure!(!error.is_transient(), "a refused login is not retried");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishing_copies_and_deletes_on_the_server() -> anyhow::Result<()> {
+        let Some(fixture) = Fixture::ftp().await? else {
+            return Ok(());
+        };
+        let resolver = fixture.transfers.resolver();
+        fixture.put("staged/x/a.txt", b"a".to_vec()).await?;
+        fixture.put("staged/x/sub/b.txt", b"bb".to_vec()).await?;
+        resolver
+            .copy_object(&fixture.url("staged/x/a.txt"), &fixture.url("out/a.txt"))
+            .await?;
+        let dest = fixture.work_path("a.txt");
+        fixture
+            .transfers
+            .download_file(&fixture.url("out/a.txt"), &dest)
+            .await?;
+        ensure!(std::fs::read(&dest)? == b"a");
+        let deleted = resolver.delete_below(&fixture.url("staged")).await?;
+        ensure!(deleted == 2, "deleted {deleted}");
+        let left = resolver
+            .object_sizes_below(&fixture.url("staged"), 10)
+            .await?;
+        ensure!(left.as_ref().is_some_and(|l| l.is_empty()), "{left:?}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_aborted_upload_leaves_nothing_behind() -> anyhow::Result<()> {
+        let Some(fixture) = Fixture::ftp().await? else {
+            return Ok(());
+        };
+        let location = fixture
+            .transfers
+            .resolver()
+            .resolve(&fixture.url("dir/big.bin"), Access::Write)
+            .await?;
+        let mut upload = location.store.put_multipart(&location.path).await?;
+        upload
+            .put_part(PutPayload::from(vec![7u8; 1024 * 1024]))
+            .await?;
+        upload.abort().await?;
+        let listed: Vec<_> = location
+            .store
+            .list(Some(&object_store::path::Path::from(
+                fixture.base_url.rsplit('/').next().unwrap_or_default(),
+            )))
+            .try_collect()
+            .await?;
+        ensure!(listed.is_empty(), "left behind: {listed:?}");
+        ensure!(matches!(
+            location.store.head(&location.path).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+        Ok(())
+    }
 }
