@@ -118,8 +118,12 @@ log "starting the FTP server on 127.0.0.1:$ftp_port (root $ftp_root)"
 "$venv/bin/python" "$root/scripts/ftp_server.py" 127.0.0.1 "$ftp_port" "$ftp_root" shoal shoal-ftp-secret \
   >"${TMPDIR:-/tmp}/shoal-ftp-$ftp_port.log" 2>&1 &
 pids+=($!)
+ftp_deadline=$((SECONDS + 30))
 until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $ftp_port), 1)" 2>/dev/null; do
-  if ! kill -0 "${pids[-1]}" 2>/dev/null; then log "the FTP server did not start"; exit 1; fi
+  if ! kill -0 "${pids[-1]}" 2>/dev/null || [ $SECONDS -ge $ftp_deadline ]; then
+    log "the FTP server did not start (see ${TMPDIR:-/tmp}/shoal-ftp-$ftp_port.log)"
+    exit 1
+  fi
   sleep 0.2
 done
 export SHOAL_TEST_FTP_URL="ftp://shoal:shoal-ftp-secret@127.0.0.1:$ftp_port"

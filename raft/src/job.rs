@@ -340,6 +340,19 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    /// Its name in the API and in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::ExecutorError => "executor_error",
+            AttemptOutcome::SystemError => "system_error",
+            AttemptOutcome::LeaseExpired => "lease_expired",
+            AttemptOutcome::Canceled => "canceled",
+            AttemptOutcome::TimedOut => "timed_out",
+            AttemptOutcome::Lost => "lost",
+        }
+    }
+
     /// The attempt ended because its node was lost (went silent, or restarted): it spends
     /// no try, but a datum whose attempts keep taking their node down fails.
     pub fn node_lost(self) -> bool {

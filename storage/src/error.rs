@@ -11,7 +11,7 @@ pub enum StorageError {
 
     /// The URL's scheme is none of the supported ones.
     #[error(
-        "unsupported url scheme {scheme:?} in {url} (expected s3, gs, az, file, http or https)"
+        "unsupported url scheme {scheme:?} in {url} (expected s3, gs, az, ftp, file, http or https)"
     )]
     UnsupportedScheme { url: String, scheme: String },
 

@@ -69,8 +69,9 @@ pub const LOCAL_LIST_CHANNEL_CAPACITY: usize = 1_024;
 /// Object stores the resolver keeps built (one per bucket, container or HTTP origin).
 pub const STORES_CACHED_MAX: usize = 256;
 
-/// Connections one FTP store (one server and user) has open at once.
-pub const FTP_CONNECTIONS_MAX: usize = 8;
+/// Operations one FTP store (one server and user) runs at once; each holds one connection
+/// (a copy two).
+pub const FTP_OPERATIONS_MAX: usize = 4;
 
 /// Idle FTP connections kept per store for the next transfer.
 pub const FTP_IDLE_CONNECTIONS_MAX: usize = 4;

@@ -336,8 +336,15 @@ impl Resolver {
                 decoded(parsed.password().unwrap_or_default())?,
             )
         };
+        let host = match parsed.host() {
+            Some(url::Host::Domain(name)) => name.to_owned(),
+            Some(url::Host::Ipv4(address)) => address.to_string(),
+            // Without the brackets a URL needs, as an address lookup takes it.
+            Some(url::Host::Ipv6(address)) => address.to_string(),
+            None => return Err(invalid(url, "no host")),
+        };
         Ok(FtpTarget {
-            host: parsed.host_str().unwrap_or_default().to_owned(),
+            host,
             port: parsed.port().unwrap_or(21),
             user,
             password,

@@ -232,7 +232,7 @@ async fn a_node_paused_past_its_lease_reports_its_lost_attempt_late() -> Result<
     };
     let cluster = TestCluster::formed(3, options).await?;
     let id = cluster
-        .submit_task(0, &shell_task("sleep 1; echo finished"))
+        .submit_task(0, &shell_task("sleep 3; echo finished"))
         .await?;
     let this = &cluster;
     let host = wait_for("the task to run", FORMATION, async || {

@@ -74,18 +74,6 @@ pub fn parse_datum_state(name: &str) -> Option<DatumState> {
     .find(|state| datum_state_name(*state) == name)
 }
 
-fn outcome_name(outcome: AttemptOutcome) -> &'static str {
-    match outcome {
-        AttemptOutcome::Succeeded => "succeeded",
-        AttemptOutcome::ExecutorError => "executor_error",
-        AttemptOutcome::SystemError => "system_error",
-        AttemptOutcome::LeaseExpired => "lease_expired",
-        AttemptOutcome::Canceled => "canceled",
-        AttemptOutcome::TimedOut => "timed_out",
-        AttemptOutcome::Lost => "lost",
-    }
-}
-
 fn counts(counts: &DatumCounts) -> DatumCountsView {
     DatumCountsView {
         pending: counts.pending,
@@ -201,7 +189,7 @@ fn attempt(
         (Some(AttemptOutcome::Lost), None) => {
             Some("the node running it restarted; nothing of it ran on".to_string())
         }
-        (Some(outcome), None) => Some(format!("attempt ended {}", outcome_name(outcome))),
+        (Some(outcome), None) => Some(format!("attempt ended {}", outcome.name())),
         (None, None) => None,
     };
     AttemptView {
@@ -210,7 +198,7 @@ fn attempt(
         claimed: rfc3339_ms(attempt.claimed_ms),
         started: attempt.started_ms.map(rfc3339_ms),
         ended: attempt.ended_ms.map(rfc3339_ms),
-        outcome: attempt.outcome.map(|o| outcome_name(o).to_string()),
+        outcome: attempt.outcome.map(|o| o.name().to_string()),
         exit_code: report.and_then(|r| r.executors.last()).map(|l| l.exit_code),
         error,
         system_logs: report.map(|r| r.system_logs.clone()).unwrap_or_default(),

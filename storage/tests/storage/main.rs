@@ -162,25 +162,99 @@ mod ftp_only {
         by_config.download_file(&url, &back).await?;
         ensure!(std::fs::read(&back)? == b"by config");
 
+        // A small file goes up in one put, a large one in parts: both say why they failed.
+        let large = work.path().join("large.bin");
+        let large_bytes = shoal_storage::limits::SINGLE_PUT_BYTES_MAX as usize + 1024;
+        std::fs::write(&large, vec![1u8; large_bytes])?;
         let anonymous = transfers(StorageConfig::default(), work.path())?;
-        let wrong = format!("ftp://{user}:not-the-password@{}/x.txt", &origin[6..]);
-        let refused = anonymous.upload_file(&source, &wrong).await;
-        let error = refused.err().context("a wrong password must fail")?;
+        for file in [&source, &large] {
+            let wrong = format!("ftp://{user}:not-the-password@{}/x.txt", &origin[6..]);
+            let refused = anonymous.upload_file(file, &wrong).await;
+            let error = refused.err().context("a wrong password must fail")?;
+            ensure!(
+                matches!(
+                    &error,
+                    StorageError::Store {
+                        source: object_store::Error::Unauthenticated { .. },
+                        ..
+                    }
+                ),
+                "{}: {error:?}",
+                file.display()
+            );
+            ensure!(
+                error.to_string().contains("530"),
+                "the error names the refusal: {error}"
+            );
+            ensure!(!error.is_transient(), "a refused login is not retried");
+        }
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn names_with_brackets_spaces_and_hashes_list_and_download() -> anyhow::Result<()> {
+        let Some(fixture) = Fixture::ftp().await? else {
+            return Ok(());
+        };
+        let base = fixture
+            .transfers
+            .resolver()
+            .resolve(&fixture.url("odd"), Access::Write)
+            .await?;
+        let names = ["sample[1].fq", "a b#c.txt", "sub dir/x~y.txt"];
+        for name in names {
+            // Seeded by raw path parts (a URL would percent-encode these names).
+            let mut path = base.path.clone();
+            for part in name.split('/') {
+                path = path.join(object_store::path::PathPart::parse(part)?);
+            }
+            base.store
+                .put(&path, PutPayload::from(name.as_bytes().to_vec()))
+                .await?;
+        }
+        let dest = fixture.work_path("odd");
+        fixture
+            .transfers
+            .download_dir(&fixture.url("odd"), &dest)
+            .await?;
+        let got = crate::fixture::read_tree(&dest)?;
+        let mut want: Vec<(String, Vec<u8>)> = names
+            .iter()
+            .map(|name| (name.to_string(), name.as_bytes().to_vec()))
+            .collect();
+        want.sort();
+        ensure!(got == want, "{got:?}");
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_copies_at_once_all_finish() -> anyhow::Result<()> {
+        let Some(fixture) = Fixture::ftp().await? else {
+            return Ok(());
+        };
+        fixture.put("src.txt", b"copied".to_vec()).await?;
+        let resolver = fixture.transfers.resolver();
+        let from = fixture.url("src.txt");
+        let copies = (0..12).map(|i| {
+            let to = fixture.url(&format!("copies/{i}.txt"));
+            let from = from.clone();
+            async move { resolver.copy_object(&from, &to).await }
+        });
+        let all = futures::future::join_all(copies);
+        let results = tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .context("12 copies at once must not wait on each other forever")?;
+        for result in results {
+            result?;
+        }
+        let sizes = resolver
+            .object_sizes_below(&fixture.url("copies"), 100)
+            .await?
+            .context("a listing")?;
         ensure!(
-            matches!(
-                &error,
-                StorageError::Store {
-                    source: object_store::Error::Unauthenticated { .. },
-                    ..
-                }
-            ),
-            "{error:?}"
+            sizes.len() == 12 && sizes.values().all(|s| *s == 6),
+            "{sizes:?}"
         );
-        ensure!(
-            error.to_string().contains("530"),
-            "the error names the refusal: {error}"
-        );
-        ensure!(!error.is_transient(), "a refused login is not retried");
         Ok(())
     }
 

@@ -95,8 +95,13 @@ impl State {
     /// Keeps the report of an attempt whose lease expired while its node was cut off or
     /// paused: the attempt stays lost (its datum ran again), but its node was not taken down
     /// by it, so it no longer counts towards `LEASE_EXPIRIES_MAX`, and its logs show how it
-    /// ended. Its outputs are not the job's, so none are kept.
+    /// ended. A pipeline attempt's staged outputs are not the job's (its node deletes them),
+    /// so none are kept; a task's show what the attempt wrote.
     fn note_late_report(&mut self, key: DatumKey, completion: &Completion, node: NodeId) {
+        let pipeline = self
+            .jobs
+            .get(&key.job)
+            .is_some_and(|job| job.spec.kind == JobKind::Pipeline);
         let Some(attempt) = self.datums.get_mut(&key).and_then(|d| {
             d.attempts.iter_mut().find(|a| {
                 a.fence == completion.fence
@@ -108,13 +113,15 @@ impl State {
             return;
         };
         let mut report = completion.report.clone();
-        report.outputs.clear();
+        if pipeline {
+            report.outputs.clear();
+        }
         report.system_logs.insert(
             0,
             bounded(&format!(
-                "its node reported after the lease expired that the attempt ended {:?}; \
+                "its node reported after the lease expired that the attempt ended {}; \
                  that report was too late to count",
-                report.outcome
+                report.outcome.name()
             )),
         );
         attempt.report = Some(report);
