@@ -5,7 +5,8 @@
 #   scripts/test.sh            # every test, the slow fault-injection group included
 #   scripts/test.sh --fast     # skip the slow group
 #
-# Installed when missing: cargo-nextest, bubblewrap and busybox-static (apt), iproute2 and
+# Installed when missing: cargo-nextest, bubblewrap, busybox-static and systemd (apt; its
+# systemd-analyze checks the unit in deploy/systemd), iproute2 and
 # iptables (apt, as root: the nemesis test puts nodes in network namespaces on a bridge),
 # moto[server], py-tes and pyftpdlib (PyPI, into .venv/).
 # Built: the test image shoal-test/busybox:latest (FROM scratch + Debian's static busybox; no
@@ -46,6 +47,7 @@ missing=()
 command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 command -v script >/dev/null 2>&1 || missing+=(bsdutils) # `script`: a pseudo-terminal for CLI tests
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd) # `systemd-analyze verify` of deploy/systemd
 if [ "$(id -u)" = 0 ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)

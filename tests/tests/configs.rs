@@ -1,4 +1,5 @@
-//! Every example cluster config in `cluster-configs/` parses and passes validation.
+//! Every example config (`cluster-configs/`, `deploy/`) parses and passes validation, and the
+//! systemd unit in `deploy/systemd/` passes `systemd-analyze verify`.
 
 use std::path::Path;
 
@@ -32,6 +33,60 @@ fn every_example_cluster_config_parses_and_validates() -> Result<()> {
             .validate(false)
             .with_context(|| file.display().to_string())?;
     }
+    Ok(())
+}
+
+#[test]
+fn the_systemd_example_config_parses_and_validates() -> Result<()> {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/shoal.toml");
+    let config = Config::from_file(&file)?;
+    config
+        .validate(false)
+        .context("deploy/systemd/shoal.toml")?;
+    ensure!(
+        config.data_dir == Path::new("/var/lib/shoal"),
+        "the unit's StateDirectory"
+    );
+    Ok(())
+}
+
+/// `systemd-analyze verify` on the unit, its `ExecStart` pointed at the binary under test
+/// (verify checks that it exists). Any warning fails the test: verify only warns about an
+/// unknown key.
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        ensure!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but systemd-analyze is missing: run scripts/test.sh"
+        );
+        eprintln!("skipping: systemd-analyze is not installed (Debian package systemd)");
+        return Ok(());
+    }
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/shoal.service");
+    let binary = std::fs::canonicalize(shoal_tests::shoal_bin())?;
+    let text = std::fs::read_to_string(&unit)?;
+    ensure!(text.contains("ExecStart=/usr/local/bin/shoal node --config /etc/shoal/shoal.toml"));
+    let dir = tempfile::tempdir()?;
+    let copy = dir.path().join("shoal.service");
+    std::fs::write(
+        &copy,
+        text.replace("/usr/local/bin/shoal", &binary.display().to_string()),
+    )?;
+    let verified = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&copy)
+        .output()?;
+    let said = String::from_utf8_lossy(&verified.stderr);
+    ensure!(
+        verified.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {}\n{said}",
+        verified.status
+    );
     Ok(())
 }
 
