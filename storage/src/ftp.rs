@@ -167,10 +167,7 @@ fn store_error(path: &str, error: FtpError, reading: bool) -> Error {
         Some(Status::FileUnavailable) if reading => Error::NotFound { path, source },
         Some(Status::NotLoggedIn) => Error::Unauthenticated { path, source },
         Some(status) if status.code() >= 500 => Error::PermissionDenied { path, source },
-        _ => Error::Generic {
-            store: STORE,
-            source,
-        },
+        _ => generic(source),
     }
 }
 
@@ -190,17 +187,15 @@ fn again(error: &Error) -> Error {
             path: path.clone(),
             source,
         },
-        _ => Error::Generic {
-            store: STORE,
-            source,
-        },
+        _ => generic(source),
     }
 }
 
-fn generic(message: impl Into<String>) -> Error {
+/// A retried failure: a lost connection, a timeout, a message of ours.
+fn generic(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     Error::Generic {
         store: STORE,
-        source: message.into().into(),
+        source: source.into(),
     }
 }
 
@@ -271,10 +266,7 @@ impl Inner {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|error| Error::Generic {
-                store: STORE,
-                source: Box::new(error),
-            })
+            .map_err(generic)
     }
 
     /// A logged-in connection: an idle one that still answers, or a new one. Call it only
@@ -434,7 +426,7 @@ impl Inner {
         }
     }
 
-    /// Ends an upload: the transfer, then (when it holds `expected` bytes, if given) the
+    /// Ends an upload: the transfer, then (unless `short` says why the source fell short) the
     /// rename of `partial` onto `name`, replacing what is there. On failure the partial file
     /// is removed, best effort.
     async fn finish_upload(
@@ -497,10 +489,7 @@ impl Inner {
             Err(error) => {
                 // The data connection is dropped unfinished: the connection is not reused.
                 drop(upload);
-                return Err(Error::Generic {
-                    store: STORE,
-                    source: Box::new(error),
-                });
+                return Err(generic(error));
             }
         };
         let short = expected
@@ -583,10 +572,7 @@ impl Download {
             Ok(_) => Some(Ok(self.buffer.split().freeze())),
             Err(error) => {
                 self.transfer = None;
-                Some(Err(Error::Generic {
-                    store: STORE,
-                    source: Box::new(error),
-                }))
+                Some(Err(generic(error)))
             }
         }
     }
@@ -893,10 +879,7 @@ async fn write_parts(
                 if let (None, Some((_, upload))) = (&failed, open.as_mut())
                     && let Err(error) = io_timed(upload.write_all(&part)).await
                 {
-                    failed = Some(Error::Generic {
-                        store: STORE,
-                        source: Box::new(error),
-                    });
+                    failed = Some(generic(error));
                     open = None;
                 }
                 let _ = written.send(failed.as_ref().map_or(Ok(()), |e| Err(again(e))));

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use shoal_tests::{ClusterOptions, TestCluster, phase, wait_for};
 
 const FORMATION: Duration = Duration::from_secs(20);
@@ -166,6 +166,25 @@ fn shell_task(script: &str) -> serde_json::Value {
     serde_json::json!({ "executors": [{ "image": "busybox", "command": ["sh", "-c", script] }] })
 }
 
+/// Waits until task `id` runs; answers its node's name and index.
+async fn running_on(cluster: &TestCluster, id: &str) -> Result<(String, usize)> {
+    let host = wait_for("the task to run", FORMATION, async || {
+        let task = cluster.task(0, id, "BASIC").await.ok()?;
+        (task["state"] == "RUNNING").then(|| {
+            task["logs"][0]["metadata"]["hostname"]
+                .as_str()
+                .map(str::to_string)
+        })?
+    })
+    .await?;
+    let index = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == host)
+        .context("the host is one of the nodes")?;
+    Ok((host, index))
+}
+
 /// How long a killed node's claims survive in the fault stories below.
 const SHORT_LEASE_MS: u64 = 2_000;
 
@@ -181,21 +200,7 @@ async fn a_node_killed_while_running_has_its_datum_rerun_elsewhere_after_the_lea
     let id = cluster
         .submit_task(0, &shell_task("sleep 2; echo finished"))
         .await?;
-    let this = &cluster;
-    let host = wait_for("the task to run", FORMATION, async || {
-        let task = this.task(0, &id, "BASIC").await.ok()?;
-        (task["state"] == "RUNNING").then(|| {
-            task["logs"][0]["metadata"]["hostname"]
-                .as_str()
-                .map(str::to_string)
-        })?
-    })
-    .await?;
-    let victim = cluster
-        .nodes
-        .iter()
-        .position(|n| n.name == host)
-        .expect("host node");
+    let (host, victim) = running_on(&cluster, &id).await?;
 
     phase("SIGKILL that node: after the lease the datum runs again elsewhere and completes");
     cluster.kill(victim)?;
@@ -234,21 +239,7 @@ async fn a_node_paused_past_its_lease_reports_its_lost_attempt_late() -> Result<
     let id = cluster
         .submit_task(0, &shell_task("sleep 3; echo finished"))
         .await?;
-    let this = &cluster;
-    let host = wait_for("the task to run", FORMATION, async || {
-        let task = this.task(0, &id, "BASIC").await.ok()?;
-        (task["state"] == "RUNNING").then(|| {
-            task["logs"][0]["metadata"]["hostname"]
-                .as_str()
-                .map(str::to_string)
-        })?
-    })
-    .await?;
-    let paused = cluster
-        .nodes
-        .iter()
-        .position(|n| n.name == host)
-        .expect("host node");
+    let (host, paused) = running_on(&cluster, &id).await?;
 
     phase("SIGSTOP that node past its lease: the task runs again elsewhere");
     cluster.pause(paused)?;

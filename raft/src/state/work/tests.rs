@@ -164,6 +164,22 @@ impl Log {
         self.apply(Command::CompleteBatch { node_id, reports })
     }
 
+    /// `node_id` claims one datum and starts it, then is silent past its lease: N2 expires
+    /// the claim.
+    fn start_then_expire(&mut self, node_id: NodeId) -> Grant {
+        let grant = self.claim(node_id, 1)[0];
+        self.apply(Command::Started {
+            datum: grant.datum,
+            fence: grant.fence,
+        });
+        self.now_ms += 2 * LEASE_MS;
+        self.apply(Command::ExpireLeases {
+            lease_ms: LEASE_MS,
+            by: N2,
+        });
+        grant
+    }
+
     fn heartbeat(&mut self, node_id: NodeId) {
         self.apply(Command::Heartbeat {
             node_id,
@@ -409,17 +425,8 @@ fn an_expired_attempt_its_node_reports_later_does_not_count_as_taking_the_node_d
     // Each attempt's node is cut off past its lease, then comes back and reports it: a
     // partition or a pause, not a datum that kills nodes. None of them counts.
     for attempt in 1..=LEASE_EXPIRIES_MAX + 1 {
-        let grant = log.claim(N1, 1)[0];
+        let grant = log.start_then_expire(N1);
         assert_eq!(grant.attempt, attempt);
-        log.apply(Command::Started {
-            datum: grant.datum,
-            fence: grant.fence,
-        });
-        log.now_ms += 2 * LEASE_MS;
-        log.apply(Command::ExpireLeases {
-            lease_ms: LEASE_MS,
-            by: N2,
-        });
         assert_eq!(
             log.report(N1, grant, AttemptOutcome::Succeeded),
             Outcome::Reported {
@@ -446,16 +453,7 @@ fn an_expired_attempt_its_node_reports_later_does_not_count_as_taking_the_node_d
     }
     // An attempt whose node never comes back counts as before.
     assert_eq!(log.datum(job, 0).node_losses(), LEASE_EXPIRIES_MAX + 1);
-    let grant = log.claim(N1, 1)[0];
-    log.apply(Command::Started {
-        datum: grant.datum,
-        fence: grant.fence,
-    });
-    log.now_ms += 2 * LEASE_MS;
-    log.apply(Command::ExpireLeases {
-        lease_ms: LEASE_MS,
-        by: N2,
-    });
+    log.start_then_expire(N1);
     assert_eq!(log.datum(job, 0).lease_expiries(), 1);
     let last = log.claim(N2, 1)[0];
     log.report(N2, last, AttemptOutcome::Succeeded);
@@ -467,16 +465,7 @@ fn a_datum_that_keeps_stalling_its_node_fails_even_when_every_attempt_reports_la
     let mut log = Log::new();
     let job = log.submit("j", 1, 0, 1);
     for _ in 0..NODE_LOSSES_MAX {
-        let grant = log.claim(N1, 1)[0];
-        log.apply(Command::Started {
-            datum: grant.datum,
-            fence: grant.fence,
-        });
-        log.now_ms += 2 * LEASE_MS;
-        log.apply(Command::ExpireLeases {
-            lease_ms: LEASE_MS,
-            by: N2,
-        });
+        let grant = log.start_then_expire(N1);
         log.report(N1, grant, AttemptOutcome::Succeeded);
     }
     let datum = log.datum(job, 0);
