@@ -6,7 +6,8 @@
 #   scripts/test.sh --fast     # skip the slow group
 #
 # Installed when missing: cargo-nextest, bubblewrap, busybox-static and systemd (apt; its
-# systemd-analyze checks the unit in deploy/systemd), iproute2 and
+# systemd-analyze checks the unit in deploy/systemd), prometheus, chromium and chromium-driver
+# (the metrics and dashboard tests), iproute2 and
 # iptables (apt, as root: the nemesis test puts nodes in network namespaces on a bridge),
 # moto[server], py-tes and pyftpdlib (PyPI, into .venv/).
 # Built: the test image shoal-test/busybox:latest (FROM scratch + Debian's static busybox; no
@@ -52,12 +53,34 @@ if [ "$(id -u)" = 0 ]; then
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 fi
+command -v chromium >/dev/null 2>&1 || missing+=(chromium) # the dashboard test's browser
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+sudo_cmd=""
+if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
-  sudo_cmd=""
-  if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Prometheus for the metrics test, which starts its own on loopback. The package's service is
+# not started (policy-rc.d), and nothing it recommends is installed (node exporter).
+if ! command -v prometheus >/dev/null 2>&1; then
+  log "installing prometheus (its service not started)"
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo_cmd tee "$policy" >/dev/null
+    $sudo_cmd chmod +x "$policy"
+    trap '$sudo_cmd rm -f "$policy"' EXIT INT TERM # not left behind if the install fails
+    placed=1
+  fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null
+  if [ -n "${placed:-}" ]; then $sudo_cmd rm -f "$policy"; trap cleanup EXIT INT TERM; fi
+  # Nor does it start at the next boot.
+  if command -v systemctl >/dev/null 2>&1; then
+    $sudo_cmd systemctl disable prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 # --- the test image, built locally (there is no registry to pull from) -------------------------

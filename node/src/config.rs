@@ -68,6 +68,9 @@ pub struct HttpConfig {
     pub advertise_url: String,
     /// Largest request body accepted; larger ones get 413.
     pub body_bytes_max: usize,
+    /// When set, `GET /metrics` asks for it as a bearer token; otherwise `/metrics` is open
+    /// like `/healthz`.
+    pub metrics_token: String,
 }
 
 /// One bearer token: a bare string is an administrator's; a table names a user, who sees only
@@ -198,6 +201,7 @@ impl Default for HttpConfig {
             tokens: Vec::new(),
             advertise_url: String::new(),
             body_bytes_max: 8 * 1024 * 1024,
+            metrics_token: String::new(),
         }
     }
 }
@@ -302,6 +306,13 @@ impl Config {
         let distinct: std::collections::BTreeSet<&str> = tokens.iter().map(|t| t.token()).collect();
         if distinct.len() != tokens.len() {
             return Err(invalid("http.tokens", "a token is listed twice"));
+        }
+        let metrics_token = &self.http.metrics_token;
+        if !metrics_token.is_empty() && (metrics_token.len() < 16 || metrics_token.len() > 1024) {
+            return Err(invalid(
+                "http.metrics_token",
+                "16 to 1024 characters, or empty for an open /metrics",
+            ));
         }
         Multiaddr::from_str(&self.p2p.listen).map_err(|e| invalid("p2p.listen", e.to_string()))?;
         let p2p_loopback =
@@ -597,7 +608,10 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 11] = [
+        let cases: [(&str, Spoil); 12] = [
+            ("http.metrics_token", |c| {
+                c.http.metrics_token = "short".into()
+            }),
             ("p2p.seeds", |c| {
                 c.p2p.seeds = vec!["not-a-multiaddr".into()]
             }),

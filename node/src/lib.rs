@@ -4,6 +4,8 @@
 //! - [`config`]: [`Config`] — the TOML file, defaults and validation.
 //! - [`api`]: JSON shapes of shoal's own HTTP API, shared by server and CLI.
 //! - [`http`]: the axum router and handlers.
+//! - [`metrics`]: `GET /metrics`, the node's Prometheus registry.
+//! - [`dashboard`]: `GET /`, the web dashboard (one page, served from the binary).
 //! - [`tes`]: GA4GH TES v1.1 — the model, validation, views, handlers.
 //! - [`pipeline`]: pipeline jobs (Falconeri/Pachyderm specs) — the spec, views, handlers.
 //! - [`cli`]: the clap command tree and every client command; `dev-cluster`.
@@ -13,7 +15,9 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod http;
+pub mod metrics;
 pub mod pipeline;
 pub mod tes;
 
@@ -203,11 +207,13 @@ pub async fn run(
     let worker = shoal_worker::Worker::start(cluster.clone(), worker_config).await?;
     tracing::info!(%http_url, data_dir = %config.data_dir.display(), "node serving");
 
-    let state = http::AppState {
-        cluster: cluster.clone(),
-        tokens: Arc::new(config.http.tokens.clone()),
-        loopback_only: listen.ip().is_loopback(),
-    };
+    let mut state = http::AppState::new(
+        cluster.clone(),
+        config.http.tokens.clone(),
+        listen.ip().is_loopback(),
+    );
+    let metrics_token = &config.http.metrics_token;
+    state.metrics_token = (!metrics_token.is_empty()).then(|| Arc::from(metrics_token.as_str()));
     let app = http::router(state, config.http.body_bytes_max);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -22,7 +22,7 @@ pub struct DatumKey {
     pub index: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum JobKind {
     /// A GA4GH TES task: exactly one datum.
     Task,
@@ -290,6 +290,18 @@ pub enum DatumState {
 }
 
 impl DatumState {
+    pub const ALL: [DatumState; 9] = [
+        DatumState::Pending,
+        DatumState::Claimed,
+        DatumState::Running,
+        DatumState::Publishing,
+        DatumState::Canceling,
+        DatumState::Done,
+        DatumState::Failed,
+        DatumState::Canceled,
+        DatumState::Skipped,
+    ];
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -527,6 +539,12 @@ pub struct DatumCounts {
 }
 
 impl DatumCounts {
+    /// How many datums are in `state`.
+    pub fn get(&self, state: DatumState) -> u32 {
+        let mut counts = *self;
+        *counts.slot(state)
+    }
+
     pub fn slot(&mut self, state: DatumState) -> &mut u32 {
         match state {
             DatumState::Pending => &mut self.pending,

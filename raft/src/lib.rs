@@ -9,6 +9,7 @@
 //! - [`state`]: [`State`] and its pure `apply` (node registry and work queue).
 //! - [`log_store`] / [`state_store`]: the redb stores (`raft-log.redb`, `state.redb`) and
 //!   file-streamed snapshots.
+//! - [`metrics`]: the log's instruments for `/metrics`.
 //! - [`network`]: the libp2p swarm task, its wire protocol and the openraft network on top.
 //! - [`runtime`]: the seam for tasks, time, randomness and blocking work (simulated in tests).
 //! - [`cluster`]: [`Cluster`], the handle the rest of shoal uses — start, bootstrap and join,
@@ -19,6 +20,7 @@ pub mod codec;
 pub mod command;
 pub mod job;
 pub mod log_store;
+pub mod metrics;
 pub mod network;
 pub mod runtime;
 pub mod snapshot_files;
@@ -28,6 +30,6 @@ pub mod types;
 
 pub use cluster::{Cluster, ClusterConfig, ClusterError, ClusterStatus, MemberStatus, Role};
 pub use command::{Command, NodeInfo, Outcome, Proposal};
-pub use state::{NodeRecord, State};
+pub use state::{NodeRecord, State, Tally};
 pub use state_store::StateView;
 pub use types::{NodeAddr, NodeId, TypeConfig, format_node_id, node_id_of, parse_node_id};

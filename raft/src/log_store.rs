@@ -79,7 +79,9 @@ fn flush_loop(db: Arc<Database>, queue: std::sync::mpsc::Receiver<FlushCallback>
     while let Ok(first) = queue.recv() {
         let mut round = vec![first];
         round.extend(queue.try_iter());
+        let started = std::time::Instant::now();
         let durable = durable_commit(&db);
+        crate::metrics::observe(&crate::metrics::raft().log_flush_seconds, started.elapsed());
         for callback in round {
             match &durable {
                 Ok(()) => callback.log_io_completed(Ok(())),
@@ -265,6 +267,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         // Only an optimisation for restart (fewer entries to re-apply); a committed id that is
         // lost in a crash is recomputed by Raft, so it need not cost an fsync of its own.
+        if let Some(index) = committed.map(|id| id.index) {
+            let index = i64::try_from(index).unwrap_or(i64::MAX);
+            crate::metrics::raft().commit_index.set(index);
+        }
         self.write_meta(KEY_COMMITTED, &committed, false).await
     }
 
@@ -289,6 +295,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = codec::encode(&entry).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
             encoded.push((entry.log_id.index, bytes));
         }
+        crate::metrics::raft()
+            .entries_appended
+            .inc_by(encoded.len() as u64);
         let inline = matches!(self.flusher, Flusher::Inline);
         let result = self
             .blocking(ErrorVerb::Write, move |db| {

@@ -316,6 +316,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
             .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
         tracing::debug!(snapshot_id = %meta.snapshot_id, "built snapshot");
+        crate::metrics::raft().snapshots_built.inc();
         Ok(Snapshot {
             meta,
             snapshot: Box::new(tokio::fs::File::from_std(file)),
@@ -393,6 +394,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         I: IntoIterator<Item = crate::types::Entry> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let mut outcomes = Vec::new();
         {
             let shared = self.state.clone();
@@ -418,6 +420,9 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         }
         self.persist_dirty().await?;
         self.applied_tx.send_replace(self.last_applied);
+        let metrics = crate::metrics::raft();
+        metrics.entries_applied.inc_by(outcomes.len() as u64);
+        crate::metrics::observe(&metrics.apply_seconds, started.elapsed());
         Ok(outcomes)
     }
 
@@ -459,7 +464,13 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
             .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
-        *self.write_state() = state;
+        {
+            let mut current = self.write_state();
+            let tally = current.tally;
+            *current = state;
+            current.tally = tally;
+        }
+        crate::metrics::raft().snapshots_installed.inc();
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.applied_tx.send_replace(self.last_applied);

@@ -16,6 +16,7 @@ use shoal_node::Config;
 use shoal_node::api::ClusterView;
 
 pub mod netns;
+pub mod observe;
 pub mod s3;
 pub mod sim;
 

@@ -127,6 +127,10 @@ fn output_dir(output: &OutputSpec) -> String {
     }
 }
 
+fn downloaded(bytes: u64) {
+    crate::metrics::worker().downloaded_bytes.inc_by(bytes);
+}
+
 async fn fetch_inputs(
     transfers: &Transfers,
     inputs: &[InputSpec],
@@ -144,11 +148,11 @@ async fn fetch_inputs(
             (None, FileKind::File) => transfers
                 .download(&input.url, &target, EntryKind::File)
                 .await
-                .map(|_| ()),
+                .map(|summary| downloaded(summary.bytes)),
             (None, FileKind::Directory) => transfers
                 .download(&input.url, &target, EntryKind::Directory)
                 .await
-                .map(|_| ()),
+                .map(|summary| downloaded(summary.bytes)),
         };
         result.map_err(|e| format!("input {}: {e}", input.path))?;
         binds.push(Bind {
@@ -349,6 +353,23 @@ pub async fn run(
     cancel: CancellationToken,
     live: Arc<LiveAttempt>,
 ) -> AttemptReport {
+    let executor = shared.config.executor.name();
+    crate::metrics::worker().started(executor);
+    let report = run_attempt(shared.clone(), grant, cancel, live).await;
+    let uploaded: u64 = report.outputs.iter().map(|o| o.size_bytes).sum();
+    let metrics = crate::metrics::worker();
+    metrics.uploaded_bytes.inc_by(uploaded);
+    let took = Duration::from_millis(report.end_ms.saturating_sub(report.start_ms));
+    metrics.ended(executor, report.outcome.name(), took);
+    report
+}
+
+async fn run_attempt(
+    shared: Arc<Shared>,
+    grant: Grant,
+    cancel: CancellationToken,
+    live: Arc<LiveAttempt>,
+) -> AttemptReport {
     let mut run = Run {
         live,
         report: AttemptReport {
@@ -373,6 +394,8 @@ pub async fn run(
             "the granted datum is not in this node's state",
         );
     };
+    let waited = run.report.start_ms.saturating_sub(job.created_ms);
+    crate::metrics::worker().waited(shared.config.executor.name(), Duration::from_millis(waited));
     if job.spec.pipeline.is_none() {
         // TES clients read which node ran the task in its system logs; a pipeline datum's
         // attempts name their node already, and a million datums need no million lines.

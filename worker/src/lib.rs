@@ -20,6 +20,7 @@
 //! - `attempt`: one attempt, from work dir to report; `pipeline`: where a pipeline datum's
 //!   inputs and outputs go.
 //! - `executor`: [`ExecutorKind`] — `docker` (bollard), `process` (bubblewrap) and `noop`.
+//! - `metrics`: this node's worker instruments for `/metrics`.
 //! - `live`, `tail`: a running attempt's output so far; bounded stdout/stderr tails.
 //!
 //! The worker talks to the log only through [`shoal_raft::Cluster`] (write, applied state) and
@@ -29,6 +30,7 @@ mod attempt;
 mod claims;
 pub mod executor;
 mod live;
+pub mod metrics;
 mod pipeline;
 mod publisher;
 mod reporter;

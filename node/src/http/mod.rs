@@ -3,8 +3,9 @@
 //! Layers, outermost first: CORS (only when `http.tokens` is set: any origin, so browser
 //! clients work, preflights answered before auth; without tokens, a request a browser sends
 //! from another site's page is refused, so no web page can drive an unauthenticated node),
-//! body-size limit (413 beyond `http.body_bytes_max`), bearer-token
-//! auth when `http.tokens` is set (health probes and `/openapi.json` stay open), then the
+//! body-size limit (413 beyond `http.body_bytes_max`), request metrics, bearer-token
+//! auth when `http.tokens` is set (health probes, `/openapi.json`, the dashboard's page, script
+//! and styles, and `/metrics` stay open; `/metrics` asks for `http.metrics_token` when one is set), then the
 //! routes. Auth tells the handlers who calls ([`Caller`]).
 
 mod cluster;
@@ -33,6 +34,22 @@ pub struct AppState {
     /// The node listens on loopback only: without tokens, it then answers only requests
     /// addressed to a loopback name (no DNS rebinding).
     pub loopback_only: bool,
+    /// `/metrics`: the registry, and the bearer token it asks for (open when `None`).
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics_token: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// The state of a node serving `cluster`, with its metrics and no metrics token.
+    pub fn new(cluster: Cluster, tokens: Vec<TokenConfig>, loopback_only: bool) -> AppState {
+        AppState {
+            metrics: Arc::new(crate::metrics::Metrics::new(cluster.clone())),
+            cluster,
+            tokens: Arc::new(tokens),
+            loopback_only,
+            metrics_token: None,
+        }
+    }
 }
 
 /// Who sent a request, as its bearer token says. Without tokens configured every caller is
@@ -133,7 +150,11 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
             );
     }
     let router = router
+        .route("/", get(crate::dashboard::page))
+        .route("/dashboard.js", get(crate::dashboard::script))
+        .route("/dashboard.css", get(crate::dashboard::styles))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .route("/v1/cluster", get(cluster::status))
@@ -157,6 +178,10 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
             axum::routing::post(cluster::node_action).delete(cluster::remove),
         )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(body_bytes_max));
     let router = if cors {
         router.layer(tower_http::cors::CorsLayer::permissive())
@@ -241,9 +266,38 @@ fn same_token(given: &[u8], known: &[u8]) -> bool {
 }
 
 async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if path == "/metrics"
+        && let Some(token) = &state.metrics_token
+    {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        return match given {
+            Some(given) if same_token(given.as_bytes(), token.as_bytes()) => {
+                next.run(request).await
+            }
+            Some(_) => {
+                ApiError::new(StatusCode::UNAUTHORIZED, "invalid metrics token").into_response()
+            }
+            None => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing bearer token: /metrics asks for http.metrics_token",
+            )
+            .into_response(),
+        };
+    }
+    // The dashboard holds no data: it asks for a token and sends it with every request.
     let open = matches!(
-        request.uri().path(),
-        "/healthz" | "/readyz" | "/openapi.json"
+        path,
+        "/" | "/dashboard.js"
+            | "/dashboard.css"
+            | "/healthz"
+            | "/readyz"
+            | "/openapi.json"
+            | "/metrics"
     );
     if state.tokens.is_empty() && !from_this_machine(&request, state.loopback_only) {
         return ApiError::new(

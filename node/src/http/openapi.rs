@@ -8,8 +8,12 @@ use serde_json::{Value, json};
 /// Every operation the router serves, as (method, OpenAPI path). TES routes are served under
 /// both prefixes.
 pub const OPERATIONS: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/dashboard.js"),
+    ("get", "/dashboard.css"),
     ("get", "/healthz"),
     ("get", "/readyz"),
+    ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/v1/cluster"),
     ("post", "/v1/cluster/nodes/{target}:drain"),
@@ -162,6 +166,28 @@ fn shoal_paths(paths: &mut serde_json::Map<String, Value>) {
             "responses": { "200": text("ready"), "503": text("not ready") } } }),
     );
     paths.insert(
+        "/metrics".into(),
+        json!({ "get": { "summary": "Prometheus metrics (text format); asks for \
+            http.metrics_token as a bearer token when one is set",
+            "responses": { "200": text("every metric, text exposition format 0.0.4"),
+                "401": text("the metrics token is missing or wrong") } } }),
+    );
+    for (path, summary, media) in [
+        ("/", "the web dashboard's page", "text/html"),
+        (
+            "/dashboard.js",
+            "the web dashboard's script",
+            "text/javascript",
+        ),
+        ("/dashboard.css", "the web dashboard's styles", "text/css"),
+    ] {
+        paths.insert(
+            path.into(),
+            json!({ "get": { "summary": summary, "responses": { "200": { "description": summary,
+                "content": { media: { "schema": { "type": "string" } } } } } } }),
+        );
+    }
+    paths.insert(
         "/openapi.json".into(),
         json!({ "get": { "summary": "this document",
             "responses": { "200": answer("OpenAPI 3.0", Some(json!({"type": "object"}))) } } }),
@@ -240,11 +266,13 @@ fn pipeline_paths(paths: &mut serde_json::Map<String, Value>) {
     paths.insert(
         "/v1/jobs".into(),
         json!({
-            "get": operation("list pipeline jobs, newest first",
+            "get": operation("list pipeline jobs (or tasks, or both), newest first",
                 with(page(), vec![
                     query("state", "queued, running, canceling, done, error or canceled",
                         json!({"type": "string"})),
                     query("name", "jobs of this pipeline name", json!({"type": "string"})),
+                    query("kind", "pipeline (the default), task (TES tasks) or all",
+                        json!({"type": "string", "enum": ["pipeline", "task", "all"]})),
                 ]),
                 None, answer("a page of jobs", Some(schema("JobListView")))),
             "post": create,

@@ -171,6 +171,8 @@ pub async fn action(
 /// A parsed page request: filters, size and where to start.
 struct PageQuery {
     state: Option<String>,
+    /// `/v1/jobs` only: `pipeline` (the default), `task` or `all`.
+    kind: Option<String>,
     name: Option<String>,
     job: Option<String>,
     page_size: usize,
@@ -185,6 +187,7 @@ fn page_token(letter: char, position: u64) -> String {
 fn parse_query(query: Option<&str>, letter: char) -> Result<PageQuery, String> {
     let mut parsed = PageQuery {
         state: None,
+        kind: None,
         name: None,
         job: None,
         page_size: PAGE_SIZE_DEFAULT,
@@ -194,6 +197,7 @@ fn parse_query(query: Option<&str>, letter: char) -> Result<PageQuery, String> {
         let value = value.into_owned();
         match key.as_ref() {
             "state" => parsed.state = Some(value),
+            "kind" if letter == 'j' => parsed.kind = Some(value),
             "name" => parsed.name = Some(value),
             "job" => parsed.job = Some(value),
             "page_size" => {
@@ -223,13 +227,24 @@ fn parse_query(query: Option<&str>, letter: char) -> Result<PageQuery, String> {
     Ok(parsed)
 }
 
-/// `GET /v1/jobs?state=&name=&page_size=&page_token=`: pipelines newest first.
+/// `GET /v1/jobs?state=&name=&kind=&page_size=&page_token=`: pipelines (`kind=task`: TES
+/// tasks; `kind=all`: both) newest first.
 pub async fn list(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<JobListView>, ApiError> {
     let query = parse_query(query.as_deref(), 'j').map_err(ApiError::bad_request)?;
+    let kinds: &[JobKind] = match query.kind.as_deref() {
+        None | Some("pipeline") => &[JobKind::Pipeline],
+        Some("task") => &[JobKind::Task],
+        Some("all") => &[JobKind::Pipeline, JobKind::Task],
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "kind: {other:?} is not pipeline, task or all"
+            )));
+        }
+    };
     let wanted: Option<JobState> = match &query.state {
         Some(name) => Some(views::parse_job_state(name).ok_or_else(|| {
             ApiError::bad_request(format!(
@@ -251,7 +266,7 @@ pub async fn list(
         let Some(job) = view.jobs.get(&seq) else {
             continue;
         };
-        if job.spec.kind != JobKind::Pipeline
+        if !kinds.contains(&job.spec.kind)
             || !caller.sees(&job.spec.owner)
             || query
                 .name

@@ -279,6 +279,20 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, ClusterError>
 
 use crate::runtime::now_ms;
 
+/// Counts each change of the leader this node knows (`shoal_raft_leader_changes_total`).
+async fn count_leader_changes(
+    mut metrics: watch::Receiver<openraft::RaftMetrics<NodeId, NodeAddr>>,
+) {
+    let mut leader = metrics.borrow_and_update().current_leader;
+    while metrics.changed().await.is_ok() {
+        let now = metrics.borrow_and_update().current_leader;
+        if now != leader {
+            leader = now;
+            crate::metrics::raft().leader_changes.inc();
+        }
+    }
+}
+
 /// What a node runs on besides its config: its identity, its transport and its opened stores.
 /// [`Cluster::start`] makes them from the data dir and libp2p; the simulation makes its own.
 pub struct Parts {
@@ -390,6 +404,7 @@ impl Cluster {
         cluster.spawn(upkeep::promote_learners(cluster.clone()));
         cluster.spawn(upkeep::expire_leases(cluster.clone()));
         cluster.spawn(upkeep::run_elections(cluster.clone()));
+        cluster.spawn(count_leader_changes(cluster.inner.raft.metrics()));
         Ok(cluster)
     }
 
@@ -488,7 +503,8 @@ impl Cluster {
         self.inner.running.store(running, Ordering::Relaxed);
     }
 
-    pub(crate) fn running(&self) -> u32 {
+    /// How many attempts this node runs (as the worker last said).
+    pub fn running(&self) -> u32 {
         self.inner.running.load(Ordering::Relaxed)
     }
 
@@ -679,10 +695,17 @@ impl Cluster {
             Some((leader, _)) if leader == self.inner.node_id => {
                 self.execute_local(op.clone()).await
             }
-            Some((_, addr)) => match self.forward(&addr, Request::Forward(op.clone())).await? {
-                Response::Forward(result) => result,
-                other => Err(OpError::Failed(format!("unexpected answer {other:?}"))),
-            },
+            Some((_, addr)) => {
+                let started = std::time::Instant::now();
+                let answer = self.forward(&addr, Request::Forward(op.clone())).await;
+                let metrics = crate::metrics::raft();
+                metrics.forwarded.inc();
+                crate::metrics::observe(&metrics.forward_seconds, started.elapsed());
+                match answer? {
+                    Response::Forward(result) => result,
+                    other => Err(OpError::Failed(format!("unexpected answer {other:?}"))),
+                }
+            }
             None => Err(OpError::NotLeader { leader: None }),
         }
     }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
 use crate::command::{Command, NodeInfo, Outcome, Proposal};
-use crate::job::{Datum, DatumKey, Job, JobSeq, JobState};
+use crate::job::{Datum, DatumKey, DatumState, Job, JobKind, JobSeq, JobState};
 use crate::types::NodeId;
 
 /// A node as the registry knows it.
@@ -162,8 +162,61 @@ pub struct State {
     outputs: BTreeSet<(JobSeq, u64, DatumKey)>,
     /// Derived: open pipelines (not finished), which have a steward.
     open_pipelines: BTreeSet<JobSeq>,
+    /// Derived: jobs of each kind in each state, and datums in each state (what `/metrics`
+    /// shows, without walking every job). States with none are absent.
+    job_counts: BTreeMap<(JobKind, JobState), u64>,
+    datum_counts: BTreeMap<DatumState, u64>,
     /// Rows changed since the last [`State::take_dirty`]; not part of the state's value.
     dirty: BTreeSet<RowKey>,
+    /// What this process has applied, counted for `/metrics`; not part of the state's value.
+    pub tally: Tally,
+}
+
+/// Counts of events the entries applied by this process decided. Every node applies the same
+/// entries, so nodes that applied the same stretch of the log agree; a restart starts again
+/// at zero (Prometheus counters may reset). Not persisted, and never part of the state's
+/// value: two states are equal whatever their tallies.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// Datums granted by claims, stolen ones included.
+    pub claims_granted: u64,
+    /// Queued claims taken from another node's queue.
+    pub steals: u64,
+    /// Claims released because their node's lease expired.
+    pub lease_expiries: u64,
+    /// Reports (begin, start, completion, publishing, hand-back) refused for a stale fence.
+    pub stale_reports: u64,
+}
+
+impl PartialEq for Tally {
+    fn eq(&self, _: &Tally) -> bool {
+        true
+    }
+}
+
+impl Eq for Tally {}
+
+/// Takes `n` from `key`'s count, dropping the entry at zero.
+fn uncount<K: Ord>(counts: &mut BTreeMap<K, u64>, key: K, n: u64) {
+    if let Some(count) = counts.get_mut(&key) {
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            counts.remove(&key);
+        }
+    }
+}
+
+impl Tally {
+    /// Counts the grants and stale reports of an outcome (steals and expiries are counted
+    /// where they happen: an outcome does not tell them apart).
+    fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Claimed { grants } => self.claims_granted += grants.len() as u64,
+            Outcome::Reported { stale, .. } => self.stale_reports += stale.len() as u64,
+            Outcome::Batch(outcomes) => outcomes.iter().for_each(|o| self.count(o)),
+            _ => {}
+        }
+    }
 }
 
 impl State {
@@ -185,7 +238,9 @@ impl State {
             self.clock_ms = proposal.time_ms;
             self.dirty.insert(RowKey::Clock);
         }
-        self.apply_command(index, proposal.time_ms, &proposal.command)
+        let outcome = self.apply_command(index, proposal.time_ms, &proposal.command);
+        self.tally.count(&outcome);
+        outcome
     }
 
     fn apply_command(&mut self, index: u64, now_ms: u64, command: &Command) -> Outcome {
@@ -402,19 +457,45 @@ impl State {
         } else {
             self.open_pipelines.remove(&seq);
         }
+        let kind = job.spec.kind;
         let old = self.job_states.insert(seq, state);
         if old == Some(state) {
             return;
         }
-        if let Some(old) = old
-            && let Some(seqs) = self.jobs_by_state.get_mut(&old)
-        {
-            seqs.remove(&seq);
-            if seqs.is_empty() {
-                self.jobs_by_state.remove(&old);
+        if let Some(old) = old {
+            uncount(&mut self.job_counts, (kind, old), 1);
+            if let Some(seqs) = self.jobs_by_state.get_mut(&old) {
+                seqs.remove(&seq);
+                if seqs.is_empty() {
+                    self.jobs_by_state.remove(&old);
+                }
             }
         }
+        *self.job_counts.entry((kind, state)).or_default() += 1;
         self.jobs_by_state.entry(state).or_default().insert(seq);
+    }
+
+    /// How many jobs of each kind are in each state (states with none absent).
+    pub fn job_counts(&self) -> &BTreeMap<(JobKind, JobState), u64> {
+        &self.job_counts
+    }
+
+    /// How many datums are in each state, over every job (states with none absent).
+    pub fn datum_counts(&self) -> &BTreeMap<DatumState, u64> {
+        &self.datum_counts
+    }
+
+    /// Counts `n` datums more in `state`.
+    pub(crate) fn count_datums(&mut self, state: DatumState, n: u64) {
+        if n > 0 {
+            *self.datum_counts.entry(state).or_default() += n;
+        }
+    }
+
+    /// Counts one datum moving from `old` to `new`.
+    pub(crate) fn recount_datum(&mut self, old: DatumState, new: DatumState) {
+        uncount(&mut self.datum_counts, old, 1);
+        self.count_datums(new, 1);
     }
 
     /// Files a new job under its tags.
@@ -459,6 +540,14 @@ impl State {
         self.datum_ids.clear();
         self.outputs.clear();
         self.open_pipelines.clear();
+        self.job_counts.clear();
+        self.datum_counts.clear();
+        for job in self.jobs.values() {
+            for state in DatumState::ALL {
+                *self.datum_counts.entry(state).or_default() += u64::from(job.counts.get(state));
+            }
+        }
+        self.datum_counts.retain(|_, n| *n > 0);
         let seqs: Vec<JobSeq> = self.jobs.keys().copied().collect();
         for seq in seqs {
             self.index_job_state(seq);

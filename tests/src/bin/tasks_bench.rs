@@ -10,9 +10,13 @@
 //!     `shoal-test/busybox:latest`, built by `scripts/test.sh`), beside `docker run --rm` of
 //!     the same image and command.
 //!
-//! `tasks_bench [--tasks N] [--process-tasks N] [--latency-runs N] [--docker-runs N]`; use a
-//! release build of `shoal` through `SHOAL_BIN=target/release/shoal`. `--docker-runs 0` skips
-//! (d).
+//! (e) with `--observed-rounds N`: (a) on fresh clusters, alternately alone and watched by a
+//!     Prometheus scraping every node each second and the dashboard open in headless Chromium
+//!     (`prometheus`, `chromium`, `chromedriver`), N rounds each; prints the medians.
+//!
+//! `tasks_bench [--tasks N] [--process-tasks N] [--latency-runs N] [--docker-runs N]
+//! [--observed-rounds N]`; use a release build of `shoal` through
+//! `SHOAL_BIN=target/release/shoal`. `--docker-runs 0` skips (d).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +33,7 @@ struct Args {
     process_tasks: usize,
     latency_runs: usize,
     docker_runs: usize,
+    observed_rounds: usize,
 }
 
 fn parse_args() -> Result<Args> {
@@ -37,6 +42,7 @@ fn parse_args() -> Result<Args> {
         process_tasks: 10_000,
         latency_runs: 200,
         docker_runs: 100,
+        observed_rounds: 0,
     };
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
@@ -49,6 +55,7 @@ fn parse_args() -> Result<Args> {
             "--process-tasks" => args.process_tasks = value,
             "--latency-runs" => args.latency_runs = value,
             "--docker-runs" => args.docker_runs = value,
+            "--observed-rounds" => args.observed_rounds = value,
             other => bail!("unknown argument {other}"),
         }
     }
@@ -146,9 +153,108 @@ async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
 
 async fn throughput(executor: &str, slots: u32, count: usize) -> Result<f64> {
     let cluster = start(executor, slots).await?;
-    let (ids, started) = submit_all(&cluster, count).await?;
+    measure(&cluster, executor, count).await
+}
+
+/// CPU time (user + system) a process has used, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name, which ends with the last ')': state is the first.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// CPU ticks of every process whose command name is `prometheus` or starts with `chrom`
+/// (chromedriver, the browser and its helpers): on a machine that runs nothing else of the
+/// kind, the observers this bench started.
+fn observer_ticks() -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with("prometheus") || comm.starts_with("chrom"))
+        })
+        .map(cpu_ticks)
+        .sum()
+}
+
+/// One run of the cost-of-watching comparison.
+struct Watched {
+    rate: f64,
+    /// CPU the three nodes spent per task, in ms.
+    node_cpu_ms_per_task: f64,
+    /// CPU Prometheus and the browser spent during the run, in cores.
+    observer_cores: f64,
+}
+
+/// Throughput of the noop executor while a Prometheus scrapes every node each second and
+/// the dashboard is open on the first node (in headless Chromium), or without them.
+async fn watched_throughput(count: usize, observed: bool) -> Result<Watched> {
+    use shoal_tests::observe;
+    let mut cluster = start("noop", 64).await?;
+    let mut observers = None;
+    if observed {
+        let prometheus = observe::start_prometheus(&cluster, None)?;
+        let driver = observe::start_chromedriver()?;
+        let page = observe::browser(&driver).await?;
+        page.goto(&format!("{}/", cluster.nodes[0].http_url()))
+            .await?;
+        observe::wait_page(
+            &page,
+            "the dashboard's members",
+            "return document.querySelectorAll('#members tbody tr').length === 3",
+        )
+        .await?;
+        let http = reqwest::Client::new();
+        shoal_tests::wait_for("Prometheus to scrape the nodes", FORMATION, async || {
+            let up = observe::query(&http, &prometheus, "sum(up)").await.ok()?;
+            (up.first()?.1 == 3.0).then_some(())
+        })
+        .await?;
+        observers = Some((prometheus, driver, page));
+    }
+    let pids: Vec<u32> = cluster.nodes.iter_mut().filter_map(|n| n.pid()).collect();
+    let node_ticks = || pids.iter().map(|pid| cpu_ticks(*pid)).sum::<u64>();
+    let (nodes_before, observers_before) = (node_ticks(), observer_ticks());
+    let wall = Instant::now();
+    let label = if observed { "noop (watched)" } else { "noop" };
+    let rate = measure(&cluster, label, count).await?;
+    let wall = wall.elapsed().as_secs_f64();
+    let node_cpu_s = node_ticks().saturating_sub(nodes_before) as f64 / 100.0;
+    let observer_cpu_s = observer_ticks().saturating_sub(observers_before) as f64 / 100.0;
+    if let Some((_, _, page)) = observers {
+        let _ = page.close().await;
+    }
+    let watched = Watched {
+        rate,
+        node_cpu_ms_per_task: 1000.0 * node_cpu_s / count as f64,
+        observer_cores: observer_cpu_s / wall,
+    };
+    println!(
+        "    nodes' CPU {:.3} ms per task; Prometheus and the browser took {:.2} cores",
+        watched.node_cpu_ms_per_task, watched.observer_cores
+    );
+    Ok(watched)
+}
+
+async fn measure(cluster: &TestCluster, executor: &str, count: usize) -> Result<f64> {
+    let (ids, started) = submit_all(cluster, count).await?;
     let submitted = started.elapsed()?;
-    let end = last_end(&cluster, &ids).await?;
+    let end = last_end(cluster, &ids).await?;
     let total = end.duration_since(started)?;
     println!(
         "  {executor:7} {count} tasks: submitted in {:.2} s, all ended after {:.2} s: {:.0} tasks/s",
@@ -259,6 +365,35 @@ async fn main() -> Result<()> {
     if args.docker_runs > 0 {
         println!("\n(d) container latency, one task at a time:");
         container_latency(args.docker_runs).await?;
+    }
+    if args.observed_rounds > 0 {
+        println!(
+            "\n(e) the cost of watching: noop throughput alone, and with a Prometheus scraping \
+             every node each second and the dashboard open, alternating:"
+        );
+        let (mut alone, mut watched) = (Vec::new(), Vec::new());
+        for _ in 0..args.observed_rounds {
+            alone.push(watched_throughput(args.tasks, false).await?);
+            watched.push(watched_throughput(args.tasks, true).await?);
+        }
+        let median = |runs: &[Watched], figure: fn(&Watched) -> f64| {
+            let mut values: Vec<f64> = runs.iter().map(figure).collect();
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let rate = |w: &Watched| w.rate;
+        let cpu = |w: &Watched| w.node_cpu_ms_per_task;
+        let (alone_rate, watched_rate) = (median(&alone, rate), median(&watched, rate));
+        let (alone_cpu, watched_cpu) = (median(&alone, cpu), median(&watched, cpu));
+        println!(
+            "  medians of {} rounds: alone {alone_rate:.0} tasks/s, watched {watched_rate:.0} \
+             tasks/s ({:+.1} %); nodes' CPU per task alone {alone_cpu:.3} ms, watched \
+             {watched_cpu:.3} ms ({:+.1} %); Prometheus and the browser {:.2} cores",
+            args.observed_rounds,
+            100.0 * (watched_rate - alone_rate) / alone_rate,
+            100.0 * (watched_cpu - alone_cpu) / alone_cpu,
+            median(&watched, |w| w.observer_cores),
+        );
     }
     Ok(())
 }

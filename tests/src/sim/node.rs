@@ -163,11 +163,7 @@ impl SimNode {
         let (cluster, worker) = started
             .await
             .map_err(|e| format!("start of {} was stopped: {e}", self.name()))??;
-        let state = shoal_node::http::AppState {
-            cluster: cluster.clone(),
-            tokens: Arc::new(Vec::new()),
-            loopback_only: false,
-        };
+        let state = shoal_node::http::AppState::new(cluster.clone(), Vec::new(), false);
         let router = shoal_node::http::router(state, 1024 * 1024);
         self.running = Some(Running {
             cluster,

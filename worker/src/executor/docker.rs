@@ -175,6 +175,7 @@ impl DockerExecutor {
             options = options.tag(tag);
         }
         let options = options.build();
+        let started = std::time::Instant::now();
         let mut pull = self.client.create_image(Some(options), None, None);
         while let Some(progress) = pull.next().await {
             let progress = progress.map_err(|e| image_error(engine_error(&e)))?;
@@ -182,6 +183,8 @@ impl DockerExecutor {
                 return Err(image_error(error));
             }
         }
+        let pulls = &crate::metrics::worker().image_pull_seconds;
+        shoal_raft::metrics::observe(pulls, started.elapsed());
         Ok(())
     }
 

@@ -161,6 +161,7 @@ impl State {
             free = free.minus(self.demand(key.job));
             begun += 1;
             grants.push(self.steal(key, node_id, fence, now_ms));
+            self.tally.steals += 1;
         }
         Outcome::Claimed { grants }
     }

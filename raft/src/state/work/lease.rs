@@ -87,6 +87,7 @@ impl State {
     }
 
     fn expire_claim(&mut self, key: DatumKey, index: u64, now_ms: u64, by: NodeId) {
+        self.tally.lease_expiries += 1;
         let state = self.datums.get(&key).map(|d| d.state);
         if self.is_queued(key) {
             self.release_unbegun(key, now_ms);

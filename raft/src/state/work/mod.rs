@@ -144,6 +144,7 @@ impl State {
         if let Some(job) = self.jobs.get_mut(&key.job) {
             *job.counts.slot(old) -= 1;
             *job.counts.slot(new) += 1;
+            self.recount_datum(old, new);
         }
         if old == DatumState::Pending {
             self.pending.remove(&key);

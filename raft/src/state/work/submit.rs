@@ -188,6 +188,8 @@ impl State {
         if let Some(job) = self.jobs.get_mut(&seq) {
             job.counts.skipped += skipped;
             job.counts.pending += datums.len() as u32 - skipped;
+            self.count_datums(DatumState::Skipped, u64::from(skipped));
+            self.count_datums(DatumState::Pending, (datums.len() as u32 - skipped).into());
         }
         self.touch_job(seq, now_ms);
     }

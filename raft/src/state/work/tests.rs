@@ -260,6 +260,14 @@ fn check_invariants(state: &State) {
     let mut copy = state.clone();
     copy.rebuild_indexes();
     assert_eq!(copy.pending, state.pending, "pending index");
+    assert_eq!(
+        copy.job_counts(),
+        state.job_counts(),
+        "jobs by kind and state"
+    );
+    assert_eq!(copy.datum_counts(), state.datum_counts(), "datums by state");
+    let jobs: u64 = state.job_counts().values().sum();
+    assert_eq!(jobs, state.jobs.len() as u64, "every job counted once");
     assert_eq!(copy.claims, state.claims, "claim index");
     assert_eq!(copy.queued, state.queued, "queued index");
     assert_eq!(copy.jobs_by_state, state.jobs_by_state, "state index");
