@@ -214,15 +214,6 @@ fn index(index: Option<u64>) -> i64 {
     index.map_or(0, |i| i64::try_from(i).unwrap_or(i64::MAX))
 }
 
-const JOB_STATES: [JobState; 6] = [
-    JobState::Queued,
-    JobState::Running,
-    JobState::Canceling,
-    JobState::Done,
-    JobState::Error,
-    JobState::Canceled,
-];
-
 fn kind_name(kind: JobKind) -> &'static str {
     match kind {
         JobKind::Task => "task",
@@ -316,7 +307,7 @@ impl Collector for ClusterCollector {
         // Every combination, zeros included, so a series reads 0 instead of vanishing.
         let mut job_series = Vec::new();
         for kind in [JobKind::Task, JobKind::Pipeline] {
-            for job_state in JOB_STATES {
+            for job_state in JobState::ALL {
                 let n = jobs.get(&(kind, job_state)).copied().unwrap_or(0);
                 let labels = JobLabels {
                     kind: kind_name(kind),

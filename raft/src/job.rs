@@ -583,6 +583,17 @@ pub enum JobState {
     Canceled,
 }
 
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Canceling,
+        JobState::Done,
+        JobState::Error,
+        JobState::Canceled,
+    ];
+}
+
 /// Why a datum failed, kept on its job for a quick look.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatumError {

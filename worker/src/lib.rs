@@ -109,6 +109,7 @@ pub struct Worker {
 
 impl Worker {
     pub async fn start(cluster: Cluster, config: WorkerConfig) -> Result<Worker, WorkerError> {
+        metrics::worker().prepare(config.executor.name());
         let work_dir = config.work_dir.clone();
         let work_dir_error = |source| WorkerError::WorkDir {
             path: config.work_dir.clone(),

@@ -57,6 +57,32 @@ pub fn worker() -> &'static WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    /// Makes this node's series exist at zero before its first attempt, so a node that has
+    /// run nothing shows zeros instead of nothing.
+    pub(crate) fn prepare(&self, executor: &str) {
+        use shoal_raft::job::AttemptOutcome;
+        let labels = ExecutorLabels {
+            executor: executor.to_string(),
+        };
+        let _ = self.attempts_started.get_or_create(&labels);
+        let _ = self.queue_wait_seconds.get_or_create(&labels);
+        // The outcomes a node reports itself (expiries and losses are the log's).
+        for outcome in [
+            AttemptOutcome::Succeeded,
+            AttemptOutcome::ExecutorError,
+            AttemptOutcome::SystemError,
+            AttemptOutcome::Canceled,
+            AttemptOutcome::TimedOut,
+        ] {
+            let labels = OutcomeLabels {
+                executor: executor.to_string(),
+                outcome: outcome.name().to_string(),
+            };
+            let _ = self.attempts_ended.get_or_create(&labels);
+            let _ = self.run_seconds.get_or_create(&labels);
+        }
+    }
+
     /// Counts an attempt that starts.
     pub(crate) fn started(&self, executor: &str) {
         let labels = ExecutorLabels {

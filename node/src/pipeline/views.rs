@@ -32,16 +32,9 @@ pub fn job_state_name(state: JobState) -> &'static str {
 
 /// The job state a name means (`None` for an unknown name).
 pub fn parse_job_state(name: &str) -> Option<JobState> {
-    [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Canceling,
-        JobState::Done,
-        JobState::Error,
-        JobState::Canceled,
-    ]
-    .into_iter()
-    .find(|state| job_state_name(*state) == name)
+    JobState::ALL
+        .into_iter()
+        .find(|state| job_state_name(*state) == name)
 }
 
 pub fn datum_state_name(state: DatumState) -> &'static str {
@@ -59,19 +52,9 @@ pub fn datum_state_name(state: DatumState) -> &'static str {
 }
 
 pub fn parse_datum_state(name: &str) -> Option<DatumState> {
-    [
-        DatumState::Pending,
-        DatumState::Claimed,
-        DatumState::Running,
-        DatumState::Publishing,
-        DatumState::Canceling,
-        DatumState::Done,
-        DatumState::Failed,
-        DatumState::Canceled,
-        DatumState::Skipped,
-    ]
-    .into_iter()
-    .find(|state| datum_state_name(*state) == name)
+    DatumState::ALL
+        .into_iter()
+        .find(|state| datum_state_name(*state) == name)
 }
 
 fn counts(counts: &DatumCounts) -> DatumCountsView {
