@@ -1,22 +1,24 @@
-//! Prints the work queue's figures on a local three-node cluster:
+//! Prints the work queue's figures on local clusters of one and three nodes (`--nodes`):
 //! (a) orchestration throughput — TES tasks through the `noop` executor, submitted over HTTP
-//!     with 64 in flight spread across the three nodes, tasks/s from the first submission to
-//!     the last task's end (its recorded end time);
+//!     with 64 in flight spread across the nodes, tasks/s from the first submission to the
+//!     last task's end (its recorded end time);
 //! (b) the same with the `process` executor running `true`, beside the rate of spawning
-//!     `true` in a plain loop on this machine;
+//!     `true` in a plain loop, and in a plain loop inside the very sandbox the process
+//!     executor builds (bwrap, started through `shoal __exec-guard`): the executor's real
+//!     limit;
 //! (c) submit-to-COMPLETE latency of a single `true` task through the `process` executor,
 //!     as a client sees it (p50, p99);
 //! (d) the same through the `docker` executor in the test image (`SHOAL_TEST_IMAGE`, default
 //!     `shoal-test/busybox:latest`, built by `scripts/test.sh`), beside `docker run --rm` of
-//!     the same image and command.
+//!     the same image and command (three nodes);
+//! (e) with `--observed-rounds N`: (a) on fresh three-node clusters, alternately alone and
+//!     watched by a Prometheus scraping every node each second and the dashboard open in
+//!     headless Chromium (`prometheus`, `chromium`, `chromedriver`), N rounds each; prints the
+//!     medians.
 //!
-//! (e) with `--observed-rounds N`: (a) on fresh clusters, alternately alone and watched by a
-//!     Prometheus scraping every node each second and the dashboard open in headless Chromium
-//!     (`prometheus`, `chromium`, `chromedriver`), N rounds each; prints the medians.
-//!
-//! `tasks_bench [--tasks N] [--process-tasks N] [--latency-runs N] [--docker-runs N]
-//! [--observed-rounds N]`; use a release build of `shoal` through
-//! `SHOAL_BIN=target/release/shoal`. `--docker-runs 0` skips (d).
+//! Use a release build of `shoal` through `SHOAL_BIN=target/release/shoal`; `--help` lists
+//! the options. With `--json`, the lines for people go to stderr and one JSON object with
+//! every figure goes to stdout.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,38 +30,95 @@ use shoal_tests::{ClusterOptions, TestCluster};
 const FORMATION: Duration = Duration::from_secs(30);
 const IN_FLIGHT: usize = 64;
 
+const USAGE: &str = "\
+usage: tasks_bench [options]      (SHOAL_BIN=target/release/shoal)
+
+  --nodes LIST            cluster sizes to measure, e.g. 1,3 (default 1,3)
+  --tasks N               noop tasks per throughput run (default 10000)
+  --process-tasks N       process-executor tasks per throughput run (default 10000)
+  --latency-runs N        tasks for the submit-to-COMPLETE latency (default 200)
+  --docker-runs N         docker-executor latency runs; 0 skips (default 100)
+  --observed-rounds N     rounds of the cost-of-watching comparison; 0 skips (default 0)
+  --json                  print one JSON object with every figure on stdout
+  -h, --help              this text
+";
+
 struct Args {
+    nodes: Vec<usize>,
     tasks: usize,
     process_tasks: usize,
     latency_runs: usize,
     docker_runs: usize,
     observed_rounds: usize,
+    json: bool,
 }
 
-fn parse_args() -> Result<Args> {
+/// Most nodes one measured cluster may have.
+const NODES_MAX: usize = 9;
+
+fn parse_args() -> Result<Option<Args>> {
     let mut args = Args {
+        nodes: vec![1, 3],
         tasks: 10_000,
         process_tasks: 10_000,
         latency_runs: 200,
         docker_runs: 100,
         observed_rounds: 0,
+        json: false,
     };
     let mut words = std::env::args().skip(1);
     while let Some(word) = words.next() {
-        let value: usize = words
+        match word.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--json" => {
+                args.json = true;
+                continue;
+            }
+            _ => {}
+        }
+        let text = words
             .next()
-            .with_context(|| format!("{word} needs a value"))?
-            .parse()?;
+            .with_context(|| format!("{word} needs a value\n\n{USAGE}"))?;
+        if word == "--nodes" {
+            args.nodes = text
+                .split(',')
+                .map(|n| match n.trim().parse::<usize>() {
+                    Ok(n) if (1..=NODES_MAX).contains(&n) => Ok(n),
+                    _ => bail!("--nodes: {n:?} is not a cluster size from 1 to {NODES_MAX}"),
+                })
+                .collect::<Result<_>>()?;
+            continue;
+        }
+        let value: usize = text
+            .parse()
+            .with_context(|| format!("{word}: {text:?} is not a whole number"))?;
         match word.as_str() {
             "--tasks" => args.tasks = value,
             "--process-tasks" => args.process_tasks = value,
             "--latency-runs" => args.latency_runs = value,
             "--docker-runs" => args.docker_runs = value,
             "--observed-rounds" => args.observed_rounds = value,
-            other => bail!("unknown argument {other}"),
+            other => bail!("unknown argument {other}\n\n{USAGE}"),
         }
     }
-    Ok(args)
+    if args.tasks == 0 || args.process_tasks == 0 || args.latency_runs == 0 {
+        bail!("--tasks, --process-tasks and --latency-runs need at least 1");
+    }
+    Ok(Some(args))
+}
+
+/// Whether lines for people go to stderr (`--json`: stdout carries the JSON object).
+static JSON_OUTPUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Prints a line for people: on stdout, or on stderr with `--json`.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        if JSON_OUTPUT.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!($($arg)*)
+        } else {
+            println!($($arg)*)
+        }
+    };
 }
 
 fn true_task() -> serde_json::Value {
@@ -70,15 +129,16 @@ fn task_in(image: &str) -> serde_json::Value {
     json!({ "executors": [{ "image": image, "command": ["true"] }] })
 }
 
-async fn start(executor: &str, slots: u32) -> Result<TestCluster> {
+async fn start(nodes: usize, executor: &str, slots: u32) -> Result<TestCluster> {
     let options = ClusterOptions {
         executor: executor.to_string(),
         slots,
+        bootstrap_expect: nodes,
         ..Default::default()
     };
-    let mut cluster = TestCluster::new(3, options)?;
+    let mut cluster = TestCluster::new(nodes, options)?;
     cluster.start_all()?;
-    cluster.wait_formed(3, FORMATION).await?;
+    cluster.wait_formed(nodes, FORMATION).await?;
     Ok(cluster)
 }
 
@@ -90,7 +150,7 @@ async fn submit_all(cluster: &TestCluster, count: usize) -> Result<(Vec<String>,
     let ids: Vec<Result<String>> = stream::iter(0..count)
         .map(|i| {
             let task = &task;
-            async move { cluster.submit_task(i % 3, task).await }
+            async move { cluster.submit_task(i % cluster.nodes.len(), task).await }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect()
@@ -137,7 +197,7 @@ async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
     }
     let ends: Vec<Result<SystemTime>> = stream::iter(ids.iter().enumerate())
         .map(|(i, id)| async move {
-            let task = cluster.task(i % 3, id, "BASIC").await?;
+            let task = cluster.task(i % cluster.nodes.len(), id, "BASIC").await?;
             if task["state"] != "COMPLETE" {
                 bail!("task {id} ended {}", task["state"]);
             }
@@ -151,8 +211,8 @@ async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
         .try_fold(SystemTime::UNIX_EPOCH, |latest, end| Ok(latest.max(end?)))
 }
 
-async fn throughput(executor: &str, slots: u32, count: usize) -> Result<f64> {
-    let cluster = start(executor, slots).await?;
+async fn throughput(nodes: usize, executor: &str, slots: u32, count: usize) -> Result<f64> {
+    let cluster = start(nodes, executor, slots).await?;
     measure(&cluster, executor, count).await
 }
 
@@ -205,7 +265,7 @@ struct Watched {
 /// the dashboard is open on the first node (in headless Chromium), or without them.
 async fn watched_throughput(count: usize, observed: bool) -> Result<Watched> {
     use shoal_tests::observe;
-    let mut cluster = start("noop", 64).await?;
+    let mut cluster = start(3, "noop", 64).await?;
     let mut observers = None;
     if observed {
         let prometheus = observe::start_prometheus(&cluster, None)?;
@@ -244,9 +304,10 @@ async fn watched_throughput(count: usize, observed: bool) -> Result<Watched> {
         node_cpu_ms_per_task: 1000.0 * node_cpu_s / count as f64,
         observer_cores: observer_cpu_s / wall,
     };
-    println!(
+    say!(
         "    nodes' CPU {:.3} ms per task; Prometheus and the browser took {:.2} cores",
-        watched.node_cpu_ms_per_task, watched.observer_cores
+        watched.node_cpu_ms_per_task,
+        watched.observer_cores
     );
     Ok(watched)
 }
@@ -256,7 +317,7 @@ async fn measure(cluster: &TestCluster, executor: &str, count: usize) -> Result<
     let submitted = started.elapsed()?;
     let end = last_end(cluster, &ids).await?;
     let total = end.duration_since(started)?;
-    println!(
+    say!(
         "  {executor:7} {count} tasks: submitted in {:.2} s, all ended after {:.2} s: {:.0} tasks/s",
         submitted.as_secs_f64(),
         total.as_secs_f64(),
@@ -283,11 +344,16 @@ fn percentile(samples: &mut [Duration], q: f64) -> f64 {
 }
 
 /// Submit-to-COMPLETE of one task at a time, round-robin over the nodes: (p50, p99) in ms.
-async fn latency(executor: &str, task: &serde_json::Value, runs: usize) -> Result<(f64, f64)> {
-    let cluster = start(executor, 2).await?;
+async fn latency(
+    nodes: usize,
+    executor: &str,
+    task: &serde_json::Value,
+    runs: usize,
+) -> Result<(f64, f64)> {
+    let cluster = start(nodes, executor, 2).await?;
     let mut samples = Vec::with_capacity(runs);
     for i in 0..runs {
-        let node = i % 3;
+        let node = i % nodes;
         let started = Instant::now();
         let id = cluster.submit_task(node, task).await?;
         loop {
@@ -326,48 +392,117 @@ fn docker_run_latency(image: &str, runs: usize) -> Result<(f64, f64)> {
     ))
 }
 
-async fn container_latency(runs: usize) -> Result<()> {
+async fn container_latency(runs: usize) -> Result<serde_json::Value> {
     let image = std::env::var("SHOAL_TEST_IMAGE")
         .unwrap_or_else(|_| "shoal-test/busybox:latest".to_string());
-    let (p50, p99) = latency("docker", &task_in(&image), runs).await?;
-    println!(
+    let (p50, p99) = latency(3, "docker", &task_in(&image), runs).await?;
+    say!(
         "  shoal, docker executor, `true` in {image}: p50 {p50:.1} ms, p99 {p99:.1} ms (n = {runs})"
     );
     let (raw50, raw99) = docker_run_latency(&image, runs)?;
-    println!("  docker run --rm {image} true: p50 {raw50:.1} ms, p99 {raw99:.1} ms (n = {runs})");
-    println!(
+    say!("  docker run --rm {image} true: p50 {raw50:.1} ms, p99 {raw99:.1} ms (n = {runs})");
+    say!(
         "  shoal / docker run: p50 {:.2}, p99 {:.2}",
         p50 / raw50,
         p99 / raw99
     );
-    Ok(())
+    Ok(json!({
+        "runs": runs,
+        "shoal_p50_ms": p50, "shoal_p99_ms": p99,
+        "docker_run_p50_ms": raw50, "docker_run_p99_ms": raw99,
+    }))
+}
+
+/// `true` spawned one at a time inside the process executor's sandbox (bwrap, through the
+/// `shoal` binary's exec guard, output piped as the executor does): runs per second.
+async fn sandboxed_spawn_rate(count: usize) -> Result<f64> {
+    let sandbox = shoal_worker::ProcessSandbox::default();
+    let argv = ["true".to_string()];
+    let started = Instant::now();
+    for _ in 0..count {
+        let mut command = sandbox
+            .bare_step_command(&argv, Some(shoal_tests::shoal_bin()))
+            .map_err(|e| anyhow::anyhow!("the sandbox: {e}"))?;
+        let output = command.output().await?;
+        if !output.status.success() {
+            bail!(
+                "`true` in the sandbox failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = parse_args()?;
-    println!("shoal binary: {}", shoal_tests::shoal_bin().display());
-    println!("\n(a) orchestration throughput, noop executor, {IN_FLIGHT} submissions in flight:");
-    throughput("noop", 64, args.tasks).await?;
-    println!("\n(b) process executor running `true`:");
-    let shoal = throughput("process", 2, args.process_tasks).await?;
-    let raw = spawn_rate(args.process_tasks.min(10_000))?;
-    println!(
-        "  spawning `true` in a plain loop: {raw:.0}/s; shoal reaches {:.2} of it",
-        shoal / raw
-    );
-    println!("\n(c) latency:");
-    let (p50, p99) = latency("process", &true_task(), args.latency_runs).await?;
-    println!(
-        "  submit to COMPLETE, one `true` task at a time: p50 {p50:.1} ms, p99 {p99:.1} ms (n = {})",
-        args.latency_runs
+    let Some(args) = parse_args()? else {
+        print!("{USAGE}");
+        return Ok(());
+    };
+    JSON_OUTPUT.store(args.json, std::sync::atomic::Ordering::Relaxed);
+    let mut figures = serde_json::Map::new();
+    say!("shoal binary: {}", shoal_tests::shoal_bin().display());
+    figures.insert("shoal_bin".into(), json!(shoal_tests::shoal_bin()));
+
+    say!("\nspawning `true` one at a time, without shoal (the limits of (b)):");
+    let spawns = args.process_tasks.min(10_000);
+    let raw = spawn_rate(spawns)?;
+    say!("  in a plain loop: {raw:.0}/s");
+    let sandboxed = if shoal_worker::bwrap_available() {
+        let rate = sandboxed_spawn_rate(args.process_tasks.min(2_000)).await?;
+        say!("  in the process executor's sandbox (bwrap through the exec guard): {rate:.0}/s");
+        Some(rate)
+    } else {
+        say!("  bwrap is not installed: no sandboxed loop (and no sandbox for the executor)");
+        None
+    };
+    figures.insert("spawn_true_per_s".into(), json!(raw));
+    figures.insert("spawn_sandboxed_true_per_s".into(), json!(sandboxed));
+
+    let mut by_size = serde_json::Map::new();
+    for &nodes in &args.nodes {
+        let word = if nodes == 1 { "node" } else { "nodes" };
+        say!("\n--- {nodes} {word} ---");
+        say!("(a) orchestration throughput, noop executor, {IN_FLIGHT} submissions in flight:");
+        let noop = throughput(nodes, "noop", 64, args.tasks).await?;
+        say!("(b) process executor running `true`:");
+        let process = throughput(nodes, "process", 2, args.process_tasks).await?;
+        say!("  {:.2} of the plain loop", process / raw);
+        if let Some(sandboxed) = sandboxed {
+            say!("  {:.2} of the sandboxed loop", process / sandboxed);
+        }
+        say!("(c) latency:");
+        let (p50, p99) = latency(nodes, "process", &true_task(), args.latency_runs).await?;
+        say!(
+            "  submit to COMPLETE, one `true` task at a time: p50 {p50:.1} ms, p99 {p99:.1} ms \
+             (n = {})",
+            args.latency_runs
+        );
+        by_size.insert(
+            nodes.to_string(),
+            json!({
+                "noop_tasks_per_s": noop,
+                "process_tasks_per_s": process,
+                "process_of_plain_loop": process / raw,
+                "process_of_sandboxed_loop": sandboxed.map(|rate| process / rate),
+                "latency_p50_ms": p50,
+                "latency_p99_ms": p99,
+            }),
+        );
+    }
+    figures.insert("nodes".into(), serde_json::Value::Object(by_size));
+    figures.insert(
+        "runs".into(),
+        json!({ "tasks": args.tasks, "process_tasks": args.process_tasks,
+                "latency_runs": args.latency_runs }),
     );
     if args.docker_runs > 0 {
-        println!("\n(d) container latency, one task at a time:");
-        container_latency(args.docker_runs).await?;
+        say!("\n(d) container latency, one task at a time:");
+        figures.insert("docker".into(), container_latency(args.docker_runs).await?);
     }
     if args.observed_rounds > 0 {
-        println!(
+        say!(
             "\n(e) the cost of watching: noop throughput alone, and with a Prometheus scraping \
              every node each second and the dashboard open, alternating:"
         );
@@ -385,15 +520,28 @@ async fn main() -> Result<()> {
         let cpu = |w: &Watched| w.node_cpu_ms_per_task;
         let (alone_rate, watched_rate) = (median(&alone, rate), median(&watched, rate));
         let (alone_cpu, watched_cpu) = (median(&alone, cpu), median(&watched, cpu));
-        println!(
+        let observers = median(&watched, |w| w.observer_cores);
+        say!(
             "  medians of {} rounds: alone {alone_rate:.0} tasks/s, watched {watched_rate:.0} \
              tasks/s ({:+.1} %); nodes' CPU per task alone {alone_cpu:.3} ms, watched \
-             {watched_cpu:.3} ms ({:+.1} %); Prometheus and the browser {:.2} cores",
+             {watched_cpu:.3} ms ({:+.1} %); Prometheus and the browser {observers:.2} cores",
             args.observed_rounds,
             100.0 * (watched_rate - alone_rate) / alone_rate,
             100.0 * (watched_cpu - alone_cpu) / alone_cpu,
-            median(&watched, |w| w.observer_cores),
         );
+        figures.insert(
+            "watched".into(),
+            json!({
+                "rounds": args.observed_rounds,
+                "alone_tasks_per_s": alone_rate, "watched_tasks_per_s": watched_rate,
+                "alone_node_cpu_ms_per_task": alone_cpu,
+                "watched_node_cpu_ms_per_task": watched_cpu,
+                "observer_cores": observers,
+            }),
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Object(figures));
     }
     Ok(())
 }

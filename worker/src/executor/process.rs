@@ -38,6 +38,40 @@ pub struct ProcessSandbox {
     pub env: Vec<(String, String)>,
 }
 
+impl ProcessSandbox {
+    /// The command the process executor starts for a step running `argv` with no inputs,
+    /// outputs, working directory or limits: bwrap with this sandbox, through `guard` (the
+    /// `shoal` binary) when given. For measuring what the sandbox costs (`tasks_bench`); the
+    /// step's output is captured in pipes, as the executor does.
+    pub fn bare_step_command(
+        &self,
+        argv: &[String],
+        guard: Option<&Path>,
+    ) -> Result<Command, ExecutorError> {
+        let spec = shoal_raft::job::ExecutorSpec {
+            command: argv.to_vec(),
+            ..Default::default()
+        };
+        let resources = shoal_raft::job::Resources::default();
+        let step = StepRun {
+            spec: &spec,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            attempt_dir: Path::new("/"),
+            binds: &[],
+            extra_env: &[],
+            tail_bytes_max: 0,
+            resources: &resources,
+            container_name: String::new(),
+            node_label: "",
+            live: None,
+            guard,
+        };
+        build(self, &step, &[])
+    }
+}
+
 impl Default for ProcessSandbox {
     fn default() -> Self {
         ProcessSandbox {
