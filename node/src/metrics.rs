@@ -10,7 +10,6 @@
 //!   the applied entries decided (`shoal_claims_granted_total`, `shoal_steals_total`,
 //!   `shoal_lease_expiries_total`, `shoal_stale_reports_total`).
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
@@ -363,6 +362,3 @@ impl Collector for ClusterCollector {
         Ok(())
     }
 }
-
-/// Shared by every handler.
-pub type SharedMetrics = Arc<Metrics>;

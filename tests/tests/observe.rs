@@ -61,36 +61,22 @@ fn options() -> ClusterOptions {
 
 // --- Prometheus ------------------------------------------------------------------------------
 
-/// Waits until `expr` has one series per node, all equal to `expected`.
-async fn wait_every_node(
+/// Waits until `expr` answers `series` series (3: one per node; 1: an aggregate), each equal
+/// to `expected`.
+async fn wait_series(
     http: &reqwest::Client,
     prometheus: &Server,
+    series: usize,
     expr: &str,
     expected: f64,
 ) -> Result<()> {
     let mut last = Vec::new();
     let found = wait_for(expr, WAIT, async || {
         last = query(http, prometheus, expr).await.ok()?;
-        (last.len() == 3 && last.iter().all(|(_, v)| *v == expected)).then_some(())
+        (last.len() == series && last.iter().all(|(_, v)| *v == expected)).then_some(())
     })
     .await;
-    found.with_context(|| format!("{expr}: last answer {last:?}, wanted 3 × {expected}"))
-}
-
-/// Waits until `expr` (an aggregate) is `expected`.
-async fn wait_value(
-    http: &reqwest::Client,
-    prometheus: &Server,
-    expr: &str,
-    expected: f64,
-) -> Result<()> {
-    let mut last = Vec::new();
-    let found = wait_for(expr, WAIT, async || {
-        last = query(http, prometheus, expr).await.ok()?;
-        (last.len() == 1 && last[0].1 == expected).then_some(())
-    })
-    .await;
-    found.with_context(|| format!("{expr}: last answer {last:?}, wanted {expected}"))
+    found.with_context(|| format!("{expr}: last answer {last:?}, wanted {series} × {expected}"))
 }
 
 /// Every family `/metrics` must show, each with its HELP line.
@@ -142,12 +128,13 @@ async fn prometheus_scrapes_every_node_and_the_counters_move_and_agree() -> Resu
 
     phase("a real Prometheus scrapes the three nodes");
     let prometheus = start_prometheus(&cluster, Some(METRICS_TOKEN))?;
-    let up = wait_every_node(&http, &prometheus, "up{job=\"shoal\"}", 1.0).await;
+    let up = wait_series(&http, &prometheus, 3, "up{job=\"shoal\"}", 1.0).await;
     up.with_context(|| prometheus.log())?;
-    wait_value(&http, &prometheus, "sum(shoal_raft_is_leader)", 1.0).await?;
-    wait_every_node(
+    wait_series(&http, &prometheus, 1, "sum(shoal_raft_is_leader)", 1.0).await?;
+    wait_series(
         &http,
         &prometheus,
+        3,
         "shoal_cluster_members{role=\"voter\"}",
         3.0,
     )
@@ -192,31 +179,35 @@ async fn prometheus_scrapes_every_node_and_the_counters_move_and_agree() -> Resu
         "kind=everything: {status} {body}"
     );
     let done = TASKS as f64;
-    wait_every_node(&http, &prometheus, "shoal_datums{state=\"done\"}", done).await?;
-    wait_every_node(
+    wait_series(&http, &prometheus, 3, "shoal_datums{state=\"done\"}", done).await?;
+    wait_series(
         &http,
         &prometheus,
+        3,
         "shoal_jobs{kind=\"task\",state=\"done\"}",
         done,
     )
     .await?;
-    wait_value(
+    wait_series(
         &http,
         &prometheus,
+        1,
         "sum(shoal_worker_attempts_ended_total{outcome=\"succeeded\"})",
         done,
     )
     .await?;
-    wait_value(
+    wait_series(
         &http,
         &prometheus,
+        1,
         "sum(shoal_worker_run_duration_seconds_count{executor=\"process\",outcome=\"succeeded\"})",
         done,
     )
     .await?;
-    wait_value(
+    wait_series(
         &http,
         &prometheus,
+         1,
         "sum(shoal_http_requests_total{route=\"/ga4gh/tes/v1/tasks\",method=\"POST\",status=\"200\"})",
         done,
     )

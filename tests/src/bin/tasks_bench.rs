@@ -265,7 +265,7 @@ struct Watched {
 /// the dashboard is open on the first node (in headless Chromium), or without them.
 async fn watched_throughput(count: usize, observed: bool) -> Result<Watched> {
     use shoal_tests::observe;
-    let mut cluster = start(3, "noop", 64).await?;
+    let cluster = start(3, "noop", 64).await?;
     let mut observers = None;
     if observed {
         let prometheus = observe::start_prometheus(&cluster, None)?;
@@ -287,7 +287,7 @@ async fn watched_throughput(count: usize, observed: bool) -> Result<Watched> {
         .await?;
         observers = Some((prometheus, driver, page));
     }
-    let pids: Vec<u32> = cluster.nodes.iter_mut().filter_map(|n| n.pid()).collect();
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
     let node_ticks = || pids.iter().map(|pid| cpu_ticks(*pid)).sum::<u64>();
     let (nodes_before, observers_before) = (node_ticks(), observer_ticks());
     let wall = Instant::now();
