@@ -185,7 +185,9 @@ impl StateStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Persists the rows changed since the last call, with the applied id and membership.
+    /// Persists the rows changed since the last call, with the applied id and membership, in
+    /// a durable commit: without its fsync a restarted node would show an older state than it
+    /// showed before (ARCHITECTURE.md, "Why every apply is fsynced").
     async fn persist_dirty(&self) -> Result<(), StorageError> {
         let changes = {
             let mut state = self.write_state();

@@ -247,6 +247,9 @@ struct Inner {
     running: AtomicU32,
     /// Bounds forwarded operations in flight (see `FORWARDS_IN_FLIGHT_MAX`).
     forwards: tokio::sync::Semaphore,
+    /// Set when this node led when it stopped: it leads again in that term (see
+    /// [`Resumed`]).
+    resumed: Option<Resumed>,
     /// Writes waiting to be grouped into a batch (see `batcher`).
     writes: mpsc::Sender<batcher::QueuedWrite>,
     /// What running attempts have printed so far (set once by the worker).
@@ -291,6 +294,40 @@ async fn count_leader_changes(
             crate::metrics::raft().leader_changes.inc();
         }
     }
+}
+
+/// A node that led when it stopped leads again in the same term when it restarts, without an
+/// election (openraft 0.9 restores a committed vote for itself). Such a leader's read index is
+/// `max(its first entry of the term, its commit index)`, and its commit index after a restart
+/// is only what was persisted: the state machine's applied id and the log's committed id. The
+/// committed id is written without an fsync, so only the apply's fsync keeps that index from
+/// trailing the writes the leader acknowledged; with applies written without one, reads came
+/// back stale (ARCHITECTURE.md, "Why every apply is fsynced"). Reads in that term therefore
+/// also wait for every entry its log held at start: an acknowledged write was applied, so
+/// committed, so in the leader's durable log (openraft counts the leader's own copy only once
+/// flushed).
+#[derive(Debug, Clone, Copy)]
+struct Resumed {
+    term: u64,
+    last_index: u64,
+}
+
+async fn resumed_leadership(
+    log: &LogStore,
+    node_id: NodeId,
+) -> Result<Option<Resumed>, crate::types::StorageError> {
+    use openraft::storage::RaftLogStorage;
+    let Some(vote) = log.clone().read_vote().await? else {
+        return Ok(None);
+    };
+    if !vote.is_committed() || vote.leader_id().voted_for() != Some(node_id) {
+        return Ok(None);
+    }
+    let last_index = log.last_log_id().await?.map_or(0, |id| id.index);
+    Ok(Some(Resumed {
+        term: vote.leader_id().term,
+        last_index,
+    }))
 }
 
 /// What a node runs on besides its config: its identity, its transport and its opened stores.
@@ -367,6 +404,9 @@ impl Cluster {
             p2p_addrs: net.listen_addrs().iter().map(|a| a.to_string()).collect(),
             http_url: config.http_url.clone(),
         };
+        let resumed = resumed_leadership(&log_store, node_id)
+            .await
+            .map_err(|e| ClusterError::Raft(e.to_string()))?;
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config(&config)?),
@@ -392,6 +432,7 @@ impl Cluster {
                 running: AtomicU32::new(0),
                 forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
                 writes,
+                resumed,
                 live_logs: std::sync::OnceLock::new(),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 stop,
@@ -883,6 +924,14 @@ impl Cluster {
 
     /// Confirms leadership with a quorum and returns the index reads must wait for.
     pub(crate) async fn read_index_local(&self) -> Result<u64, OpError> {
+        // Read before asking: if the term moves on meanwhile, waiting for the resumed log
+        // only waits longer than needed (this node's later terms hold that log too).
+        let term = self.inner.raft.metrics().borrow().current_term;
+        let resumed = self
+            .inner
+            .resumed
+            .filter(|resumed| resumed.term == term)
+            .map_or(0, |resumed| resumed.last_index);
         let (read_log_id, _) =
             self.inner
                 .raft
@@ -894,7 +943,7 @@ impl Cluster {
                     )) => OpError::NotLeader { leader: None },
                     other => OpError::Failed(other.to_string()),
                 })?;
-        Ok(read_log_id.map(|id| id.index).unwrap_or(0))
+        Ok(read_log_id.map_or(0, |id| id.index).max(resumed))
     }
 
     /// The cluster as this node sees it: membership, leader, and the registry's records.
