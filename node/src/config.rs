@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 const TOKENS_MAX: usize = 1024;
 /// Most seeds a config may list.
 const SEEDS_MAX: usize = 256;
+/// Most addresses a node may advertise.
+const ADVERTISE_MAX: usize = 16;
 /// Bounds on the lease, so a typo cannot make failover take a day or flap every tick.
 const LEASE_MS_MIN: u64 = 1_000;
 const LEASE_MS_MAX: u64 = 3_600_000;
@@ -117,8 +119,13 @@ impl TokenConfig {
 pub struct P2pConfig {
     /// libp2p listen multiaddr.
     pub listen: String,
-    /// Multiaddrs of other nodes, e.g. `/ip4/10.0.0.2/tcp/7000`.
+    /// Multiaddrs of other nodes, e.g. `/ip4/10.0.0.2/tcp/7000` or `/dns4/host2/tcp/7000`
+    /// (names are resolved by the system resolver at each dial).
     pub seeds: Vec<String>,
+    /// Multiaddrs other nodes should dial for this one, e.g. `/dns4/host1/tcp/7000`; empty
+    /// means the address it listens on. Set it when listening on `0.0.0.0` or behind names
+    /// whose addresses change (Kubernetes pods).
+    pub advertise: Vec<String>,
     pub bootstrap_expect: usize,
     /// File with the pre-shared key; peers without the same key cannot connect.
     pub cluster_key_file: String,
@@ -211,6 +218,7 @@ impl Default for P2pConfig {
         P2pConfig {
             listen: "/ip4/127.0.0.1/tcp/7000".to_string(),
             seeds: Vec::new(),
+            advertise: Vec::new(),
             bootstrap_expect: 1,
             cluster_key_file: String::new(),
         }
@@ -332,6 +340,22 @@ impl Config {
         }
         for seed in &self.p2p.seeds {
             Multiaddr::from_str(seed).map_err(|e| invalid("p2p.seeds", format!("{seed}: {e}")))?;
+        }
+        if self.p2p.advertise.len() > ADVERTISE_MAX {
+            return Err(invalid("p2p.advertise", format!("at most {ADVERTISE_MAX}")));
+        }
+        for addr in &self.p2p.advertise {
+            let parsed = Multiaddr::from_str(addr)
+                .map_err(|e| invalid("p2p.advertise", format!("{addr}: {e}")))?;
+            let has_tcp = parsed
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)));
+            if !has_tcp {
+                return Err(invalid(
+                    "p2p.advertise",
+                    format!("{addr}: needs a /tcp/PORT part"),
+                ));
+            }
         }
         if self.p2p.bootstrap_expect == 0 {
             return Err(invalid("p2p.bootstrap_expect", "must be at least 1"));
@@ -608,9 +632,15 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 12] = [
+        let cases: [(&str, Spoil); 14] = [
             ("http.metrics_token", |c| {
                 c.http.metrics_token = "short".into()
+            }),
+            ("p2p.advertise", |c| {
+                c.p2p.advertise = vec!["host1:7000".into()]
+            }),
+            ("p2p.advertise", |c| {
+                c.p2p.advertise = vec!["/dns4/host1".into()]
             }),
             ("p2p.seeds", |c| {
                 c.p2p.seeds = vec!["not-a-multiaddr".into()]

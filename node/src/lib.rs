@@ -161,6 +161,12 @@ fn cluster_config(
         node_name: config.node_name(),
         http_url,
         p2p_listen: parse("p2p.listen", &config.p2p.listen)?,
+        p2p_advertise: config
+            .p2p
+            .advertise
+            .iter()
+            .map(|a| parse("p2p.advertise", a))
+            .collect::<Result<_, _>>()?,
         seeds,
         bootstrap_expect: config.p2p.bootstrap_expect,
         cluster_key_file: (!key_file.is_empty()).then(|| PathBuf::from(key_file)),

@@ -384,3 +384,84 @@ async fn dev_cluster_starts_three_nodes_as_one_cluster_and_stops_them_on_ctrl_c(
     }
     Ok(())
 }
+
+/// Seeds and advertised addresses given as DNS names (`/dns4/localhost/…`), as on hosts that
+/// know each other by name or in a Kubernetes StatefulSet: the nodes resolve them at each
+/// dial, form one cluster, keep the names in the membership, forward writes over them, and a
+/// restarted node is found again through its name.
+#[tokio::test]
+async fn nodes_known_by_dns_names_form_a_cluster_and_find_a_restarted_node_again() -> Result<()> {
+    let by_name = |addr: &str| addr.replace("/ip4/127.0.0.1/", "/dns4/localhost/");
+    let options = ClusterOptions {
+        configure: Some(std::sync::Arc::new(move |config| {
+            config.p2p.seeds = config.p2p.seeds.iter().map(|s| by_name(s)).collect();
+            config.p2p.advertise = vec![by_name(&config.p2p.listen)];
+        })),
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::new(3, options)?;
+    for node in &cluster.nodes {
+        ensure!(
+            node.config
+                .p2p
+                .seeds
+                .iter()
+                .all(|s| s.starts_with("/dns4/localhost/tcp/")),
+            "seeds not by name: {:?}",
+            node.config.p2p.seeds
+        );
+    }
+    cluster.start_all()?;
+
+    phase("the seeds are names: the nodes resolve them, meet, and form one cluster");
+    let leader = cluster.wait_formed(3, FORMATION).await?;
+    let view = cluster.status(0, false).await?;
+    for member in &view.members {
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == member.name)
+            .ok_or_else(|| anyhow::anyhow!("unknown member {}", member.name))?;
+        ensure!(
+            member.addresses == [by_name(&node.config.p2p.listen)],
+            "{} is known by {:?}, not by its name",
+            member.name,
+            member.addresses
+        );
+    }
+
+    phase("a write through each follower is forwarded to the leader over its name");
+    let leader_index = cluster.index_of(&leader).await?;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader_index).collect();
+    for &via in &followers {
+        let target = &cluster.nodes[via].name;
+        let (status, body) = cluster
+            .post(via, &format!("/v1/cluster/nodes/{target}:drain"))
+            .await?;
+        ensure!(status == 200, "drain via {via}: {status} {body}");
+    }
+
+    phase("a follower killed and restarted is reached again through its name and catches up");
+    let restarted = followers[0];
+    cluster.kill(restarted)?;
+    let (status, body) = cluster
+        .post(
+            leader_index,
+            &format!(
+                "/v1/cluster/nodes/{}:undrain",
+                cluster.nodes[restarted].name
+            ),
+        )
+        .await?;
+    ensure!(status == 200, "undrain: {status} {body}");
+    let expected = cluster.status(leader_index, false).await?.applied_index;
+    cluster.start(restarted)?;
+    let this = &cluster;
+    wait_for("the restarted node to catch up", FORMATION, async || {
+        let view = this.status(restarted, true).await.ok()?;
+        (view.applied_index >= expected && view.leader.is_some()).then_some(())
+    })
+    .await?;
+    cluster.wait_formed(3, FORMATION).await?;
+    Ok(())
+}

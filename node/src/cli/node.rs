@@ -25,6 +25,13 @@ pub struct NodeArgs {
     /// Another node's multiaddr (repeatable); replaces the config's seeds.
     #[arg(long = "seed")]
     pub seeds: Vec<String>,
+    /// A multiaddr other nodes should dial for this one, e.g. /dns4/host1/tcp/7000
+    /// (repeatable); replaces the config's `p2p.advertise`.
+    #[arg(long = "p2p-advertise")]
+    pub p2p_advertise: Vec<String>,
+    /// URL peers and clients should use for this node's API; replaces `http.advertise_url`.
+    #[arg(long)]
+    pub http_advertise_url: Option<String>,
     #[arg(long)]
     pub bootstrap_expect: Option<usize>,
     #[arg(long)]
@@ -71,6 +78,12 @@ impl NodeArgs {
         }
         if !self.seeds.is_empty() {
             config.p2p.seeds = self.seeds.clone();
+        }
+        if !self.p2p_advertise.is_empty() {
+            config.p2p.advertise = self.p2p_advertise.clone();
+        }
+        if let Some(url) = &self.http_advertise_url {
+            config.http.advertise_url = url.clone();
         }
         if let Some(expect) = self.bootstrap_expect {
             config.p2p.bootstrap_expect = expect;

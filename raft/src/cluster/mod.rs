@@ -83,6 +83,9 @@ pub struct ClusterConfig {
     /// Base URL of this node's HTTP API, announced to peers.
     pub http_url: String,
     pub p2p_listen: Multiaddr,
+    /// Addresses other nodes dial for this one (`/dns4/…` names welcome); empty means the
+    /// addresses it listens on.
+    pub p2p_advertise: Vec<Multiaddr>,
     /// Other nodes to contact when this node has no cluster yet.
     pub seeds: Vec<Multiaddr>,
     /// Nodes (this one included) that must be seen before a new cluster is formed.
@@ -401,7 +404,11 @@ impl Cluster {
         let addr = NodeAddr {
             name: config.node_name.clone(),
             peer_id: peer_id.to_string(),
-            p2p_addrs: net.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            p2p_addrs: if config.p2p_advertise.is_empty() {
+                net.listen_addrs().iter().map(|a| a.to_string()).collect()
+            } else {
+                config.p2p_advertise.iter().map(|a| a.to_string()).collect()
+            },
             http_url: config.http_url.clone(),
         };
         let resumed = resumed_leadership(&log_store, node_id)

@@ -55,7 +55,8 @@ pub trait Transport: Send + Sync + 'static {
     /// Dials addresses whose peer is not known yet (seeds).
     fn dial(&self, addrs: Vec<Multiaddr>) -> BoxFuture<'static, Result<(), NetError>>;
 
-    /// Whether every address is this node or has a live connection this node dialled.
+    /// Whether every address (a seed; a DNS name counts when one of its IPs does) is this
+    /// node or has a live connection this node dialled.
     fn reached(&self, addrs: Vec<Multiaddr>) -> BoxFuture<'static, Result<bool, NetError>>;
 
     /// Peers with an open connection right now.

@@ -79,7 +79,8 @@ enum NetCommand {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
-    /// Whether every one of `addrs` is this node or has a live connection we dialled.
+    /// Whether one of `addrs` (the addresses of one seed) is this node or has a live
+    /// connection we dialled.
     Reached {
         addrs: Vec<Multiaddr>,
         reply: oneshot::Sender<bool>,
@@ -87,6 +88,7 @@ enum NetCommand {
 }
 
 /// The production [`Transport`]: talks to the swarm task.
+#[derive(Clone)]
 struct SwarmTransport {
     commands: mpsc::Sender<NetCommand>,
     listen_addrs: Vec<Multiaddr>,
@@ -227,6 +229,55 @@ impl SwarmTransport {
     }
 }
 
+/// Turns `/dns/HOST/…`, `/dns4/HOST/…` and `/dns6/HOST/…` into one address per IP the
+/// system resolver gives for HOST (IPv4 only for `dns4`, IPv6 only for `dns6`), keeping the
+/// rest; other addresses pass unchanged. A name that does not resolve yet (a peer not started,
+/// a Kubernetes pod without its DNS record) gives nothing this time: callers retry.
+async fn resolve(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    use libp2p::multiaddr::Protocol;
+    let mut resolved = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let mut parts = addr.iter();
+        let (host, want_v4, want_v6) = match parts.next() {
+            Some(Protocol::Dns(host)) => (host, true, true),
+            Some(Protocol::Dns4(host)) => (host, true, false),
+            Some(Protocol::Dns6(host)) => (host, false, true),
+            _ => {
+                resolved.push(addr);
+                continue;
+            }
+        };
+        let rest: Vec<Protocol<'_>> = parts.collect();
+        let port = match rest.first() {
+            Some(Protocol::Tcp(port)) => *port,
+            _ => 0,
+        };
+        let ips = match tokio::net::lookup_host((host.as_ref(), port)).await {
+            Ok(found) => found.map(|socket| socket.ip()).collect::<Vec<_>>(),
+            Err(error) => {
+                tracing::debug!(%addr, %error, "cannot resolve a peer's name yet");
+                continue;
+            }
+        };
+        let mut seen = HashSet::new();
+        for ip in ips {
+            let first = match ip {
+                std::net::IpAddr::V4(v4) if want_v4 => Protocol::Ip4(v4),
+                std::net::IpAddr::V6(v6) if want_v6 => Protocol::Ip6(v6),
+                _ => continue,
+            };
+            let mut one = Multiaddr::empty().with(first);
+            for part in &rest {
+                one.push(part.clone());
+            }
+            if seen.insert(one.clone()) {
+                resolved.push(one);
+            }
+        }
+    }
+    resolved
+}
+
 impl super::Transport for SwarmTransport {
     fn request(
         &self,
@@ -234,18 +285,27 @@ impl super::Transport for SwarmTransport {
         addrs: Vec<Multiaddr>,
         request: Request,
     ) -> BoxFuture<'static, Result<Response, NetError>> {
-        let answer = self.ask(|reply| NetCommand::Request {
-            peer,
-            addrs,
-            request,
-            reply,
-        });
-        Box::pin(async move { answer.await? })
+        let commands = self.commands.clone();
+        Box::pin(async move {
+            let addrs = resolve(addrs).await;
+            let (reply, answer) = oneshot::channel();
+            commands
+                .send(NetCommand::Request {
+                    peer,
+                    addrs,
+                    request,
+                    reply,
+                })
+                .await
+                .map_err(|_| NetError::Stopped)?;
+            answer.await.map_err(|_| NetError::Stopped)?
+        })
     }
 
     fn dial(&self, addrs: Vec<Multiaddr>) -> BoxFuture<'static, Result<(), NetError>> {
         let commands = self.commands.clone();
         Box::pin(async move {
+            let addrs = resolve(addrs).await;
             commands
                 .send(NetCommand::Dial { addrs })
                 .await
@@ -254,7 +314,21 @@ impl super::Transport for SwarmTransport {
     }
 
     fn reached(&self, addrs: Vec<Multiaddr>) -> BoxFuture<'static, Result<bool, NetError>> {
-        self.ask(|reply| NetCommand::Reached { addrs, reply })
+        let this = self.clone();
+        Box::pin(async move {
+            // Seed by seed: one that does not resolve yet has not been reached.
+            for seed in addrs {
+                let addrs = resolve(vec![seed]).await;
+                if addrs.is_empty()
+                    || !this
+                        .ask(|reply| NetCommand::Reached { addrs, reply })
+                        .await?
+                {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
     }
 
     fn connected_peers(&self) -> BoxFuture<'static, Result<Vec<PeerId>, NetError>> {
@@ -383,7 +457,7 @@ impl SwarmTask {
             NetCommand::Reached { addrs, reply } => {
                 let reached = addrs
                     .iter()
-                    .all(|a| self.own_addrs.contains(a) || self.dialled.contains_key(a));
+                    .any(|a| self.own_addrs.contains(a) || self.dialled.contains_key(a));
                 let _ = reply.send(reached);
             }
             NetCommand::ConnectedPeers { reply } => {

@@ -94,6 +94,7 @@ impl SimNode {
             node_name: self.name(),
             http_url: format!("http://{}.sim", self.name()),
             p2p_listen: address(self.index),
+            p2p_advertise: Vec::new(),
             seeds: (0..nodes)
                 .filter(|i| *i != self.index)
                 .map(address)
