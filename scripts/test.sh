@@ -9,7 +9,7 @@
 # systemd-analyze checks the unit in deploy/systemd), prometheus, chromium and chromium-driver
 # (the metrics and dashboard tests), iproute2 and
 # iptables (apt, as root: the nemesis test puts nodes in network namespaces on a bridge),
-# moto[server], py-tes and pyftpdlib (PyPI, into .venv/).
+# moto[server], py-tes, pyftpdlib and kubernetes-validate (PyPI, into .venv/).
 # Built: the test image shoal-test/busybox:latest (FROM scratch + Debian's static busybox; no
 # registry needed), when a Docker engine answers. Without one the docker tests are skipped
 # with a message, unless SHOAL_REQUIRE_DOCKER=1 (the default when CI is set).
@@ -102,14 +102,16 @@ else
   log "no Docker engine answers: the docker executor tests will be skipped"
 fi
 
-# --- python venv with moto (S3) ------------------------------------------------------------
+# --- python venv with moto (S3), py-tes, pyftpdlib and kubernetes-validate (the manifests in
+# deploy/kubernetes against the Kubernetes schemas) -------------------------------------------
 venv="$root/.venv"
-if [ ! -x "$venv/bin/moto_server" ] || ! "$venv/bin/python" -c 'import tes, pyftpdlib' 2>/dev/null; then
-  log "creating $venv with moto[server], py-tes and pyftpdlib"
+if [ ! -x "$venv/bin/moto_server" ] \
+  || ! "$venv/bin/python" -c 'import tes, pyftpdlib, kubernetes_validate' 2>/dev/null; then
+  log "creating $venv with moto[server], py-tes, pyftpdlib and kubernetes-validate"
   python3 -m venv "$venv"
   for try in 1 2 3; do
     "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.*' 'py-tes==1.1.4' \
-      'pyftpdlib==2.*' \
+      'pyftpdlib==2.*' 'kubernetes-validate==1.37.0' \
       && break
     if [ "$try" = 3 ]; then log "pip install failed three times"; exit 1; fi
     log "pip install failed; trying again"

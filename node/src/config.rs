@@ -11,6 +11,36 @@ use std::str::FromStr;
 use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 
+/// Largest `http.tokens_file` read (1,024 tokens of a few hundred bytes fit many times).
+const TOKENS_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The tokens of an `http.tokens_file`: `tokens = [...]`, nothing else.
+fn read_tokens_file(path: &Path) -> Result<Vec<TokenConfig>, ConfigError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct TokensFile {
+        tokens: Vec<TokenConfig>,
+    }
+    let read_error = |reason: String| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let size = std::fs::metadata(path)
+        .map_err(|e| read_error(e.to_string()))?
+        .len();
+    if size > TOKENS_FILE_BYTES_MAX {
+        return Err(read_error(format!(
+            "http.tokens_file is {size} bytes, more than {TOKENS_FILE_BYTES_MAX}"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| read_error(e.to_string()))?;
+    let file: TokensFile = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(file.tokens)
+}
+
 /// Most bearer tokens a config may list.
 const TOKENS_MAX: usize = 1024;
 /// Most seeds a config may list.
@@ -66,6 +96,9 @@ pub struct HttpConfig {
     pub listen: String,
     /// Bearer tokens; empty means no auth, which is allowed only on loopback.
     pub tokens: Vec<TokenConfig>,
+    /// A TOML file with more tokens, as `tokens = [...]` in the form of `http.tokens` (e.g. a
+    /// mounted Kubernetes Secret, so the config itself holds none); read with the config.
+    pub tokens_file: String,
     /// URL peers and clients should use for this node; defaults to `http://<listen>`.
     pub advertise_url: String,
     /// Largest request body accepted; larger ones get 413.
@@ -206,6 +239,7 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:8000".to_string(),
             tokens: Vec::new(),
+            tokens_file: String::new(),
             advertise_url: String::new(),
             body_bytes_max: 8 * 1024 * 1024,
             metrics_token: String::new(),
@@ -261,10 +295,15 @@ impl Config {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        Config::from_toml(&text).map_err(|reason| ConfigError::Parse {
+        let mut config = Config::from_toml(&text).map_err(|reason| ConfigError::Parse {
             path: path.to_path_buf(),
             reason,
-        })
+        })?;
+        if !config.http.tokens_file.is_empty() {
+            let file = PathBuf::from(&config.http.tokens_file);
+            config.http.tokens.extend(read_tokens_file(&file)?);
+        }
+        Ok(config)
     }
 
     pub fn from_toml(text: &str) -> Result<Config, String> {
@@ -605,6 +644,37 @@ mod tests {
     fn unknown_keys_are_refused_by_name() {
         let error = Config::from_toml("[http]\nlisten_on = \"x\"\n").expect_err("unknown key");
         assert!(error.contains("listen_on"), "{error}");
+    }
+
+    #[test]
+    fn tokens_file_adds_its_tokens_and_refuses_anything_else() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tokens = dir.path().join("tokens.toml");
+        std::fs::write(
+            &tokens,
+            "tokens = [\"an-admin-token-of-enough-length\", \
+             { token = \"a-user-token-of-enough-length\", name = \"alice\" }]\n",
+        )
+        .expect("write tokens");
+        let config_path = dir.path().join("shoal.toml");
+        let config_text = format!(
+            "[http]\nlisten = \"0.0.0.0:8000\"\ntokens_file = {:?}\n",
+            tokens.display().to_string()
+        );
+        std::fs::write(&config_path, &config_text).expect("write config");
+        let config = Config::from_file(&config_path).expect("loads");
+        assert_eq!(config.http.tokens.len(), 2);
+        assert_eq!(config.http.tokens[1].name(), "alice");
+        config
+            .validate(false)
+            .expect("public HTTP is allowed: the tokens came from the file");
+
+        std::fs::write(&tokens, "tokens = []\nextra = 1\n").expect("write tokens");
+        let error = Config::from_file(&config_path).expect_err("unknown key");
+        assert!(error.to_string().contains("tokens.toml"), "{error}");
+        std::fs::remove_file(&tokens).expect("remove");
+        let error = Config::from_file(&config_path).expect_err("missing file");
+        assert!(error.to_string().contains("tokens.toml"), "{error}");
     }
 
     #[test]

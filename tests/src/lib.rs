@@ -20,6 +20,22 @@ pub mod observe;
 pub mod s3;
 pub mod sim;
 
+/// The venv's python (`SHOAL_TEST_PYTHON`, set by scripts/test.sh, with py-tes and
+/// kubernetes-validate). `None` means skip the test, after saying so; in CI it is an error.
+pub fn test_python() -> Result<Option<String>> {
+    match std::env::var("SHOAL_TEST_PYTHON") {
+        Ok(python) => Ok(Some(python)),
+        Err(_) => {
+            anyhow::ensure!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but SHOAL_TEST_PYTHON is not: run scripts/test.sh"
+            );
+            eprintln!("skipping: SHOAL_TEST_PYTHON is not set (scripts/test.sh sets it)");
+            Ok(None)
+        }
+    }
+}
+
 /// The `shoal` binary the harness runs.
 pub fn shoal_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -1,5 +1,6 @@
 //! Every example config (`cluster-configs/`, `deploy/`) parses and passes validation, and the
-//! systemd unit in `deploy/systemd/` passes `systemd-analyze verify`.
+//! systemd unit in `deploy/systemd/` passes `systemd-analyze verify`, and the Kubernetes
+//! manifests in `deploy/kubernetes/` pass `kubernetes-validate` and hand the node a valid config.
 
 use std::path::Path;
 
@@ -104,5 +105,138 @@ fn the_local_3_configs_are_one_cluster() -> Result<()> {
             "each node is among the seeds"
         );
     }
+    Ok(())
+}
+
+fn kubernetes_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes")
+}
+
+/// Every document of every manifest in `deploy/kubernetes/`.
+fn kubernetes_documents() -> Result<Vec<(String, yaml_serde::Value)>> {
+    use serde::Deserialize;
+    let mut documents = Vec::new();
+    for entry in std::fs::read_dir(kubernetes_dir())? {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for document in yaml_serde::Deserializer::from_str(&text) {
+            let value = yaml_serde::Value::deserialize(document)
+                .with_context(|| path.display().to_string())?;
+            documents.push((path.display().to_string(), value));
+        }
+    }
+    Ok(documents)
+}
+
+fn kind<'a>(
+    documents: &'a [(String, yaml_serde::Value)],
+    kind: &str,
+) -> Result<&'a yaml_serde::Value> {
+    documents
+        .iter()
+        .map(|(_, value)| value)
+        .find(|value| value["kind"].as_str() == Some(kind))
+        .with_context(|| format!("no {kind} in deploy/kubernetes"))
+}
+
+/// The manifests against the Kubernetes 1.37 schemas, strictly (no unknown fields), with
+/// `kubernetes-validate` from PyPI (scripts/test.sh installs it into .venv).
+#[test]
+fn the_kubernetes_manifests_pass_kubernetes_validate() -> Result<()> {
+    let Some(python) = shoal_tests::test_python()? else {
+        return Ok(());
+    };
+    let files: Vec<_> = std::fs::read_dir(kubernetes_dir())?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    let files: Vec<_> = files
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    ensure!(files.len() >= 5, "expected the manifests, found {files:?}");
+    let checked = std::process::Command::new(python)
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.37.0"])
+        .args(&files)
+        .output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    ensure!(checked.status.success(), "kubernetes-validate: {said}");
+    for kind in [
+        "statefulset",
+        "service",
+        "configmap",
+        "secret",
+        "poddisruptionbudget",
+    ] {
+        ensure!(
+            said.contains(&format!("passed for resource {kind}/")),
+            "no {kind} was validated:\n{said}"
+        );
+    }
+    Ok(())
+}
+
+/// What the manifests hand the node: the ConfigMap's config with the example Secret's tokens
+/// validates, its seeds name the StatefulSet's pods through the headless Service, and every
+/// flag the pods pass exists.
+#[test]
+fn the_kubernetes_manifests_give_the_node_a_valid_config_and_real_flags() -> Result<()> {
+    let documents = kubernetes_documents()?;
+    let config_map = kind(&documents, "ConfigMap")?;
+    let text = config_map["data"]["shoal.toml"]
+        .as_str()
+        .context("the ConfigMap's shoal.toml")?;
+    let mut config = Config::from_toml(text).map_err(anyhow::Error::msg)?;
+    let secret = kind(&documents, "Secret")?;
+    let tokens = secret["stringData"]["tokens.toml"]
+        .as_str()
+        .context("the Secret's tokens.toml")?;
+    let dir = tempfile::tempdir()?;
+    let tokens_file = dir.path().join("tokens.toml");
+    std::fs::write(&tokens_file, tokens)?;
+    config.http.tokens_file = tokens_file.display().to_string();
+    let config_file = dir.path().join("shoal.toml");
+    std::fs::write(&config_file, toml::to_string(&config)?)?;
+    let config = Config::from_file(&config_file)?;
+    config
+        .validate(false)
+        .context("the ConfigMap's config with the Secret's tokens")?;
+
+    let set = kind(&documents, "StatefulSet")?;
+    let replicas = set["spec"]["replicas"].as_u64().context("replicas")?;
+    let service = set["spec"]["serviceName"].as_str().context("serviceName")?;
+    let name = set["metadata"]["name"].as_str().context("name")?;
+    let expected: Vec<String> = (0..replicas)
+        .map(|i| format!("/dns4/{name}-{i}.{service}/tcp/7000"))
+        .collect();
+    ensure!(config.p2p.seeds == expected, "seeds {:?}", config.p2p.seeds);
+    ensure!(
+        config.p2p.bootstrap_expect as u64 == replicas,
+        "bootstrap_expect is not the replica count"
+    );
+
+    let help = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(["node", "--help"])
+        .output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let args = container["args"].as_sequence().context("args")?;
+    for arg in args.iter().filter_map(|a| a.as_str()) {
+        if let Some(flag) = arg.strip_prefix("--") {
+            let flag = flag.split('=').next().unwrap_or(flag);
+            ensure!(
+                help.contains(&format!("--{flag}")),
+                "the StatefulSet passes --{flag}, which `shoal node` does not take"
+            );
+        }
+    }
+    let probe = container["readinessProbe"]["httpGet"]["path"].as_str();
+    ensure!(probe == Some("/readyz"), "readiness probe {probe:?}");
     Ok(())
 }

@@ -10,12 +10,7 @@ use shoal_tests::{ClusterOptions, TestCluster, phase};
 
 #[tokio::test]
 async fn py_tes_works_against_a_three_node_cluster() -> Result<()> {
-    let Ok(python) = std::env::var("SHOAL_TEST_PYTHON") else {
-        ensure!(
-            std::env::var_os("CI").is_none(),
-            "SHOAL_TEST_PYTHON is not set; run scripts/test.sh"
-        );
-        eprintln!("SHOAL_TEST_PYTHON is not set (run scripts/test.sh): skipping");
+    let Some(python) = shoal_tests::test_python()? else {
         return Ok(());
     };
     let options = ClusterOptions {
