@@ -11,14 +11,16 @@
 # iptables (apt, as root: the nemesis test puts nodes in network namespaces on a bridge),
 # moto[server], py-tes, pyftpdlib and kubernetes-validate (PyPI, into .venv/).
 # Built: the test image shoal-test/busybox:latest (FROM scratch + Debian's static busybox; no
-# registry needed), when a Docker engine answers. Without one the docker tests are skipped
+# registry needed), and shoal's own image shoal-test/shoal:latest (scripts/image.sh: debootstrap
+# + the Dockerfile's base stage + the debug binary), when a Docker engine answers. Without one the docker tests are skipped
 # with a message, unless SHOAL_REQUIRE_DOCKER=1 (the default when CI is set).
 # Services started here (each on 127.0.0.1, on a free port, stopped on exit):
 #   - moto_server: a real S3-compatible server (PyPI `moto[server]`), in .venv/
 #   - scripts/ftp_server.py: a real FTP server (PyPI `pyftpdlib`), one user, a temporary root
 # Exported to the tests: SHOAL_BIN, SHOAL_TEST_S3_ENDPOINT, SHOAL_TEST_S3_KEY, SHOAL_TEST_S3_SECRET,
 # SHOAL_TEST_FTP_URL (ftp://user:password@127.0.0.1:port), SHOAL_TEST_FTP_ROOT (its directory),
-# SHOAL_TEST_IMAGE (when the engine answers), SHOAL_TEST_PYTHON (the venv's python, with py-tes).
+# SHOAL_TEST_IMAGE and SHOAL_TEST_SHOAL_IMAGE (when the engine answers), SHOAL_TEST_PYTHON (the
+# venv's python, with py-tes and kubernetes-validate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -160,6 +162,14 @@ export SHOAL_TEST_FTP_ROOT="$ftp_root"
 log "building"
 cargo build --workspace --bins
 export SHOAL_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/shoal"
+
+# shoal's own container image, built offline: deploy/Dockerfile's base stage on a Debian image
+# made from Debian's packages, with this build's binary (scripts/image.sh).
+if [ -n "${SHOAL_TEST_IMAGE:-}" ]; then
+  log "building shoal's container image (scripts/image.sh)"
+  "$root/scripts/image.sh" "$SHOAL_BIN" shoal-test/shoal:latest
+  export SHOAL_TEST_SHOAL_IMAGE="shoal-test/shoal:latest"
+fi
 
 log "running tests (profile: $profile)"
 status=0
