@@ -20,20 +20,42 @@ pub mod observe;
 pub mod s3;
 pub mod sim;
 
-/// The venv's python (`SHOAL_TEST_PYTHON`, set by scripts/test.sh, with py-tes and
-/// kubernetes-validate). `None` means skip the test, after saying so; in CI it is an error.
-pub fn test_python() -> Result<Option<String>> {
-    match std::env::var("SHOAL_TEST_PYTHON") {
-        Ok(python) => Ok(Some(python)),
+/// A value scripts/test.sh exports for the tests that need what it installs or builds. `None`
+/// means skip the test, after saying so; in CI its absence is an error.
+fn from_test_script(name: &str) -> Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
         Err(_) => {
             anyhow::ensure!(
                 std::env::var_os("CI").is_none(),
-                "CI is set but SHOAL_TEST_PYTHON is not: run scripts/test.sh"
+                "CI is set but {name} is not: run scripts/test.sh"
             );
-            eprintln!("skipping: SHOAL_TEST_PYTHON is not set (scripts/test.sh sets it)");
+            eprintln!("skipping: {name} is not set (scripts/test.sh sets it)");
             Ok(None)
         }
     }
+}
+
+/// The venv's python (`SHOAL_TEST_PYTHON`), with py-tes and kubernetes-validate.
+pub fn test_python() -> Result<Option<String>> {
+    from_test_script("SHOAL_TEST_PYTHON")
+}
+
+/// shoal's own container image (`SHOAL_TEST_SHOAL_IMAGE`, built with scripts/image.sh).
+pub fn test_shoal_image() -> Result<Option<String>> {
+    from_test_script("SHOAL_TEST_SHOAL_IMAGE")
+}
+
+/// Runs the docker CLI; its stdout, trimmed, or an error with its stderr.
+pub fn docker(args: &[&str]) -> Result<String> {
+    let out = Command::new("docker").args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// The `shoal` binary the harness runs.

@@ -6,34 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use shoal_tests::{phase, wait_for};
-
-/// The image under test, or `None` (skip, said on stderr) outside scripts/test.sh; in CI its
-/// absence is an error.
-fn image() -> Result<Option<String>> {
-    match std::env::var("SHOAL_TEST_SHOAL_IMAGE") {
-        Ok(image) => Ok(Some(image)),
-        Err(_) => {
-            ensure!(
-                std::env::var_os("CI").is_none(),
-                "CI is set but SHOAL_TEST_SHOAL_IMAGE is not: run scripts/test.sh"
-            );
-            eprintln!("skipping: SHOAL_TEST_SHOAL_IMAGE is not set (scripts/test.sh builds it)");
-            Ok(None)
-        }
-    }
-}
-
-fn docker(args: &[&str]) -> Result<String> {
-    let out = Command::new("docker").args(args).output()?;
-    ensure!(
-        out.status.success(),
-        "docker {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
+use shoal_tests::{docker, phase, wait_for};
 
 /// A container removed, with its anonymous volumes, however the test ends.
 struct Container(String);
@@ -48,7 +21,7 @@ impl Drop for Container {
 
 #[test]
 fn the_image_runs_shoal_as_an_unprivileged_user_with_its_data_in_a_volume() -> Result<()> {
-    let Some(image) = image()? else {
+    let Some(image) = shoal_tests::test_shoal_image()? else {
         return Ok(());
     };
     phase("what the image declares");

@@ -531,6 +531,12 @@ impl SwarmTask {
             } => {
                 tracing::debug!(%send_back_addr, %error, "incoming connection failed");
             }
+            // Listening on 0.0.0.0 gives one address per interface, the first at start and
+            // the rest here: all of them are this node, so a seed naming one is reached and
+            // never dialled.
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.own_addrs.insert(address);
+            }
             _ => {}
         }
     }
