@@ -29,7 +29,8 @@ trap '$sudo_cmd rm -rf "$work"' EXIT
 if ! docker image inspect "$debian" >/dev/null 2>&1; then
   if ! command -v debootstrap >/dev/null 2>&1; then
     log "installing debootstrap"
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq debootstrap >/dev/null
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
   fi
   log "making $debian from Debian's packages (debootstrap)"
   for try in 1 2 3; do

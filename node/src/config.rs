@@ -380,6 +380,18 @@ impl Config {
         for seed in &self.p2p.seeds {
             Multiaddr::from_str(seed).map_err(|e| invalid("p2p.seeds", format!("{seed}: {e}")))?;
         }
+        let unspecified =
+            self.p2p.listen.starts_with("/ip4/0.0.0.0/") || self.p2p.listen.starts_with("/ip6/::/");
+        if unspecified && self.p2p.advertise.is_empty() {
+            return Err(invalid(
+                "p2p.advertise",
+                format!(
+                    "p2p.listen {} listens on every interface: say which address other nodes \
+                     dial for this one (e.g. \"/dns4/host1/tcp/7000\")",
+                    self.p2p.listen
+                ),
+            ));
+        }
         if self.p2p.advertise.len() > ADVERTISE_MAX {
             return Err(invalid("p2p.advertise", format!("at most {ADVERTISE_MAX}")));
         }
@@ -691,7 +703,7 @@ mod tests {
     #[test]
     fn public_p2p_without_a_cluster_key_needs_insecure() {
         let mut config = Config::default();
-        config.p2p.listen = "/ip4/0.0.0.0/tcp/7000".to_string();
+        config.p2p.listen = "/ip4/10.0.0.1/tcp/7000".to_string();
         let error = config.validate(false).expect_err("refused");
         assert!(error.to_string().contains("p2p.listen"), "{error}");
         config.validate(true).expect("allowed with --insecure");
@@ -702,7 +714,7 @@ mod tests {
     #[test]
     fn bad_values_name_their_key() {
         type Spoil = fn(&mut Config);
-        let cases: [(&str, Spoil); 14] = [
+        let cases: [(&str, Spoil); 15] = [
             ("http.metrics_token", |c| {
                 c.http.metrics_token = "short".into()
             }),
@@ -711,6 +723,10 @@ mod tests {
             }),
             ("p2p.advertise", |c| {
                 c.p2p.advertise = vec!["/dns4/host1".into()]
+            }),
+            ("p2p.advertise", |c| {
+                c.p2p.listen = "/ip4/0.0.0.0/tcp/7000".into();
+                c.p2p.cluster_key_file = "/etc/shoal/cluster.key".into();
             }),
             ("p2p.seeds", |c| {
                 c.p2p.seeds = vec!["not-a-multiaddr".into()]

@@ -2,8 +2,8 @@
 //! user-defined network stand in for three hosts. It forms, takes tasks through every node,
 //! reruns the work of a `docker kill`ed node elsewhere, keeps serving on two nodes while the
 //! third is cut off with `docker network disconnect` (which refuses writes), catches that one
-//! up once reconnected, and `docker-compose down -v` leaves nothing behind. Slow (about a
-//! minute): its own nextest group. Needs `SHOAL_TEST_SHOAL_IMAGE` (scripts/test.sh).
+//! up once reconnected, and `docker-compose down -v` leaves nothing behind. Slow (about 35
+//! s): in the slow nextest group. Needs `SHOAL_TEST_SHOAL_IMAGE` (scripts/test.sh).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -291,7 +291,16 @@ async fn a_compose_cluster_survives_a_killed_and_a_cut_off_node_and_leaves_nothi
 
     phase("docker network connect: the cut one catches up");
     let reconnected = Instant::now();
-    docker(&["network", "connect", &network, &project.container(cut)])?;
+    // With its service name as alias again, as compose gave it: peers find it by that name.
+    let alias = format!("n{}", cut + 1);
+    docker(&[
+        "network",
+        "connect",
+        "--alias",
+        &alias,
+        &network,
+        &project.container(cut),
+    ])?;
     wait_for(
         "the reconnected node to see the write it missed",
         WAIT,

@@ -203,12 +203,20 @@ fn the_kubernetes_manifests_give_the_node_a_valid_config_and_real_flags() -> Res
     config.http.tokens_file = tokens_file.display().to_string();
     let config_file = dir.path().join("shoal.toml");
     std::fs::write(&config_file, toml::to_string(&config)?)?;
-    let config = Config::from_file(&config_file)?;
+    let mut config = Config::from_file(&config_file)?;
+    let set = kind(&documents, "StatefulSet")?;
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let args = container["args"].as_sequence().context("args")?;
+    // What the first pod passes on its command line.
+    config.p2p.advertise = args
+        .iter()
+        .filter_map(|a| a.as_str()?.strip_prefix("--p2p-advertise="))
+        .map(|a| a.replace("$(POD_NAME)", "shoal-0"))
+        .collect();
     config
         .validate(false)
-        .context("the ConfigMap's config with the Secret's tokens")?;
+        .context("the ConfigMap's config with the Secret's tokens and the pod's flags")?;
 
-    let set = kind(&documents, "StatefulSet")?;
     let replicas = set["spec"]["replicas"].as_u64().context("replicas")?;
     let service = set["spec"]["serviceName"].as_str().context("serviceName")?;
     let name = set["metadata"]["name"].as_str().context("name")?;
@@ -225,8 +233,6 @@ fn the_kubernetes_manifests_give_the_node_a_valid_config_and_real_flags() -> Res
         .args(["node", "--help"])
         .output()?;
     let help = String::from_utf8_lossy(&help.stdout);
-    let container = &set["spec"]["template"]["spec"]["containers"][0];
-    let args = container["args"].as_sequence().context("args")?;
     for arg in args.iter().filter_map(|a| a.as_str()) {
         if let Some(flag) = arg.strip_prefix("--") {
             let flag = flag.split('=').next().unwrap_or(flag);

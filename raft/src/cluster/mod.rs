@@ -307,8 +307,8 @@ async fn count_leader_changes(
 /// trailing the writes the leader acknowledged; with applies written without one, reads came
 /// back stale (ARCHITECTURE.md, "Why every apply is fsynced"). Reads in that term therefore
 /// also wait for every entry its log held at start: an acknowledged write was applied, so
-/// committed, so in the leader's durable log (openraft counts the leader's own copy only once
-/// flushed).
+/// committed, so in the leader's durable log (openraft's core awaits the flush of the
+/// leader's own append before it replicates the entries).
 #[derive(Debug, Clone, Copy)]
 struct Resumed {
     term: u64,
@@ -931,14 +931,6 @@ impl Cluster {
 
     /// Confirms leadership with a quorum and returns the index reads must wait for.
     pub(crate) async fn read_index_local(&self) -> Result<u64, OpError> {
-        // Read before asking: if the term moves on meanwhile, waiting for the resumed log
-        // only waits longer than needed (this node's later terms hold that log too).
-        let term = self.inner.raft.metrics().borrow().current_term;
-        let resumed = self
-            .inner
-            .resumed
-            .filter(|resumed| resumed.term == term)
-            .map_or(0, |resumed| resumed.last_index);
         let (read_log_id, _) =
             self.inner
                 .raft
@@ -950,7 +942,17 @@ impl Cluster {
                     )) => OpError::NotLeader { leader: None },
                     other => OpError::Failed(other.to_string()),
                 })?;
-        Ok(read_log_id.map_or(0, |id| id.index).max(resumed))
+        let Some(read_log_id) = read_log_id else {
+            return Ok(0);
+        };
+        // The read log id is this leader's first entry of its term or a later one, so its term
+        // is the term this node leads in: the resumed one only for the resumed leader.
+        let resumed = self
+            .inner
+            .resumed
+            .filter(|resumed| resumed.term == read_log_id.leader_id.term)
+            .map_or(0, |resumed| resumed.last_index);
+        Ok(read_log_id.index.max(resumed))
     }
 
     /// The cluster as this node sees it: membership, leader, and the registry's records.

@@ -79,8 +79,7 @@ enum NetCommand {
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
     },
-    /// Whether one of `addrs` (the addresses of one seed) is this node or has a live
-    /// connection we dialled.
+    /// Whether every one of `addrs` is this node or has a live connection we dialled.
     Reached {
         addrs: Vec<Multiaddr>,
         reply: oneshot::Sender<bool>,
@@ -92,6 +91,7 @@ enum NetCommand {
 struct SwarmTransport {
     commands: mpsc::Sender<NetCommand>,
     listen_addrs: Vec<Multiaddr>,
+    resolver: Resolver,
 }
 
 pub struct NetworkConfig {
@@ -206,6 +206,7 @@ pub async fn start(
     let transport = SwarmTransport {
         commands: commands_tx,
         listen_addrs,
+        resolver: Resolver::default(),
     };
     Ok((NetHandle::new(Arc::new(transport)), inbound_rx))
 }
@@ -229,53 +230,133 @@ impl SwarmTransport {
     }
 }
 
-/// Turns `/dns/HOST/…`, `/dns4/HOST/…` and `/dns6/HOST/…` into one address per IP the
-/// system resolver gives for HOST (IPv4 only for `dns4`, IPv6 only for `dns6`), keeping the
-/// rest; other addresses pass unchanged. A name that does not resolve yet (a peer not started,
-/// a Kubernetes pod without its DNS record) gives nothing this time: callers retry.
-async fn resolve(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
-    use libp2p::multiaddr::Protocol;
-    let mut resolved = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let mut parts = addr.iter();
-        let (host, want_v4, want_v6) = match parts.next() {
-            Some(Protocol::Dns(host)) => (host, true, true),
-            Some(Protocol::Dns4(host)) => (host, true, false),
-            Some(Protocol::Dns6(host)) => (host, false, true),
-            _ => {
+/// How long a name's addresses are used before it is looked up again.
+const RESOLVE_TTL: Duration = Duration::from_secs(5);
+/// The longest a lookup may take; a slower resolver gets the addresses found last time.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Most names kept (a node dials its seeds and members: a few dozen).
+const RESOLVED_MAX: usize = 1024;
+
+/// Looks up the names in peers' addresses, keeping each answer for [`RESOLVE_TTL`], so
+/// heartbeats to a peer known by name do not ask the system resolver each time.
+#[derive(Clone, Default)]
+struct Resolver {
+    cache: Arc<std::sync::Mutex<HashMap<Multiaddr, Resolved>>>,
+}
+
+/// When a name was looked up, and what it gave.
+type Resolved = (Instant, Vec<Multiaddr>);
+
+impl Resolver {
+    /// Turns `/dns/HOST/…`, `/dns4/HOST/…` and `/dns6/HOST/…` into one address per IP the
+    /// system resolver gives for HOST (IPv4 only for `dns4`, IPv6 only for `dns6`), keeping
+    /// the rest; other addresses pass unchanged. A name that does not resolve yet (a peer not
+    /// started, a Kubernetes pod without its DNS record) gives nothing this time: callers
+    /// retry.
+    async fn resolve(&self, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+        let mut resolved = Vec::with_capacity(addrs.len());
+        for addr in addrs {
+            if !is_name(&addr) {
                 resolved.push(addr);
                 continue;
             }
-        };
-        let rest: Vec<Protocol<'_>> = parts.collect();
-        let port = match rest.first() {
-            Some(Protocol::Tcp(port)) => *port,
-            _ => 0,
-        };
-        let ips = match tokio::net::lookup_host((host.as_ref(), port)).await {
-            Ok(found) => found.map(|socket| socket.ip()).collect::<Vec<_>>(),
-            Err(error) => {
-                tracing::debug!(%addr, %error, "cannot resolve a peer's name yet");
-                continue;
-            }
-        };
-        let mut seen = HashSet::new();
-        for ip in ips {
-            let first = match ip {
-                std::net::IpAddr::V4(v4) if want_v4 => Protocol::Ip4(v4),
-                std::net::IpAddr::V6(v6) if want_v6 => Protocol::Ip6(v6),
-                _ => continue,
+            let cached = {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                let entry = cache.get_mut(&addr);
+                let stale = entry
+                    .as_ref()
+                    .is_some_and(|(at, _)| at.elapsed() >= RESOLVE_TTL);
+                entry.map(|(at, found)| {
+                    if stale {
+                        // Marked fresh now, so one refresh runs per name at a time.
+                        *at = Instant::now();
+                    }
+                    (stale, found.clone())
+                })
             };
-            let mut one = Multiaddr::empty().with(first);
-            for part in &rest {
-                one.push(part.clone());
-            }
-            if seen.insert(one.clone()) {
-                resolved.push(one);
+            match cached {
+                // Known: answer at once (a request must not wait for the resolver), and look
+                // the name up again in the background when the answer is old.
+                Some((stale, found)) => {
+                    if stale {
+                        let this = self.clone();
+                        let addr = addr.clone();
+                        crate::runtime::spawn(async move {
+                            this.look_up(addr).await;
+                        });
+                    }
+                    resolved.extend(found);
+                }
+                None => resolved.extend(self.look_up(addr).await),
             }
         }
+        resolved
     }
-    resolved
+
+    /// Looks `addr` up (at most [`RESOLVE_TIMEOUT`]) and keeps what it finds.
+    async fn look_up(&self, addr: Multiaddr) -> Vec<Multiaddr> {
+        match tokio::time::timeout(RESOLVE_TIMEOUT, lookup(&addr)).await {
+            Ok(Some(found)) => {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= RESOLVED_MAX {
+                    cache.clear();
+                }
+                cache.insert(addr, (Instant::now(), found.clone()));
+                found
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+fn is_name(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    matches!(
+        addr.iter().next(),
+        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_))
+    )
+}
+
+/// One address resolved: itself when it names no host, `None` when the name does not
+/// resolve now.
+async fn lookup(addr: &Multiaddr) -> Option<Vec<Multiaddr>> {
+    use libp2p::multiaddr::Protocol;
+    let mut parts = addr.iter();
+    let (host, want_v4, want_v6) = match parts.next() {
+        Some(Protocol::Dns(host)) => (host, true, true),
+        Some(Protocol::Dns4(host)) => (host, true, false),
+        Some(Protocol::Dns6(host)) => (host, false, true),
+        _ => return Some(vec![addr.clone()]),
+    };
+    let rest: Vec<Protocol<'_>> = parts.collect();
+    let port = match rest.first() {
+        Some(Protocol::Tcp(port)) => *port,
+        _ => 0,
+    };
+    let ips = match tokio::net::lookup_host((host.as_ref(), port)).await {
+        Ok(found) => found.map(|socket| socket.ip()).collect::<Vec<_>>(),
+        Err(error) => {
+            tracing::debug!(%addr, %error, "cannot resolve a peer's name yet");
+            return None;
+        }
+    };
+    let mut resolved = Vec::new();
+    let mut seen = HashSet::new();
+    for ip in ips {
+        let first = match ip {
+            std::net::IpAddr::V4(v4) if want_v4 => Protocol::Ip4(v4),
+            std::net::IpAddr::V6(v6) if want_v6 => Protocol::Ip6(v6),
+            _ => continue,
+        };
+        let mut one = Multiaddr::empty().with(first);
+        for part in &rest {
+            one.push(part.clone());
+        }
+        if seen.insert(one.clone()) {
+            resolved.push(one);
+        }
+    }
+    Some(resolved)
 }
 
 impl super::Transport for SwarmTransport {
@@ -286,8 +367,9 @@ impl super::Transport for SwarmTransport {
         request: Request,
     ) -> BoxFuture<'static, Result<Response, NetError>> {
         let commands = self.commands.clone();
+        let resolver = self.resolver.clone();
         Box::pin(async move {
-            let addrs = resolve(addrs).await;
+            let addrs = resolver.resolve(addrs).await;
             let (reply, answer) = oneshot::channel();
             commands
                 .send(NetCommand::Request {
@@ -304,8 +386,9 @@ impl super::Transport for SwarmTransport {
 
     fn dial(&self, addrs: Vec<Multiaddr>) -> BoxFuture<'static, Result<(), NetError>> {
         let commands = self.commands.clone();
+        let resolver = self.resolver.clone();
         Box::pin(async move {
-            let addrs = resolve(addrs).await;
+            let addrs = resolver.resolve(addrs).await;
             commands
                 .send(NetCommand::Dial { addrs })
                 .await
@@ -318,7 +401,7 @@ impl super::Transport for SwarmTransport {
         Box::pin(async move {
             // Seed by seed: one that does not resolve yet has not been reached.
             for seed in addrs {
-                let addrs = resolve(vec![seed]).await;
+                let addrs = this.resolver.resolve(vec![seed]).await;
                 if addrs.is_empty()
                     || !this
                         .ask(|reply| NetCommand::Reached { addrs, reply })
@@ -457,7 +540,7 @@ impl SwarmTask {
             NetCommand::Reached { addrs, reply } => {
                 let reached = addrs
                     .iter()
-                    .any(|a| self.own_addrs.contains(a) || self.dialled.contains_key(a));
+                    .all(|a| self.own_addrs.contains(a) || self.dialled.contains_key(a));
                 let _ = reply.send(reached);
             }
             NetCommand::ConnectedPeers { reply } => {
@@ -500,6 +583,7 @@ impl SwarmTask {
             } => {
                 tracing::debug!(%peer_id, ?connection_id, "connected");
                 self.heard.insert(connection_id, Instant::now());
+                self.dialing.remove(&connection_id);
                 if endpoint.is_dialer() {
                     self.dialled
                         .insert(endpoint.get_remote_address().clone(), peer_id);
@@ -512,6 +596,7 @@ impl SwarmTask {
                 ..
             } => {
                 self.heard.remove(&connection_id);
+                self.dialing.remove(&connection_id);
                 if num_established == 0 {
                     self.dialled.retain(|_, peer| *peer != peer_id);
                 }
