@@ -51,31 +51,33 @@ impl Project {
     }
 
     async fn get(&self, node: usize, path: &str) -> Result<Value> {
-        let answer = self
-            .http
-            .get(self.url(node, path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await?;
-        ensure!(
-            answer.status().is_success(),
-            "GET {path}: {}",
-            answer.status()
-        );
-        Ok(answer.json().await?)
+        self.call(reqwest::Method::GET, node, path, None).await
     }
 
     async fn post(&self, node: usize, path: &str, body: &Value) -> Result<Value> {
-        let answer = self
+        self.call(reqwest::Method::POST, node, path, Some(body))
+            .await
+    }
+
+    /// One API call with the token; the JSON answer, or an error naming the call's status.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        node: usize,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let mut request = self
             .http
-            .post(self.url(node, path))
-            .bearer_auth(TOKEN)
-            .json(body)
-            .send()
-            .await?;
+            .request(method.clone(), self.url(node, path))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let answer = request.send().await?;
         ensure!(
             answer.status().is_success(),
-            "POST {path}: {}",
+            "{method} {path}: {}",
             answer.status()
         );
         Ok(answer.json().await?)
