@@ -2,6 +2,7 @@
 //! nodes talk over libp2p.
 //!
 //! Layout:
+//! - [`backup`]: backup files of the state, and restoring one as a new cluster.
 //! - [`codec`]: the one encoding (serde + bincode 2, versioned) for everything stored or sent.
 //! - [`types`]: the openraft type configuration, [`NodeId`] and [`NodeAddr`].
 //! - [`command`]: [`Proposal`], [`Command`], [`Outcome`] — what the log carries.
@@ -15,6 +16,7 @@
 //! - [`cluster`]: [`Cluster`], the handle the rest of shoal uses — start, bootstrap and join,
 //!   writes from any node, linearizable reads, membership changes.
 
+pub mod backup;
 pub mod cluster;
 pub mod codec;
 pub mod command;

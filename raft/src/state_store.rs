@@ -7,7 +7,7 @@
 //! under `snapshots/`, so building, sending and installing one never holds it whole in memory.
 
 use std::fs;
-use std::io::{BufReader, BufWriter};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -16,10 +16,11 @@ use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, Stora
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
+use crate::backup::{BackupError, BackupHeader, BackupWriter};
 use crate::codec;
 use crate::command::Outcome;
 use crate::snapshot_files::{SnapshotFiles, read_record, write_record};
-use crate::state::State;
+use crate::state::{RowKey, State};
 use crate::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 
 const ROWS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("rows");
@@ -28,6 +29,8 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_SNAPSHOT: &str = "snapshot_meta";
+/// Set by a restore ([`write_restored`]) until the node has made its first snapshot.
+const KEY_RESTORE_PENDING: &str = "restore_pending";
 
 /// redb's page cache for the state rows (its default is 1 GiB). The live state is in memory
 /// already; the file is read once at start and by snapshots, so the cache only has to hold a
@@ -179,6 +182,13 @@ impl StateStore {
         ))
     }
 
+    /// A handle for what is done to `state.redb` beside applying: backups, restores.
+    pub fn admin(&self) -> StateAdmin {
+        StateAdmin {
+            db: self.db.clone(),
+        }
+    }
+
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state
             .write()
@@ -225,6 +235,102 @@ impl StateStore {
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))?
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))
     }
+}
+
+/// Backups and restores on `state.redb`, beside the state machine. Cheap to clone.
+#[derive(Clone)]
+pub struct StateAdmin {
+    db: Arc<Database>,
+}
+
+/// What a backup wrote.
+#[derive(Debug, Clone)]
+pub struct BackupWritten {
+    pub header: BackupHeader,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+impl StateAdmin {
+    /// Writes a backup of the applied state as of one redb read (every row with the applied
+    /// log id of the same commit), streaming row by row. Applies go on meanwhile.
+    pub fn write_backup(&self, out: impl Write) -> Result<BackupWritten, BackupError> {
+        let store = |e: &dyn std::fmt::Display| BackupError::Store(e.to_string());
+        let txn = self.db.begin_read().map_err(|e| store(&e))?;
+        let meta = txn.open_table(META).map_err(|e| store(&e))?;
+        let applied: Option<LogId> = read_meta(&meta, KEY_APPLIED)
+            .map_err(|e| store(&e))?
+            .flatten();
+        let rows = txn.open_table(ROWS).map_err(|e| store(&e))?;
+        let cluster_id = rows
+            .get(RowKey::ClusterId.to_bytes().as_slice())
+            .map_err(|e| store(&e))?
+            .map(|value| codec::decode::<String>(value.value()))
+            .transpose()
+            .map_err(|e| store(&e))?;
+        let header = BackupHeader {
+            cluster_id,
+            last_log: applied.map(|id| (id.leader_id.term, id.index)),
+            created_ms: crate::runtime::now_ms(),
+            shoal_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let mut writer = BackupWriter::start(out, &header)?;
+        for item in rows.iter().map_err(|e| store(&e))? {
+            let (key, value) = item.map_err(|e| store(&e))?;
+            writer.row(key.value(), value.value())?;
+        }
+        let (_, rows, bytes) = writer.finish()?;
+        Ok(BackupWritten {
+            header,
+            rows,
+            bytes,
+        })
+    }
+
+    /// Whether a restore has not yet made its first snapshot.
+    pub fn restore_pending(&self) -> Result<bool, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let meta = txn.open_table(META).map_err(|e| e.to_string())?;
+        Ok(read_meta::<bool>(&meta, KEY_RESTORE_PENDING)?.unwrap_or(false))
+    }
+
+    /// Records that the restore is complete (its rows are in a snapshot, the log before it
+    /// purged).
+    pub fn finish_restore(&self) -> Result<(), String> {
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+            meta.remove(KEY_RESTORE_PENDING)
+                .map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| e.to_string())
+    }
+}
+
+/// Creates `state.redb` at `path` holding `state`'s rows, no applied log id and the restore
+/// marked as pending, in one durable commit.
+pub fn write_restored(path: &Path, state: &State) -> Result<(), String> {
+    let context = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let db = Database::builder()
+        .set_cache_size(STATE_CACHE_BYTES)
+        .create(path)
+        .map_err(|e| context(&e))?;
+    let pending = codec::encode(&true).map_err(|e| context(&e))?;
+    let txn = db.begin_write().map_err(|e| context(&e))?;
+    {
+        let mut rows = txn.open_table(ROWS).map_err(|e| context(&e))?;
+        for key in state.row_keys() {
+            let Some(value) = state.row(key).map_err(|e| context(&e))? else {
+                continue;
+            };
+            rows.insert(key.to_bytes().as_slice(), value.as_slice())
+                .map_err(|e| context(&e))?;
+        }
+        let mut meta = txn.open_table(META).map_err(|e| context(&e))?;
+        meta.insert(KEY_RESTORE_PENDING, pending.as_slice())
+            .map_err(|e| context(&e))?;
+    }
+    txn.commit().map_err(|e| context(&e))
 }
 
 /// Builds snapshots from a consistent read of `state.redb`.

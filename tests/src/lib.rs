@@ -134,6 +134,8 @@ pub struct TestNode {
     pub config: Config,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Given to `shoal node` after the config, e.g. `--restore FILE`.
+    pub args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -310,6 +312,7 @@ impl TestCluster {
             config,
             config_path,
             log_path,
+            args: Vec::new(),
             child: None,
         });
         Ok(index)
@@ -370,6 +373,7 @@ impl TestCluster {
         let child = command
             .arg("--config")
             .arg(&node.config_path)
+            .args(&node.args)
             .env("RUST_LOG", "info,openraft=warn,libp2p=warn")
             .envs(s3_env)
             .envs(self.options.extra_env.iter().cloned())

@@ -465,3 +465,163 @@ async fn nodes_known_by_dns_names_form_a_cluster_and_find_a_restarted_node_again
     cluster.wait_formed(3, FORMATION).await?;
     Ok(())
 }
+
+/// The datum states in a backup file, counted.
+fn datum_states(file: &std::path::Path) -> Result<std::collections::BTreeMap<String, usize>> {
+    let backup =
+        shoal_raft::backup::read_backup(std::io::BufReader::new(std::fs::File::open(file)?))?;
+    let mut states = std::collections::BTreeMap::new();
+    for datum in backup.state.datums.values() {
+        *states.entry(format!("{:?}", datum.state)).or_insert(0) += 1;
+    }
+    Ok(states)
+}
+
+#[tokio::test]
+async fn a_backup_of_a_busy_cluster_restores_onto_three_new_nodes_where_every_task_finishes()
+-> Result<()> {
+    let mut old = TestCluster::formed(3, ClusterOptions::default()).await?;
+    let task = |script: String| serde_json::json!({ "executors": [{ "image": "busybox", "command": ["sh", "-c", script] }] });
+
+    phase("four tasks finish; ten more are running or waiting when the backup is made");
+    let mut finished = Vec::new();
+    for i in 0..4 {
+        finished.push(
+            old.submit_task(i % 3, &task(format!("echo done-{i}")))
+                .await?,
+        );
+    }
+    for id in &finished {
+        let ended = old.wait_task(0, id, FORMATION).await?;
+        ensure!(ended["state"] == "COMPLETE", "{ended}");
+    }
+    let mut unfinished = Vec::new();
+    for i in 0..10 {
+        let script = format!("sleep 3; echo later-{i}");
+        unfinished.push(old.submit_task(i % 3, &task(script)).await?);
+    }
+    let first = unfinished[0].clone();
+    wait_for("a task to run", FORMATION, async || {
+        let task = old.task(0, &first, "MINIMAL").await.ok()?;
+        (task["state"] == "RUNNING").then_some(())
+    })
+    .await?;
+
+    phase("`shoal cluster backup` through a follower saves a checked file");
+    let backups = tempfile::tempdir()?;
+    let file = backups.path().join("cluster.backup");
+    let follower = (old.leader_index().await? + 1) % 3;
+    let out = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(["cluster", "backup", "--output", "json"])
+        .arg(&file)
+        .env("SHOAL_SERVER", old.nodes[follower].http_url())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "backup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(saved["jobs"] == 14, "{saved}");
+    let old_cluster_id = saved["cluster_id"].as_str().unwrap_or_default().to_string();
+    let states = datum_states(&file)?;
+    ensure!(
+        states.get("Done") == Some(&4) && states.get("Running").is_some_and(|n| *n >= 1),
+        "the backup caught the cluster busy: {states:?}"
+    );
+    ensure!(
+        !backups.path().join("cluster.backup.partial").exists(),
+        "no partial file is left"
+    );
+    let old_nodes: Vec<String> = old
+        .status(0, false)
+        .await?
+        .members
+        .into_iter()
+        .map(|m| m.node_id)
+        .collect();
+
+    phase("the old cluster is destroyed, data dirs and all");
+    drop(old);
+
+    phase("a damaged backup is refused and leaves the data dir empty");
+    let damaged = backups.path().join("damaged.backup");
+    let bytes = std::fs::read(&file)?;
+    std::fs::write(&damaged, &bytes[..bytes.len() - 10])?;
+    let empty = backups.path().join("empty-data");
+    let out = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(["node", "--data-dir"])
+        .arg(&empty)
+        .arg("--restore")
+        .arg(&damaged)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && stderr.contains("truncated"),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    ensure!(!empty.join("state.redb").exists(), "nothing was restored");
+
+    phase("three new nodes: one restores the backup, two join it");
+    let mut new = TestCluster::new(3, ClusterOptions::default())?;
+    new.nodes[0].args = vec!["--restore".into(), file.display().to_string()];
+    new.start_all()?;
+    if let Err(error) = new.wait_formed(3, FORMATION).await {
+        anyhow::bail!("{error:#}\n{}", new.log_tails(40));
+    }
+    let view = new.status(1, false).await?;
+    let new_cluster_id = view.cluster_id.clone().unwrap_or_default();
+    ensure!(
+        !new_cluster_id.is_empty() && new_cluster_id != old_cluster_id,
+        "a new cluster id: {new_cluster_id} (old {old_cluster_id})"
+    );
+    ensure!(
+        view.members.iter().all(|m| !old_nodes.contains(&m.node_id)),
+        "none of the old nodes is a member: {view:?}"
+    );
+
+    phase("every finished task is there as it was, on every node");
+    for (i, id) in finished.iter().enumerate() {
+        for node in 0..3 {
+            let task = new.task(node, id, "FULL").await?;
+            let stdout = task["logs"][0]["logs"][0]["stdout"].as_str().unwrap_or("");
+            ensure!(
+                task["state"] == "COMPLETE" && stdout.contains(&format!("done-{i}")),
+                "{task}"
+            );
+        }
+    }
+
+    phase("every unfinished task finishes on the new cluster");
+    for (i, id) in unfinished.iter().enumerate() {
+        let task = new.wait_task(i % 3, id, Duration::from_secs(60)).await?;
+        let logs = task["logs"].as_array().cloned().unwrap_or_default();
+        let stdout = logs
+            .last()
+            .and_then(|attempt| attempt["logs"][0]["stdout"].as_str())
+            .unwrap_or("");
+        ensure!(
+            task["state"] == "COMPLETE" && stdout.contains(&format!("later-{i}")),
+            "{task}"
+        );
+    }
+
+    phase("the new cluster takes new work, and a second restore into a used data dir is refused");
+    let id = new.submit_task(2, &task("echo after".into())).await?;
+    let ended = new.wait_task(2, &id, FORMATION).await?;
+    ensure!(ended["state"] == "COMPLETE", "{ended}");
+    let out = std::process::Command::new(shoal_tests::shoal_bin())
+        .args(["node", "--config"])
+        .arg(&new.nodes[0].config_path)
+        .arg("--restore")
+        .arg(&file)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && stderr.contains("restore into an empty data dir"),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    Ok(())
+}

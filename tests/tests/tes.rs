@@ -447,6 +447,14 @@ async fn tokens_decide_who_may_call_and_who_sees_which_tasks() -> Result<()> {
         .request(0, Method::POST, &undrain, Some(admin), None)
         .await?;
     ensure!(status == 200, "admin undrain: {status}");
+    let backup = "/v1/cluster/backup";
+    let (status, _, _) = cluster
+        .request(0, Method::GET, backup, Some(bob), None)
+        .await?;
+    ensure!(
+        status == 403,
+        "bob took a backup of everyone's tasks: {status}"
+    );
 
     phase("CORS: a browser's preflight is answered without a token");
     let preflight = reqwest::Client::new()

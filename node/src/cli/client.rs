@@ -178,6 +178,55 @@ impl Client {
     }
 }
 
+impl Client {
+    /// GETs `path` into `out` chunk by chunk; the bytes written. No overall timeout (a
+    /// download lasts as long as it is large), but a stall longer than `DOWNLOAD_STALL_MAX`
+    /// fails it.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (impl std::io::Write + ?Sized),
+    ) -> Result<u64, CliError> {
+        let request = self.http.get(self.url(path)).timeout(DOWNLOAD_TIMEOUT);
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| CliError::unreachable(format!("cannot reach {}: {e}", self.base)))?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response.bytes().await.unwrap_or_default();
+            return Err(error_answer(status, &bytes));
+        }
+        let mut written = 0_u64;
+        loop {
+            let chunk = tokio::time::timeout(DOWNLOAD_STALL_MAX, response.chunk())
+                .await
+                .map_err(|_| {
+                    CliError::failed(format!(
+                        "{} sent nothing for {DOWNLOAD_STALL_MAX:?}",
+                        self.base
+                    ))
+                })?
+                .map_err(|e| CliError::failed(format!("reading from {}: {e}", self.base)))?;
+            let Some(chunk) = chunk else {
+                return Ok(written);
+            };
+            out.write_all(&chunk)
+                .map_err(|e| CliError::failed(format!("cannot write: {e}")))?;
+            written += chunk.len() as u64;
+        }
+    }
+}
+
+/// Longest a download may take.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Longest a download may wait for its next bytes.
+const DOWNLOAD_STALL_MAX: Duration = Duration::from_secs(120);
+
 /// The error an unsuccessful answer stands for: 4xx is the caller's input (exit 2), 503 and
 /// 504 may succeed when sent again.
 fn error_answer(status: reqwest::StatusCode, bytes: &[u8]) -> CliError {

@@ -1,4 +1,6 @@
-//! `shoal cluster status|members|drain|undrain|remove`.
+//! `shoal cluster status|members|drain|undrain|remove|backup`.
+
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
@@ -17,6 +19,9 @@ pub enum ClusterCommand {
     Undrain { node: String },
     /// Take a node out of the cluster.
     Remove { node: String },
+    /// Save a backup of the replicated state (every job, task and datum) to FILE; restore it
+    /// with `shoal node --restore FILE`.
+    Backup { file: PathBuf },
 }
 
 pub async fn run(
@@ -50,7 +55,86 @@ pub async fn run(
             let view: RemovedView = client.delete(&path).await?;
             print_json_or(output, &view, || format!("removed node {}", view.removed))
         }
+        ClusterCommand::Backup { file } => {
+            let view = backup(client, file).await?;
+            print_json_or(output, &view, || {
+                format!(
+                    "saved a backup of cluster {} at log index {} to {}: {} jobs, {} datums, {} bytes",
+                    view.cluster_id.as_deref().unwrap_or("(unnamed)"),
+                    view.last_log_index
+                        .map_or_else(|| "-".to_string(), |i| i.to_string()),
+                    view.file,
+                    view.jobs,
+                    view.datums,
+                    view.bytes
+                )
+            })
+        }
     }
+}
+
+/// What `shoal cluster backup` saved.
+#[derive(Debug, serde::Serialize)]
+struct BackupView {
+    file: String,
+    cluster_id: Option<String>,
+    last_log_index: Option<u64>,
+    jobs: usize,
+    datums: usize,
+    bytes: u64,
+}
+
+/// Downloads a backup next to `file`, reads it back whole (versions, every row, the
+/// checksum), makes it durable and only then renames it to `file`: `file` is never a partial
+/// or corrupt backup.
+async fn backup(client: &Client, file: &Path) -> Result<BackupView, CliError> {
+    let partial = partial_path(file)?;
+    let result = download_backup(client, file, &partial).await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+fn partial_path(file: &Path) -> Result<PathBuf, CliError> {
+    let name = file
+        .file_name()
+        .ok_or_else(|| CliError::input(format!("{} is not a file name", file.display())))?;
+    let mut partial = name.to_os_string();
+    partial.push(".partial");
+    Ok(file.with_file_name(partial))
+}
+
+async fn download_backup(
+    client: &Client,
+    file: &Path,
+    partial: &Path,
+) -> Result<BackupView, CliError> {
+    let cannot = |what: &str, path: &Path, e: std::io::Error| {
+        CliError::failed(format!("cannot {what} {}: {e}", path.display()))
+    };
+    let out = std::fs::File::create(partial).map_err(|e| cannot("create", partial, e))?;
+    let mut out = std::io::BufWriter::new(out);
+    let bytes = client.download("/v1/cluster/backup", &mut out).await?;
+    let out = out
+        .into_inner()
+        .map_err(|e| cannot("write", partial, e.into_error()))?;
+    out.sync_all().map_err(|e| cannot("write", partial, e))?;
+    let input = std::fs::File::open(partial).map_err(|e| cannot("read", partial, e))?;
+    let backup = shoal_raft::backup::read_backup(std::io::BufReader::new(input))
+        .map_err(|e| CliError::failed(format!("the backup received is unusable: {e}")))?;
+    std::fs::rename(partial, file).map_err(|e| cannot("rename the backup to", file, e))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(BackupView {
+        file: file.display().to_string(),
+        cluster_id: backup.header.cluster_id,
+        last_log_index: backup.header.last_log.map(|(_, index)| index),
+        jobs: backup.state.jobs.len(),
+        datums: backup.state.datums.len(),
+        bytes,
+    })
 }
 
 /// The cluster view; when the node cannot confirm it with a leader (an outage), its own last

@@ -44,6 +44,10 @@ pub struct NodeArgs {
     /// Memory this node's attempts may take together, e.g. 16Gi (`worker.memory`).
     #[arg(long)]
     pub memory: Option<String>,
+    /// Start a new cluster from a backup (`shoal cluster backup`): the data dir must be
+    /// empty; this node forms the cluster alone and others join it as usual.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
     /// Allow HTTP beyond loopback without tokens.
     #[arg(long)]
     pub insecure: bool,
@@ -143,7 +147,30 @@ pub async fn run(args: &NodeArgs) -> Result<(), CliError> {
         .validate(args.insecure)
         .map_err(|e| CliError::input(e.to_string()))?;
     init_logging(args.log_format);
+    if let Some(backup) = &args.restore {
+        restore(&config, backup)?;
+    }
     crate::run(config, args.insecure, termination())
         .await
         .map_err(|e| CliError::failed(e.to_string()))
+}
+
+/// Writes the backup into the (empty) data dir as the state of a new cluster.
+fn restore(config: &Config, backup: &std::path::Path) -> Result<(), CliError> {
+    let summary = shoal_raft::backup::restore(&config.data_dir, backup).map_err(CliError::input)?;
+    let restored = summary.restored;
+    tracing::info!(
+        backup = %backup.display(),
+        old_cluster = summary.header.cluster_id.as_deref().unwrap_or("(unnamed)"),
+        at_index = ?summary.header.last_log.map(|(_, index)| index),
+        new_cluster = %summary.new_cluster_id,
+        jobs = summary.jobs,
+        datums = summary.datums,
+        claims_returned = restored.returned,
+        attempts_lost = restored.lost,
+        publishing_taken_over = restored.publishing,
+        old_nodes_dropped = restored.nodes_dropped,
+        "restored a backup as a new cluster"
+    );
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! `/v1/cluster`: who is in the cluster, and the operator's actions on nodes
-//! (drain, undrain, remove). A node is named by its 16-hex-digit id or its name.
+//! `/v1/cluster`: who is in the cluster, the operator's actions on nodes (drain, undrain,
+//! remove), and backups. A node is named by its 16-hex-digit id or its name.
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
@@ -132,4 +132,79 @@ pub async fn remove(
             format!("unexpected answer {other:?}"),
         )),
     }
+}
+
+/// Bytes of a backup gathered before they are sent as one chunk.
+const BACKUP_CHUNK_BYTES: usize = 256 * 1024;
+/// Chunks of a backup waiting for the client; the backup's read of redb waits beyond that.
+const BACKUP_CHUNKS_QUEUED: usize = 8;
+
+/// Hands what a backup writes to the response body, chunk by chunk; fails once the client
+/// has gone, which ends the backup.
+struct BodyWriter(tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>);
+
+impl std::io::Write for BodyWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(Ok(buf.to_vec()))
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `GET /v1/cluster/backup`: a backup of the replicated state, streamed (administrators
+/// only; one at a time per node). The node first confirms with the leader how far the log
+/// is committed and waits until it has applied that far, so the backup holds every write
+/// acknowledged before the request; it then streams one consistent read of its state. The
+/// file ends with a checksummed trailer: a backup cut short is refused when restored.
+pub async fn backup(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<axum::response::Response, ApiError> {
+    caller.require_admin()?;
+    let permit = state.backups.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "a backup is already being made on this node; try again when it is done",
+        )
+    })?;
+    state.cluster.linearize().await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_QUEUED);
+    let cluster = state.cluster.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let out = std::io::BufWriter::with_capacity(BACKUP_CHUNK_BYTES, BodyWriter(tx.clone()));
+        match cluster.write_backup(out) {
+            Ok(written) => tracing::info!(
+                rows = written.rows,
+                bytes = written.bytes,
+                last_log = ?written.header.last_log,
+                "backup streamed"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "backup failed");
+                let _ = tx.blocking_send(Err(std::io::Error::other(error.to_string())));
+            }
+        }
+    });
+    let chunks = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let name = format!(
+        "attachment; filename=\"shoal-{}.backup\"",
+        state
+            .cluster
+            .view()
+            .read()
+            .cluster_id
+            .as_deref()
+            .unwrap_or("unnamed")
+    );
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+        .header(axum::http::header::CONTENT_DISPOSITION, name)
+        .body(axum::body::Body::from_stream(chunks))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     /// `/metrics`: the registry, and the bearer token it asks for (open when `None`).
     pub metrics: Arc<crate::metrics::Metrics>,
     pub metrics_token: Option<Arc<str>>,
+    /// Backups this node may stream at once (each holds a redb read open while it runs).
+    pub backups: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -48,6 +50,7 @@ impl AppState {
             tokens: Arc::new(tokens),
             loopback_only,
             metrics_token: None,
+            backups: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
@@ -158,6 +161,7 @@ pub fn router(state: AppState, body_bytes_max: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
         .route("/v1/cluster", get(cluster::status))
+        .route("/v1/cluster/backup", get(cluster::backup))
         .route(
             "/v1/jobs",
             get(crate::pipeline::list).post(crate::pipeline::create),

@@ -16,6 +16,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/v1/cluster"),
+    ("get", "/v1/cluster/backup"),
     ("post", "/v1/cluster/nodes/{target}:drain"),
     ("post", "/v1/cluster/nodes/{target}:undrain"),
     ("delete", "/v1/cluster/nodes/{target}"),
@@ -196,6 +197,16 @@ fn shoal_paths(paths: &mut serde_json::Map<String, Value>) {
         "/v1/cluster".into(),
         json!({ "get": operation("the cluster: leader, term, indexes, members",
             json!([consistency_param()]), None, answer("the cluster", Some(schema("ClusterView")))) }),
+    );
+    let mut backup = answer("the backup file, streamed", None);
+    backup["content"] = json!({ "application/octet-stream": {
+        "schema": { "type": "string", "format": "binary" } } });
+    paths.insert(
+        "/v1/cluster/backup".into(),
+        json!({ "get": operation(
+            "a backup of the replicated state, holding every write acknowledged before the \
+             request (administrators; one at a time per node; 429 while one runs)",
+            json!([]), None, backup) }),
     );
     let node = path_param("target", "node id (16 hex digits) or name");
     paths.insert(

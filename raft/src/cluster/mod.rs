@@ -40,7 +40,7 @@ use crate::log_store::LogStore;
 use crate::network::protocol::{Request, Response};
 use crate::network::raft_network::{Network, peer_location};
 use crate::network::{NetError, NetHandle, NetworkConfig};
-use crate::state_store::{StateStore, StateView};
+use crate::state_store::{StateAdmin, StateStore, StateView};
 use crate::types::{NodeAddr, NodeId, Raft, node_id_of};
 
 /// How long an operation keeps retrying while there is no leader or the leader moves; every
@@ -253,6 +253,11 @@ struct Inner {
     /// Set when this node led when it stopped: it leads again in that term (see
     /// [`Resumed`]).
     resumed: Option<Resumed>,
+    /// Backups and restores on this node's `state.redb`.
+    state_admin: StateAdmin,
+    /// Set while a restored node has not yet made its first snapshot: no node may join
+    /// before it (see [`finish_restore`]).
+    restoring: std::sync::atomic::AtomicBool,
     /// Writes waiting to be grouped into a batch (see `batcher`).
     writes: mpsc::Sender<batcher::QueuedWrite>,
     /// What running attempts have printed so far (set once by the worker).
@@ -284,6 +289,17 @@ fn raft_config(config: &ClusterConfig) -> Result<openraft::Config, ClusterError>
 }
 
 use crate::runtime::now_ms;
+
+/// A fresh cluster id: 32 hex digits from the node, the time and chance.
+pub(crate) fn new_cluster_id(node_id: NodeId) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!(
+        "{node_id}:{}:{}",
+        now_ms(),
+        crate::runtime::random_u64()
+    ));
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
 
 /// Counts each change of the leader this node knows (`shoal_raft_leader_changes_total`).
 async fn count_leader_changes(
@@ -331,6 +347,54 @@ async fn resumed_leadership(
         term: vote.leader_id().term,
         last_index,
     }))
+}
+
+/// Completes a restore (`shoal node --restore`, see [`crate::backup`]): the restored rows
+/// are in `state.redb` but in no log entry, so a node that joined by replaying the log would
+/// lack them. Once the node leads and has applied its first entries, it snapshots and purges
+/// its log up to the snapshot, so every node that joins installs the snapshot; only then may
+/// nodes join. Run again after a restart until it has finished.
+async fn finish_restore(cluster: Cluster) {
+    let node_id = cluster.node_id();
+    let mut metrics = cluster.raft().metrics();
+    let applied = match metrics
+        .wait_for(|m| m.current_leader == Some(node_id) && m.last_applied.is_some())
+        .await
+    {
+        Ok(m) => m.last_applied.map_or(0, |id| id.index),
+        Err(_) => return,
+    };
+    if let Err(error) = cluster.raft().trigger().snapshot().await {
+        tracing::error!(%error, "cannot snapshot the restored state");
+        return;
+    }
+    let snapshot = match metrics
+        .wait_for(|m| m.snapshot.is_some_and(|id| id.index >= applied))
+        .await
+    {
+        Ok(m) => m.snapshot.map_or(0, |id| id.index),
+        Err(_) => return,
+    };
+    if let Err(error) = cluster.raft().trigger().purge_log(snapshot).await {
+        tracing::error!(%error, "cannot purge the log of the restored node");
+        return;
+    }
+    if metrics
+        .wait_for(|m| m.purged.is_some_and(|id| id.index >= snapshot))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let admin = cluster.inner.state_admin.clone();
+    match crate::runtime::blocking(move || admin.finish_restore()).await {
+        Ok(Ok(())) => {
+            cluster.inner.restoring.store(false, Ordering::SeqCst);
+            tracing::info!(snapshot, "restore complete: other nodes may join");
+        }
+        Ok(Err(error)) => tracing::error!(%error, "cannot record the restore as complete"),
+        Err(error) => tracing::error!(%error, "cannot record the restore as complete"),
+    }
 }
 
 /// What a node runs on besides its config: its identity, its transport and its opened stores.
@@ -414,6 +478,13 @@ impl Cluster {
         let resumed = resumed_leadership(&log_store, node_id)
             .await
             .map_err(|e| ClusterError::Raft(e.to_string()))?;
+        let state_admin = state_store.admin();
+        let restoring = state_admin
+            .restore_pending()
+            .map_err(|reason| ClusterError::Storage {
+                path: config.data_dir.join("state.redb"),
+                reason,
+            })?;
         let raft = Raft::new(
             node_id,
             Arc::new(raft_config(&config)?),
@@ -424,6 +495,15 @@ impl Cluster {
         .await
         .map_err(|e| ClusterError::Raft(e.to_string()))?;
         tracing::info!(node_id = %crate::format_node_id(node_id), %peer_id, p2p = ?addr.p2p_addrs, "raft started");
+        // A restored node forms a cluster of itself alone before it answers anyone, so no
+        // peer ever takes it for a fresh node to bootstrap with.
+        if restoring && !raft.is_initialized().await.unwrap_or(true) {
+            let voters = std::collections::BTreeMap::from([(node_id, addr.clone())]);
+            raft.initialize(voters)
+                .await
+                .map_err(|e| ClusterError::Raft(e.to_string()))?;
+            tracing::info!("formed a new cluster from the restored state");
+        }
 
         let (stop, _) = watch::channel(false);
         let (writes, queued_writes) = mpsc::channel(batcher::QUEUE_MAX);
@@ -440,6 +520,8 @@ impl Cluster {
                 forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
                 writes,
                 resumed,
+                state_admin,
+                restoring: std::sync::atomic::AtomicBool::new(restoring),
                 live_logs: std::sync::OnceLock::new(),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 stop,
@@ -453,6 +535,9 @@ impl Cluster {
         cluster.spawn(upkeep::expire_leases(cluster.clone()));
         cluster.spawn(upkeep::run_elections(cluster.clone()));
         cluster.spawn(count_leader_changes(cluster.inner.raft.metrics()));
+        if restoring {
+            cluster.spawn(finish_restore(cluster.clone()));
+        }
         Ok(cluster)
     }
 
@@ -495,6 +580,16 @@ impl Cluster {
 
     pub(crate) fn net(&self) -> &NetHandle {
         &self.inner.net
+    }
+
+    /// Writes a backup of the state this node has applied to `out` (after
+    /// [`Cluster::linearize`] it holds every write acknowledged before). Blocks on redb and on
+    /// `out`: call it off the async reactor.
+    pub fn write_backup(
+        &self,
+        out: impl std::io::Write,
+    ) -> Result<crate::state_store::BackupWritten, crate::backup::BackupError> {
+        self.inner.state_admin.write_backup(out)
     }
 
     /// Lets peers and this node's API ask what running attempts have printed so far.
@@ -812,6 +907,13 @@ impl Cluster {
     }
 
     async fn join_local(&self, node_id: NodeId, addr: NodeAddr) -> Result<OpResult, OpError> {
+        if self.inner.restoring.load(Ordering::SeqCst) {
+            return Err(OpError::Busy(
+                "the cluster is being restored from a backup; nodes may join once its first \
+                 snapshot is made"
+                    .to_string(),
+            ));
+        }
         let raft = &self.inner.raft;
         let membership = raft
             .metrics()

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use openraft::ChangeMembers;
-use sha2::{Digest, Sha256};
 
 use super::Cluster;
 use crate::command::Command;
@@ -63,7 +62,7 @@ async fn beat(cluster: &Cluster) -> bool {
     };
     if !named {
         let command = Command::InitCluster {
-            cluster_id: new_cluster_id(cluster),
+            cluster_id: super::new_cluster_id(cluster.node_id()),
         };
         if let Err(error) = cluster.write(command).await {
             tracing::debug!(%error, "naming the cluster failed");
@@ -89,16 +88,6 @@ async fn beat(cluster: &Cluster) -> bool {
             registered
         }
     }
-}
-
-fn new_cluster_id(cluster: &Cluster) -> String {
-    let digest = Sha256::digest(format!(
-        "{}:{}:{}",
-        cluster.node_id(),
-        crate::runtime::now_ms(),
-        crate::runtime::random_u64()
-    ));
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(super) async fn promote_learners(cluster: Cluster) {

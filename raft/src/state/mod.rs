@@ -13,7 +13,7 @@ mod work;
 
 pub use work::{
     CLAIM_BATCH_MAX, DATUM_TRIES_MAX, DATUMS_PER_COMMAND_MAX, DATUMS_PER_JOB_MAX,
-    LEASE_EXPIRIES_MAX, NODE_LOSSES_MAX, RETRIES_MAX,
+    LEASE_EXPIRIES_MAX, NODE_LOSSES_MAX, RETRIES_MAX, Restored,
 };
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -595,6 +595,17 @@ impl State {
     /// The rows changed since the last call, in key order.
     pub fn take_dirty(&mut self) -> BTreeSet<RowKey> {
         std::mem::take(&mut self.dirty)
+    }
+
+    /// The key of every row the state has, in key order (what a full write of it holds).
+    pub fn row_keys(&self) -> impl Iterator<Item = RowKey> + '_ {
+        let cluster_id = self.cluster_id.as_ref().map(|_| RowKey::ClusterId);
+        cluster_id
+            .into_iter()
+            .chain(self.nodes.keys().map(|id| RowKey::Node(*id)))
+            .chain(self.jobs.keys().map(|seq| RowKey::Job(*seq)))
+            .chain(self.datums.keys().map(|key| RowKey::Datum(*key)))
+            .chain(std::iter::once(RowKey::Clock))
     }
 
     /// The encoded value of a row, or `None` when the row no longer exists.

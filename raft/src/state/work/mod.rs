@@ -10,6 +10,7 @@
 //! - `report`: `Started`, `CompleteBatch` (with pipelines' output conflicts), `Published`.
 //! - `lease`: `ExpireLeases`.
 //! - `cancel`: `CancelJob`, `RetryFailed`.
+//! - `restore`: a backup made the start of a new cluster (not a command: done before the log).
 //!
 //! Rules kept here:
 //! - A datum is held by at most one claim; a claim's fence is the index of the entry that
@@ -36,10 +37,12 @@ mod cancel;
 mod claim;
 mod lease;
 mod report;
+mod restore;
 mod submit;
 #[cfg(test)]
 mod tests;
 
+pub use restore::Restored;
 pub(in crate::state) use submit::AddDatums;
 
 use super::{RowKey, State};

@@ -1509,3 +1509,70 @@ fn stealing_takes_only_queued_claims_that_fit() {
     assert_eq!(keys(&stolen), [(job, 0)]);
     assert!(!stolen[0].queued);
 }
+
+#[test]
+fn a_restored_state_drops_every_old_claim_and_node_and_keeps_what_finished() {
+    const NEW: NodeId = 9;
+    let mut log = Log::new();
+    let done = log.submit("done", 1, 0, 1);
+    let grant = log.claim(N1, 1)[0];
+    complete(&mut log, N1, grant, staged(&[]));
+    let job = log.submit("p", 5, 0, 3);
+    let grants = log.claim(N1, 2);
+    complete(&mut log, N1, grants[0], staged(&["a.txt"]));
+    log.apply(Command::Started {
+        datum: grants[1].datum,
+        fence: grants[1].fence,
+    });
+    let unbegun = log.claim_with_queue(N2, 1, 1);
+    assert_eq!(unbegun.len(), 2, "one to begin, one queued");
+
+    let restored = log.state.restore_as("new".into(), NEW);
+    log.check_after_step();
+    assert_eq!(
+        restored,
+        Restored {
+            returned: 2,
+            lost: 1,
+            publishing: 1,
+            nodes_dropped: 2,
+        }
+    );
+    assert_eq!(log.state.cluster_id.as_deref(), Some("new"));
+    assert!(log.state.nodes.is_empty());
+    assert_eq!(log.state.term, 0, "the new log starts its own terms");
+    assert_eq!(log.datum(done, 0).state, DatumState::Done);
+    let publishing = log.datum(job, 0);
+    assert_eq!(publishing.state, DatumState::Publishing);
+    let claim = publishing.claim.expect("still claimed");
+    assert_eq!((claim.node, claim.fence), (NEW, grants[0].fence));
+    let lost = log.datum(job, 1);
+    assert_eq!(lost.state, DatumState::Pending);
+    assert_eq!(
+        lost.attempts.last().and_then(|a| a.outcome),
+        Some(AttemptOutcome::Lost)
+    );
+    for grant in &unbegun {
+        let datum = &log.state.datums[&grant.datum];
+        assert_eq!(datum.state, DatumState::Pending);
+        assert!(datum.attempts.is_empty(), "never begun: spends nothing");
+    }
+    assert_eq!(log.state.jobs[&job].steward, Some(NEW));
+    assert_eq!(log.state.claim_holders().collect::<Vec<_>>(), vec![NEW]);
+
+    // The new cluster's node publishes what was publishing and runs the rest.
+    log.register(NEW, PLENTY);
+    assert!(matches!(
+        log.apply(Command::Published {
+            node_id: NEW,
+            datums: vec![(grants[0].datum, grants[0].fence)],
+        }),
+        Outcome::Reported { accepted: 1, .. }
+    ));
+    let rest = log.claim(NEW, 10);
+    assert_eq!(rest.len(), 4);
+    for grant in rest {
+        complete(&mut log, NEW, grant, staged(&[]));
+    }
+    assert_eq!(log.job_state(job), JobState::Done);
+}
