@@ -23,6 +23,14 @@ pub struct ClusterView {
     pub snapshot_index: Option<u64>,
     /// Last entry removed from this node's log (it lives on only in snapshots).
     pub purged_index: Option<u64>,
+    /// The format the cluster writes (it moves up once every member reads a newer one).
+    /// 0 from a node of a build before format 5, which does not say (it writes format 4).
+    #[serde(default)]
+    pub format_version: u8,
+    /// The oldest and newest formats the answering node reads ([0, 0] from a build before
+    /// format 5, which reads format 4 only).
+    #[serde(default)]
+    pub node_formats: [u8; 2],
     /// True when the answer reflects every write acknowledged before the request (the
     /// default); false for `?consistency=stale`, which answers from this node's own state.
     pub consistent: bool,
@@ -88,6 +96,8 @@ impl ClusterView {
             last_log_index: status.last_log_index,
             snapshot_index: status.snapshot_index,
             purged_index: status.purged_index,
+            format_version: status.format_version,
+            node_formats: [status.formats_read.0, status.formats_read.1],
             consistent,
             members: status
                 .members

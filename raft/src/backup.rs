@@ -2,8 +2,8 @@
 //! a new cluster (`shoal node --restore`).
 //!
 //! A backup file is:
-//! - the magic line `shoal backup\n`, the backup layout version (u32, big-endian) and the row
-//!   format version ([`codec::FORMAT_VERSION`], one byte);
+//! - the magic line `shoal backup\n`, the backup layout version (u32, big-endian) and the
+//!   format version it was written in ([`codec::write_version`], one byte);
 //! - a header record (key `header`): the cluster id, the log id the state was read at, when,
 //!   and by which shoal version;
 //! - every state row as a record (key, value), in key order, as a snapshot holds them;
@@ -57,8 +57,9 @@ pub enum BackupError {
     #[error("not a shoal backup: {0}")]
     Invalid(String),
     #[error(
-        "the backup was written with state format {found}; this shoal reads format {}",
-        codec::FORMAT_VERSION
+        "the backup was written in format {found}; this shoal reads formats {} to {}",
+        codec::FORMAT_VERSION_MIN,
+        codec::max_version()
     )]
     Format { found: u8 },
 }
@@ -99,7 +100,7 @@ impl<W: Write> BackupWriter<W> {
         };
         out.write_all(MAGIC)?;
         out.write_all(&BACKUP_VERSION.to_be_bytes())?;
-        out.write_all(&[codec::FORMAT_VERSION])?;
+        out.write_all(&[codec::write_version()])?;
         let header = codec::encode(header).map_err(|e| BackupError::Invalid(e.to_string()))?;
         write_record(&mut out, HEADER_KEY, &header)?;
         Ok(BackupWriter { out, rows: 0 })
@@ -192,7 +193,7 @@ pub fn read_backup(input: impl Read) -> Result<Backup, BackupError> {
             "backup layout version {backup_version}; this shoal reads version {BACKUP_VERSION}"
         )));
     }
-    if versions[4] != codec::FORMAT_VERSION {
+    if !codec::reads(versions[4]) {
         return Err(BackupError::Format { found: versions[4] });
     }
     let header = match next_record(&mut input)? {
@@ -384,6 +385,6 @@ mod tests {
 
         let mut other_format = bytes.clone();
         other_format[MAGIC.len() + 4] = codec::FORMAT_VERSION + 1;
-        assert!(refusal(&other_format).contains("state format"));
+        assert!(refusal(&other_format).contains("written in format"));
     }
 }

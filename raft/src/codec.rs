@@ -3,12 +3,58 @@
 //! Everything shoal persists (log entries, vote, state rows, snapshot records) and everything
 //! it sends between nodes goes through [`encode`] and [`decode`]: serde + bincode 2 with a
 //! leading format byte, so a change of format is made here and nowhere else.
+//!
+//! Versions (ARCHITECTURE.md, "How a cluster is upgraded"): a build reads every format from
+//! [`FORMAT_VERSION_MIN`] to [`FORMAT_VERSION`], and writes the format the cluster runs
+//! ([`write_version`]), which the replicated state holds and which moves up only once every
+//! member reads the newer one. Formats from one to the next only add enum variants at the
+//! end (new commands, requests, rows), never change a type's shape, so a newer build decodes
+//! an older record as it is, and an older build decodes a newer one as long as it uses none
+//! of what was added; the format byte tells an older build plainly when that is not so.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Bumped whenever a persisted or replicated type changes shape incompatibly.
-pub const FORMAT_VERSION: u8 = 4;
+/// The newest format this build reads and writes. Format 5 added `Command::SetFormat`
+/// (and the `format` row) and `Request::Formats`.
+pub const FORMAT_VERSION: u8 = 5;
+/// The oldest format this build reads, and writes while its cluster runs it.
+pub const FORMAT_VERSION_MIN: u8 = 4;
+
+/// Test-only: lowers the newest format this build claims, so a test can run this binary as
+/// the previous version (`SHOAL_TEST_FORMAT_VERSION_MAX=4`).
+const MAX_OVERRIDE_ENV: &str = "SHOAL_TEST_FORMAT_VERSION_MAX";
+
+/// The format records are written in: the cluster's (see [`set_write_version`]).
+static WRITE_VERSION: AtomicU8 = AtomicU8::new(FORMAT_VERSION_MIN);
+
+/// The newest format this process reads and writes: [`FORMAT_VERSION`], unless lowered
+/// for a test.
+pub fn max_version() -> u8 {
+    static MAX: OnceLock<u8> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var(MAX_OVERRIDE_ENV)
+            .ok()
+            .and_then(|v| v.parse::<u8>().ok())
+            .filter(|v| (FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(v))
+            .unwrap_or(FORMAT_VERSION)
+    })
+}
+
+/// The format [`encode`] writes now.
+pub fn write_version() -> u8 {
+    WRITE_VERSION.load(Ordering::Relaxed)
+}
+
+/// Sets the format [`encode`] writes: the one the cluster runs, as this node's applied
+/// state says (kept within what this process reads).
+pub fn set_write_version(version: u8) {
+    let version = version.clamp(FORMAT_VERSION_MIN, max_version());
+    WRITE_VERSION.store(version, Ordering::Relaxed);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -18,7 +64,11 @@ pub enum CodecError {
     Decode(#[from] bincode::error::DecodeError),
     #[error("empty record")]
     Empty,
-    #[error("record has format version {found}, this build reads {FORMAT_VERSION}")]
+    #[error(
+        "record has format version {found}, this build reads versions {FORMAT_VERSION_MIN} \
+         to {}",
+        max_version()
+    )]
     Version { found: u8 },
 }
 
@@ -33,7 +83,7 @@ const RECORD_BYTES_INITIAL: usize = 512;
 /// Encodes `value` with the format byte in front.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut bytes = Vec::with_capacity(RECORD_BYTES_INITIAL);
-    bytes.push(FORMAT_VERSION);
+    bytes.push(write_version());
     bincode::serde::encode_into_std_write(value, &mut bytes, config())?;
     Ok(bytes)
 }
@@ -43,10 +93,15 @@ pub fn encoded_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError
     Ok(1 + bincode::serde::encode_into_std_write(value, &mut std::io::sink(), config())?)
 }
 
-/// Decodes a record written by [`encode`], refusing other format versions.
+/// Whether this process reads records of format `version`.
+pub fn reads(version: u8) -> bool {
+    (FORMAT_VERSION_MIN..=max_version()).contains(&version)
+}
+
+/// Decodes a record written by [`encode`], refusing formats this build does not read.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
+    if !reads(version) {
         return Err(CodecError::Version { found: version });
     }
     let (value, _) = bincode::serde::decode_from_slice(body, config())?;
@@ -64,12 +119,20 @@ mod tests {
         let back: (String, u64) = decode(&bytes).expect("decode");
         assert_eq!(back, ("datum".to_string(), 7));
 
-        let mut future = bytes.clone();
-        future[0] = FORMAT_VERSION + 1;
-        assert!(matches!(
-            decode::<(String, u64)>(&future),
-            Err(CodecError::Version { .. })
-        ));
+        for other in [FORMAT_VERSION_MIN - 1, FORMAT_VERSION + 1] {
+            let mut other_format = bytes.clone();
+            other_format[0] = other;
+            assert!(matches!(
+                decode::<(String, u64)>(&other_format),
+                Err(CodecError::Version { .. })
+            ));
+        }
+        let mut older = bytes.clone();
+        older[0] = FORMAT_VERSION_MIN;
+        assert_eq!(
+            decode::<(String, u64)>(&older).expect("an older format reads"),
+            ("datum".to_string(), 7)
+        );
         assert!(matches!(decode::<u64>(&[]), Err(CodecError::Empty)));
     }
 }

@@ -161,6 +161,12 @@ pub enum Command {
     /// outcome (see [`Command::may_share_entry`]). Writes that arrive together are grouped so
     /// the log, the network and the stores handle one entry instead of many.
     Batch(Vec<Command>),
+    /// Moves the cluster to format `version` (ARCHITECTURE.md, "How a cluster is upgraded"):
+    /// proposed by the leader once every member reads that format. Only a format newer than
+    /// the cluster's, and one this build knows, counts. Added in format 5.
+    SetFormat {
+        version: u8,
+    },
 }
 
 impl Command {
@@ -171,7 +177,10 @@ impl Command {
     pub fn may_share_entry(&self) -> bool {
         !matches!(
             self,
-            Command::ClaimBatch { .. } | Command::ExpireLeases { .. } | Command::Batch(_)
+            Command::ClaimBatch { .. }
+                | Command::ExpireLeases { .. }
+                | Command::Batch(_)
+                | Command::SetFormat { .. }
         )
     }
 

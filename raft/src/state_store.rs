@@ -163,6 +163,7 @@ impl StateStore {
         let loaded = load(&db)?;
         let current = current_snapshot_meta(&db)?;
         files.remove_all_but(current.as_ref().map(|m| m.snapshot_id.as_str()), false);
+        codec::set_write_version(loaded.state.format_version());
         let state = Arc::new(RwLock::new(loaded.state));
         let (applied_tx, applied_rx) = watch::channel(loaded.last_applied);
         let store = StateStore {
@@ -525,6 +526,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 };
                 outcomes.push(outcome);
             }
+            codec::set_write_version(state.format_version());
         }
         self.persist_dirty().await?;
         self.applied_tx.send_replace(self.last_applied);
@@ -577,6 +579,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             let tally = current.tally;
             *current = state;
             current.tally = tally;
+            codec::set_write_version(current.format_version());
         }
         crate::metrics::raft().snapshots_installed.inc();
         self.last_applied = meta.last_log_id;

@@ -136,6 +136,10 @@ pub struct TestNode {
     pub log_path: PathBuf,
     /// Given to `shoal node` after the config, e.g. `--restore FILE`.
     pub args: Vec<String>,
+    /// Set for this node's process only (after the cluster's `extra_env`).
+    pub env: Vec<(String, String)>,
+    /// The binary this node runs, when not [`shoal_bin`] (another build of shoal).
+    pub bin: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -313,6 +317,8 @@ impl TestCluster {
             config_path,
             log_path,
             args: Vec::new(),
+            env: Vec::new(),
+            bin: None,
             child: None,
         });
         Ok(index)
@@ -360,12 +366,12 @@ impl TestCluster {
         });
         let mut command = match &self.options.net {
             Some(net) => {
-                let mut command = net.command(index, shoal_bin());
+                let mut command = net.command(index, node.bin.as_deref().unwrap_or(shoal_bin()));
                 command.args(["node", "--insecure"]);
                 command
             }
             None => {
-                let mut command = Command::new(shoal_bin());
+                let mut command = Command::new(node.bin.as_deref().unwrap_or(shoal_bin()));
                 command.arg("node");
                 command
             }
@@ -377,6 +383,7 @@ impl TestCluster {
             .env("RUST_LOG", "info,openraft=warn,libp2p=warn")
             .envs(s3_env)
             .envs(self.options.extra_env.iter().cloned())
+            .envs(node.env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

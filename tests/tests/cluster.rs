@@ -625,3 +625,167 @@ async fn a_backup_of_a_busy_cluster_restores_onto_three_new_nodes_where_every_ta
     );
     Ok(())
 }
+
+/// Makes a node run as the build before format 5: the binary `SHOAL_TEST_PREVIOUS_BIN` names
+/// (an earlier commit's build), else this binary with the test-only switch that makes it
+/// read and write format 4 only.
+fn run_as_previous_build(node: &mut shoal_tests::TestNode) {
+    match std::env::var_os("SHOAL_TEST_PREVIOUS_BIN") {
+        Some(bin) => node.bin = Some(bin.into()),
+        None => node.env = vec![("SHOAL_TEST_FORMAT_VERSION_MAX".into(), "4".into())],
+    }
+}
+
+/// The cluster's format and the answering node's, as a view says them; a build before
+/// format 5 says neither (it writes and reads format 4).
+fn formats(view: &shoal_node::api::ClusterView) -> (u8, [u8; 2]) {
+    if view.format_version == 0 {
+        (4, [4, 4])
+    } else {
+        (view.format_version, view.node_formats)
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_last() -> Result<()> {
+    let task = |script: String| serde_json::json!({ "executors": [{ "image": "busybox", "command": ["sh", "-c", script] }] });
+    let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
+    for node in &mut cluster.nodes {
+        run_as_previous_build(node);
+    }
+    cluster.start_all()?;
+    cluster.wait_formed(3, FORMATION).await?;
+
+    phase("three nodes of the previous build form a cluster writing format 4");
+    let view = cluster.status(0, false).await?;
+    ensure!(formats(&view) == (4, [4, 4]), "{view:?}");
+
+    phase("node by node: stopped, upgraded, started on its data dir, while tasks arrive");
+    let mut submitted: Vec<(String, String)> = Vec::new();
+    for upgraded in 0..3 {
+        for via in (0..3).filter(|i| *i != upgraded) {
+            let marker = format!("t-{}", submitted.len());
+            let id = cluster
+                .submit_task(via, &task(format!("sleep 1; echo {marker}")))
+                .await?;
+            submitted.push((id, marker));
+        }
+        let code = cluster.terminate(upgraded, Duration::from_secs(30)).await?;
+        ensure!(
+            code == Some(0),
+            "{} stopped with {code:?}",
+            cluster.nodes[upgraded].name
+        );
+        cluster.nodes[upgraded].env.clear();
+        cluster.nodes[upgraded].bin = None;
+        cluster.start(upgraded)?;
+        let this = &cluster;
+        let view = wait_for(
+            "the upgraded node back in the cluster",
+            FORMATION,
+            async || {
+                let view = this.status(upgraded, false).await.ok()?;
+                let voters = view
+                    .members
+                    .iter()
+                    .filter(|m| m.role == Role::Voter)
+                    .count();
+                (view.consistent && voters == 3).then_some(view)
+            },
+        )
+        .await?;
+        ensure!(
+            view.node_formats == [4, 5],
+            "the new build reads both: {view:?}"
+        );
+        if upgraded < 2 {
+            ensure!(
+                view.format_version == 4,
+                "the format waits for the last old node: {view:?}"
+            );
+        }
+        let marker = format!("t-{}", submitted.len());
+        let id = cluster
+            .submit_task(upgraded, &task(format!("echo {marker}")))
+            .await?;
+        submitted.push((id, marker));
+        if upgraded == 1 {
+            new_build_leads_and_holds_the_format(&mut cluster, 2).await?;
+        }
+    }
+
+    phase("with every node on the new build, the cluster moves to format 5 everywhere");
+    for node in 0..3 {
+        let this = &cluster;
+        wait_for("format 5", FORMATION, async || {
+            let view = this.status(node, false).await.ok()?;
+            (formats(&view).0 == 5).then_some(())
+        })
+        .await?;
+    }
+
+    phase("every task submitted during the upgrade completes");
+    for (id, marker) in &submitted {
+        let ended = cluster.wait_task(0, id, Duration::from_secs(60)).await?;
+        let logs = ended["logs"].as_array().cloned().unwrap_or_default();
+        let stdout = logs
+            .last()
+            .and_then(|attempt| attempt["logs"][0]["stdout"].as_str())
+            .unwrap_or("");
+        ensure!(
+            ended["state"] == "COMPLETE" && stdout.contains(marker.as_str()),
+            "{ended}"
+        );
+    }
+    let id = cluster
+        .submit_task(1, &task("echo format-5".into()))
+        .await?;
+    let ended = cluster.wait_task(2, &id, FORMATION).await?;
+    ensure!(ended["state"] == "COMPLETE", "{ended}");
+
+    phase("a node of the previous build cannot join a cluster on format 5, and says why");
+    let old = cluster.add_node(None)?;
+    run_as_previous_build(&mut cluster.nodes[old]);
+    cluster.start(old)?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let view = cluster.status(0, false).await?;
+    ensure!(view.members.len() == 3, "{view:?}");
+    // (An earlier commit's build predates the message.)
+    let says_why = cluster.nodes[old].log().contains("upgrade this node");
+    ensure!(
+        says_why || std::env::var_os("SHOAL_TEST_PREVIOUS_BIN").is_some(),
+        "{}",
+        cluster.nodes[old].log()
+    );
+    Ok(())
+}
+
+/// With node `old` the last of the previous build: makes a new-build node lead (pausing
+/// `old` while it leads, so the others elect one of theirs), then checks the new leader keeps
+/// the cluster on format 4 while `old` is a member, and `old` keeps applying the log.
+async fn new_build_leads_and_holds_the_format(cluster: &mut TestCluster, old: usize) -> Result<()> {
+    phase("a new-build leader holds the format at 4 while one old node remains");
+    if cluster.leader_index().await? == old {
+        cluster.pause(old)?;
+        let this = &*cluster;
+        wait_for("a new-build leader", FORMATION, async || {
+            let view = this.status(0, true).await.ok()?;
+            let leader = view.leader?;
+            (this.index_of(&leader).await.ok()? != old).then_some(())
+        })
+        .await?;
+        cluster.resume(old)?;
+    }
+    // Longer than the leader's format round (2 s), twice.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let view = cluster.status(old, false).await?;
+    ensure!(
+        view.consistent && formats(&view) == (4, [4, 4]),
+        "the old node is still served in format 4: {view:?}"
+    );
+    ensure!(
+        cluster.leader_index().await? != old,
+        "a new-build node leads: {view:?}"
+    );
+    Ok(())
+}

@@ -184,12 +184,15 @@ fn status_text(view: &ClusterView) -> String {
         .map(|m| format!("{} ({})", m.node_id, m.name))
         .unwrap_or_else(|| "none".to_string());
     let mut text = format!(
-        "cluster:  {}\nleader:   {leader}\nterm:     {}\napplied:  {}\n",
+        "cluster:  {}\nleader:   {leader}\nterm:     {}\napplied:  {}\nformat:   {} (this node reads {} to {})\n",
         view.cluster_id.as_deref().unwrap_or("(not named yet)"),
         view.term,
         view.applied_index
             .map(|i| i.to_string())
             .unwrap_or_else(|| "-".into()),
+        view.format_version,
+        view.node_formats[0],
+        view.node_formats[1],
     );
     if !view.consistent {
         text.push_str("(stale: this node's own view, not confirmed with the leader)\n");

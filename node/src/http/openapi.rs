@@ -396,11 +396,15 @@ fn schemas() -> Value {
             "organization": object(&["name", "url"], json!({ "name": string(), "url": string() })),
             "documentationUrl": string(), "environment": string(), "version": string(),
             "storage": strings(), "tesResources_backend_parameters": strings() })),
-        "ClusterView": object(&["node_id", "term", "consistent", "members"], json!({
+        "ClusterView": object(&["node_id", "term", "format_version", "node_formats", "consistent", "members"], json!({
             "cluster_id": string(), "node_id": string(), "leader": string(),
             "term": { "type": "integer" }, "applied_index": optional_int(),
             "last_log_index": optional_int(), "snapshot_index": optional_int(),
-            "purged_index": optional_int(), "consistent": boolean(),
+            "purged_index": optional_int(),
+            "format_version": { "type": "integer", "description": "the format the cluster writes" },
+            "node_formats": { "type": "array", "items": { "type": "integer" }, "minItems": 2,
+                "maxItems": 2, "description": "oldest and newest format the answering node reads" },
+            "consistent": boolean(),
             "members": array_of("MemberView") })),
         "MemberView": object(&["node_id", "name", "role", "leader", "draining"], json!({
             "node_id": string(), "name": string(), "peer_id": string(), "addresses": strings(),

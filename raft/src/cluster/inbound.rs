@@ -51,5 +51,9 @@ async fn answer(cluster: &Cluster, request: Request) -> Response {
             hears_leader: cluster.hears_leader().await,
             last_log: cluster.last_log_id().await,
         },
+        Request::Formats => Response::Formats {
+            min: crate::codec::FORMAT_VERSION_MIN,
+            max: crate::codec::max_version(),
+        },
     }
 }

@@ -66,6 +66,9 @@ const APPEND_ENTRIES_MAX: u64 = 256;
 pub const COMMAND_BYTES_MAX: usize = 8 * 1024 * 1024;
 const _: () = assert!(COMMAND_BYTES_MAX * 2 <= crate::network::protocol::FRAME_BYTES_MAX);
 
+/// How long a node waits for another to tell which formats it reads.
+const FORMATS_DEADLINE: Duration = Duration::from_secs(2);
+
 /// How long a node waits for another to tell what a running attempt has printed.
 const LIVE_LOGS_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -218,6 +221,10 @@ pub struct ClusterStatus {
     pub snapshot_index: Option<u64>,
     /// Last entry removed from this node's log (it lives on only in snapshots).
     pub purged_index: Option<u64>,
+    /// The format the cluster runs, as this node has applied.
+    pub format_version: u8,
+    /// The oldest and newest formats this node reads.
+    pub formats_read: (u8, u8),
     pub members: Vec<MemberStatus>,
 }
 
@@ -534,6 +541,7 @@ impl Cluster {
         cluster.spawn(upkeep::promote_learners(cluster.clone()));
         cluster.spawn(upkeep::expire_leases(cluster.clone()));
         cluster.spawn(upkeep::run_elections(cluster.clone()));
+        cluster.spawn(upkeep::upgrade_format(cluster.clone()));
         cluster.spawn(count_leader_changes(cluster.inner.raft.metrics()));
         if restoring {
             cluster.spawn(finish_restore(cluster.clone()));
@@ -914,6 +922,7 @@ impl Cluster {
                     .to_string(),
             ));
         }
+        self.check_formats_of_joiner(node_id, &addr).await?;
         let raft = &self.inner.raft;
         let membership = raft
             .metrics()
@@ -936,6 +945,45 @@ impl Cluster {
             .await
             .map_err(write_error)?;
         Ok(OpResult::Joined)
+    }
+
+    /// The formats the node at `addr` reads (oldest, newest); `None` when it does not say
+    /// (unreachable, or a build older than format 5).
+    pub(crate) async fn formats_of(&self, addr: &NodeAddr) -> Option<(u8, u8)> {
+        let (peer, addrs) = peer_location(addr)?;
+        match self
+            .net()
+            .request(peer, addrs, Request::Formats, FORMATS_DEADLINE)
+            .await
+        {
+            Ok(Response::Formats { min, max }) => Some((min, max)),
+            _ => None,
+        }
+    }
+
+    /// Refuses a node that cannot read the format the cluster runs: it could neither
+    /// replicate the log nor install a snapshot.
+    async fn check_formats_of_joiner(
+        &self,
+        node_id: NodeId,
+        addr: &NodeAddr,
+    ) -> Result<(), OpError> {
+        let current = self.view().read().format_version();
+        let refuse = |reads: String| {
+            Err(OpError::Refused(format!(
+                "node {} ({}) {reads}; the cluster runs format {current}: run a build that \
+                 reads it",
+                crate::format_node_id(node_id),
+                addr.name
+            )))
+        };
+        match self.formats_of(addr).await {
+            Some((min, max)) if (min..=max).contains(&current) => Ok(()),
+            Some((min, max)) => refuse(format!("reads formats {min} to {max}")),
+            // A build before format 5 reads format 4 only.
+            None if current == crate::codec::FORMAT_VERSION_MIN => Ok(()),
+            None => refuse("did not say which formats it reads".to_string()),
+        }
     }
 
     async fn remove_local(&self, node_id: NodeId) -> Result<OpResult, OpError> {
@@ -1095,6 +1143,11 @@ impl Cluster {
             applied_index: metrics.last_applied.map(|id| id.index),
             snapshot_index: metrics.snapshot.map(|id| id.index),
             purged_index: metrics.purged.map(|id| id.index),
+            format_version: state.format_version(),
+            formats_read: (
+                crate::codec::FORMAT_VERSION_MIN,
+                crate::codec::max_version(),
+            ),
             members,
         }
     }

@@ -1,6 +1,6 @@
 //! A node's standing chores: register itself and heartbeat through the log, name the cluster
 //! if nobody has yet, and — on the leader — promote caught-up learners while there are fewer
-//! voters than `voters_max`.
+//! voters than `voters_max`, and move the cluster to a newer format once every member reads it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -124,6 +124,60 @@ pub(super) async fn promote_learners(cluster: Cluster) {
             .await
         {
             tracing::debug!(%error, "promotion failed");
+        }
+    }
+}
+
+/// How often the leader checks whether the cluster can move to a newer format.
+const FORMAT_ROUND: Duration = Duration::from_secs(2);
+
+/// On the leader: moves the cluster to the newest format every member reads (at most this
+/// build's), asking each member of the Raft group, learners included, which formats it
+/// reads. A member that does not answer (down, or a build older than format 5, which cannot
+/// decode the question) holds the cluster where it is: a record in a newer format would be
+/// one it cannot read.
+pub(super) async fn upgrade_format(cluster: Cluster) {
+    let mut round = tokio::time::interval(FORMAT_ROUND);
+    loop {
+        round.tick().await;
+        if !cluster.is_leader() {
+            continue;
+        }
+        let current = cluster.view().read().format_version();
+        let mut target = crate::codec::max_version();
+        if current >= target {
+            continue;
+        }
+        let members: Vec<_> = {
+            let metrics = cluster.raft().metrics().borrow().clone();
+            metrics
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != cluster.node_id())
+                .map(|(id, addr)| (*id, addr.clone()))
+                .collect()
+        };
+        for (node_id, addr) in members {
+            match cluster.formats_of(&addr).await {
+                Some((min, max)) if min <= current => target = target.min(max),
+                _ => {
+                    tracing::debug!(node = %crate::format_node_id(node_id), "holds the format");
+                    target = current;
+                    break;
+                }
+            }
+        }
+        if target <= current {
+            continue;
+        }
+        match cluster.write(Command::SetFormat { version: target }).await {
+            Ok(_) => tracing::info!(
+                from = current,
+                to = target,
+                "every member reads the newer format: the cluster now writes it"
+            ),
+            Err(error) => tracing::debug!(%error, "moving to a newer format failed"),
         }
     }
 }

@@ -46,6 +46,9 @@ pub enum Request {
     /// Do you hear from a leader, and how far does your log go? Asked before this node
     /// campaigns (a pre-vote).
     Probe,
+    /// Which formats do you read? (Added in format 5: a build that cannot decode this
+    /// request reads format 4 only.)
+    Formats,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -67,6 +70,11 @@ pub enum Response {
     Probe {
         hears_leader: bool,
         last_log: Option<crate::types::LogId>,
+    },
+    /// The oldest and newest formats the node reads.
+    Formats {
+        min: u8,
+        max: u8,
     },
 }
 
@@ -109,7 +117,16 @@ where
             "frame ended early",
         ));
     }
-    codec::decode(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    codec::decode(&body).map_err(|error| {
+        // A peer of a newer build whose cluster moved on: say so where an operator looks.
+        if let codec::CodecError::Version { found } = error {
+            tracing::warn!(
+                found,
+                "a peer sent a message in a format this build does not read: upgrade this node"
+            );
+        }
+        io::Error::new(io::ErrorKind::InvalidData, error)
+    })
 }
 
 /// Encodes a message into a frame body, refusing one over the limit.

@@ -48,6 +48,8 @@ pub enum RowKey {
     Node(NodeId),
     Job(JobSeq),
     Datum(DatumKey),
+    /// The format the cluster runs (format 5 on; absent before).
+    Format,
 }
 
 const TAG_CLUSTER_ID: u8 = 0;
@@ -55,12 +57,14 @@ const TAG_NODE: u8 = 1;
 const TAG_JOB: u8 = 2;
 const TAG_DATUM: u8 = 3;
 const TAG_CLOCK: u8 = 4;
+const TAG_FORMAT: u8 = 5;
 
 impl RowKey {
     pub fn to_bytes(self) -> Vec<u8> {
         match self {
             RowKey::ClusterId => vec![TAG_CLUSTER_ID],
             RowKey::Clock => vec![TAG_CLOCK],
+            RowKey::Format => vec![TAG_FORMAT],
             RowKey::Node(node_id) => {
                 let mut bytes = vec![TAG_NODE];
                 bytes.extend_from_slice(&node_id.to_be_bytes());
@@ -84,6 +88,7 @@ impl RowKey {
         match bytes.split_first()? {
             (&TAG_CLUSTER_ID, []) => Some(RowKey::ClusterId),
             (&TAG_CLOCK, []) => Some(RowKey::Clock),
+            (&TAG_FORMAT, []) => Some(RowKey::Format),
             (&TAG_NODE, rest) => Some(RowKey::Node(u64::from_be_bytes(rest.try_into().ok()?))),
             (&TAG_JOB, rest) => Some(RowKey::Job(u64::from_be_bytes(rest.try_into().ok()?))),
             (&TAG_DATUM, rest) if rest.len() == 12 => {
@@ -124,6 +129,9 @@ pub enum RowError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub cluster_id: Option<String>,
+    /// The format the cluster runs, set by `SetFormat`; 0 before any (see
+    /// [`State::format_version`]).
+    pub format: u8,
     /// The latest entry time applied. Jobs are stamped with it, so creation times never run
     /// backwards in log order, even when proposals are stamped out of order or a new
     /// leader's clock is behind. (Leases use each entry's own time: a clock that jumped
@@ -332,6 +340,21 @@ impl State {
             Command::RetryFailed { job_id } => self.retry_failed(now_ms, job_id),
             Command::ExpireLeases { lease_ms, by } => {
                 self.expire_leases(index, now_ms, *lease_ms, *by)
+            }
+            Command::SetFormat { version } => {
+                if *version > codec::FORMAT_VERSION {
+                    return Outcome::Refused {
+                        reason: format!(
+                            "format {version} is newer than this build's {}",
+                            codec::FORMAT_VERSION
+                        ),
+                    };
+                }
+                if *version > self.format_version() {
+                    self.format = *version;
+                    self.dirty.insert(RowKey::Format);
+                }
+                Outcome::Applied
             }
             Command::Batch(commands) => Outcome::Batch(
                 commands
@@ -597,6 +620,12 @@ impl State {
         std::mem::take(&mut self.dirty)
     }
 
+    /// The format the cluster runs: the one set last, or the oldest this build reads when
+    /// none was set (a cluster formed before format 5).
+    pub fn format_version(&self) -> u8 {
+        self.format.max(codec::FORMAT_VERSION_MIN)
+    }
+
     /// The key of every row the state has, in key order (what a full write of it holds).
     pub fn row_keys(&self) -> impl Iterator<Item = RowKey> + '_ {
         let cluster_id = self.cluster_id.as_ref().map(|_| RowKey::ClusterId);
@@ -606,6 +635,7 @@ impl State {
             .chain(self.jobs.keys().map(|seq| RowKey::Job(*seq)))
             .chain(self.datums.keys().map(|key| RowKey::Datum(*key)))
             .chain(std::iter::once(RowKey::Clock))
+            .chain((self.format != 0).then_some(RowKey::Format))
     }
 
     /// The encoded value of a row, or `None` when the row no longer exists.
@@ -618,6 +648,9 @@ impl State {
                 lease_epoch_ms: self.lease_epoch_ms,
             }))
             .transpose(),
+            RowKey::Format => (self.format != 0)
+                .then(|| codec::encode(&self.format))
+                .transpose(),
             RowKey::Node(node_id) => self.nodes.get(&node_id).map(codec::encode).transpose(),
             RowKey::Job(seq) => self.jobs.get(&seq).map(codec::encode).transpose(),
             RowKey::Datum(key) => self.datums.get(&key).map(codec::encode).transpose(),
@@ -653,6 +686,7 @@ impl State {
                 self.term = clock.term;
                 self.lease_epoch_ms = clock.lease_epoch_ms;
             }
+            RowKey::Format => self.format = codec::decode(value).map_err(decode_error)?,
             RowKey::Node(node_id) => {
                 self.nodes
                     .insert(node_id, codec::decode(value).map_err(decode_error)?);
@@ -811,6 +845,43 @@ mod tests {
             ),
         );
         assert_eq!(state.cluster_id.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn the_format_only_moves_up_to_one_this_build_knows_and_survives_a_reload() {
+        let mut state = State::default();
+        assert_eq!(
+            state.format_version(),
+            codec::FORMAT_VERSION_MIN,
+            "unset: the oldest"
+        );
+        let set = |version| at(1, Command::SetFormat { version });
+        assert!(matches!(
+            state.apply(0, &set(codec::FORMAT_VERSION + 1)),
+            Outcome::Refused { .. }
+        ));
+        assert_eq!(
+            state.apply(0, &set(codec::FORMAT_VERSION)),
+            Outcome::Applied
+        );
+        assert_eq!(state.format_version(), codec::FORMAT_VERSION);
+        assert_eq!(
+            state.apply(0, &set(codec::FORMAT_VERSION_MIN)),
+            Outcome::Applied
+        );
+        assert_eq!(state.format_version(), codec::FORMAT_VERSION, "never back");
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = state
+            .row_keys()
+            .map(|key| {
+                (
+                    key.to_bytes(),
+                    state.row(key).expect("encodes").expect("row"),
+                )
+            })
+            .collect();
+        let reloaded = State::from_rows(rows.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+            .expect("loads");
+        assert_eq!(reloaded.format_version(), codec::FORMAT_VERSION);
     }
 
     #[test]

@@ -241,6 +241,7 @@ fn kind(request: &Request) -> &'static str {
         Request::ReadIndex => "read-index",
         Request::LiveLogs { .. } => "live-logs",
         Request::Probe => "probe",
+        Request::Formats => "formats",
     }
 }
 
