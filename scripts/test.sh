@@ -17,6 +17,8 @@
 # Services started here (each on 127.0.0.1, on a free port, stopped on exit):
 #   - moto_server: a real S3-compatible server (PyPI `moto[server]`), in .venv/
 #   - scripts/ftp_server.py: a real FTP server (PyPI `pyftpdlib`), one user, a temporary root
+# In CI (or with SHOAL_TEST_PREVIOUS=1) also built: the last build before format 5, from this
+# repository's history, for the rolling-upgrade test (SHOAL_TEST_PREVIOUS_BIN).
 # Exported to the tests: SHOAL_BIN, SHOAL_TEST_S3_ENDPOINT, SHOAL_TEST_S3_KEY, SHOAL_TEST_S3_SECRET,
 # SHOAL_TEST_FTP_URL (ftp://user:password@127.0.0.1:port), SHOAL_TEST_FTP_ROOT (its directory),
 # SHOAL_TEST_IMAGE and SHOAL_TEST_SHOAL_IMAGE (when the engine answers), SHOAL_TEST_PYTHON (the
@@ -162,6 +164,32 @@ export SHOAL_TEST_FTP_ROOT="$ftp_root"
 log "building"
 cargo build --workspace --bins
 export SHOAL_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/shoal"
+
+# The rolling-upgrade test starts nodes of the last build before format 5 and upgrades them to
+# this one. In CI (or with SHOAL_TEST_PREVIOUS=1) that is the real build of commit
+# $previous_format_commit, from this repository's history, with its binary named
+# shoal-previous so it shares the target dir (and every compiled dependency) without taking
+# this build's place. Elsewhere the test runs this binary with a switch that makes it read
+# and write format 4 only, which needs no second build.
+previous_format_commit=fc9fd17
+if [ "${SHOAL_TEST_PREVIOUS:-${CI:+1}}" = 1 ]; then
+  previous_src="${CARGO_TARGET_DIR:-$root/target}/previous-format-src"
+  if git -C "$root" cat-file -e "$previous_format_commit^{commit}" 2>/dev/null; then
+    log "building the previous format's shoal (commit $previous_format_commit) as shoal-previous"
+    if [ "$(cat "$previous_src/.commit" 2>/dev/null)" != "$previous_format_commit" ]; then
+      rm -rf "$previous_src"
+      mkdir -p "$previous_src"
+      git -C "$root" archive "$previous_format_commit" | tar -x -C "$previous_src"
+      sed -i 's/^name = "shoal"$/name = "shoal-previous"/' "$previous_src/node/Cargo.toml"
+      echo "$previous_format_commit" >"$previous_src/.commit"
+    fi
+    (cd "$previous_src" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
+      cargo build --locked -p shoal-node --bin shoal-previous)
+    export SHOAL_TEST_PREVIOUS_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/shoal-previous"
+  else
+    log "commit $previous_format_commit is not in this clone: the upgrade test uses the switch"
+  fi
+fi
 
 # shoal's own container image, built offline: deploy/Dockerfile's base stage on a Debian image
 # made from Debian's packages, with this build's binary (scripts/image.sh).

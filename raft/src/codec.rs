@@ -80,10 +80,16 @@ fn config() -> impl bincode::config::Config {
 /// buffer step by step.
 const RECORD_BYTES_INITIAL: usize = 512;
 
-/// Encodes `value` with the format byte in front.
+/// Encodes `value` with the format byte in front, in the format the cluster runs.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    encode_as(write_version(), value)
+}
+
+/// Encodes `value` marked as format `version`: for a value whose shape is the same in every
+/// format read (what a node of an older build must understand, e.g. `Hello`).
+pub fn encode_as<T: Serialize + ?Sized>(version: u8, value: &T) -> Result<Vec<u8>, CodecError> {
     let mut bytes = Vec::with_capacity(RECORD_BYTES_INITIAL);
-    bytes.push(write_version());
+    bytes.push(version);
     bincode::serde::encode_into_std_write(value, &mut bytes, config())?;
     Ok(bytes)
 }

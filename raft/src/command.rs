@@ -162,10 +162,13 @@ pub enum Command {
     /// the log, the network and the stores handle one entry instead of many.
     Batch(Vec<Command>),
     /// Moves the cluster to format `version` (ARCHITECTURE.md, "How a cluster is upgraded"):
-    /// proposed by the leader once every member reads that format. Only a format newer than
-    /// the cluster's, and one this build knows, counts. Added in format 5.
+    /// proposed by the leader once every member of the membership `members` (its log id)
+    /// reads that format. The state machine refuses it when another membership has been
+    /// applied since (a member may have joined unchecked); an older format than the
+    /// cluster's changes nothing. Added in format 5.
     SetFormat {
         version: u8,
+        members: Option<crate::types::LogId>,
     },
 }
 

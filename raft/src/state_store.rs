@@ -183,6 +183,17 @@ impl StateStore {
         ))
     }
 
+    /// Whether `proposal` is a `SetFormat` whose members were checked under another
+    /// membership than the one applied now.
+    fn checked_other_members(&self, proposal: &crate::command::Proposal) -> bool {
+        match &proposal.command {
+            crate::command::Command::SetFormat { members, .. } => {
+                members.as_ref() != self.membership.log_id().as_ref()
+            }
+            _ => false,
+        }
+    }
+
     /// A handle for what is done to `state.redb` beside applying: backups, restores.
     pub fn admin(&self) -> StateAdmin {
         StateAdmin {
@@ -235,6 +246,18 @@ impl StateStore {
         .await
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))?
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))
+    }
+}
+
+/// Says so when the cluster runs a format newer than this build reads (it was moved on
+/// without this node, which then cannot follow the log).
+fn warn_if_unreadable(state: &State) {
+    if state.format_version() > codec::max_version() {
+        tracing::error!(
+            cluster = state.format_version(),
+            reads = codec::max_version(),
+            "the cluster runs a format this build does not read: upgrade this node"
+        );
     }
 }
 
@@ -309,9 +332,24 @@ impl StateAdmin {
 }
 
 /// Creates `state.redb` at `path` holding `state`'s rows, no applied log id and the restore
-/// marked as pending, in one durable commit.
+/// marked as pending: written whole under another name, then renamed, so `path` either does
+/// not exist or holds the whole restore.
 pub fn write_restored(path: &Path, state: &State) -> Result<(), String> {
     let context = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let partial = path.with_extension("redb.restoring");
+    let _ = fs::remove_file(&partial);
+    fill_restored(&partial, state).map_err(|e| context(&e))?;
+    fs::rename(&partial, path).map_err(|e| context(&e))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| context(&e))?;
+    }
+    Ok(())
+}
+
+fn fill_restored(path: &Path, state: &State) -> Result<(), String> {
+    let context = |e: &dyn std::fmt::Display| e.to_string();
     let db = Database::builder()
         .set_cache_size(STATE_CACHE_BYTES)
         .create(path)
@@ -514,6 +552,19 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 self.last_applied = Some(entry.log_id);
                 let outcome = match entry.payload {
                     EntryPayload::Blank => Outcome::Applied,
+                    EntryPayload::Normal(proposal) if self.checked_other_members(&proposal) => {
+                        // Applied as an empty entry, the same on every node: each has
+                        // applied the same memberships before it.
+                        let empty = crate::command::Proposal {
+                            time_ms: proposal.time_ms,
+                            command: crate::command::Command::Batch(Vec::new()),
+                        };
+                        state.apply_entry(entry.log_id.leader_id.term, entry.log_id.index, &empty);
+                        Outcome::Refused {
+                            reason: "the members changed after their formats were checked"
+                                .to_string(),
+                        }
+                    }
                     EntryPayload::Normal(proposal) => state.apply_entry(
                         entry.log_id.leader_id.term,
                         entry.log_id.index,
@@ -527,6 +578,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
                 outcomes.push(outcome);
             }
             codec::set_write_version(state.format_version());
+            warn_if_unreadable(&state);
         }
         self.persist_dirty().await?;
         self.applied_tx.send_replace(self.last_applied);

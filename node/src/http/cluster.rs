@@ -139,16 +139,31 @@ const BACKUP_CHUNK_BYTES: usize = 256 * 1024;
 /// Chunks of a backup waiting for the client; the backup's read of redb waits beyond that.
 const BACKUP_CHUNKS_QUEUED: usize = 8;
 
+/// Longest a backup waits for its client to take the next chunk: a client that stops
+/// reading would otherwise hold the backup's redb read (and its permit) for good.
+const BACKUP_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Hands what a backup writes to the response body, chunk by chunk; fails once the client
-/// has gone, which ends the backup.
-struct BodyWriter(tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>);
+/// has gone or stalls, which ends the backup.
+struct BodyWriter {
+    chunks: tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    runtime: tokio::runtime::Handle,
+}
 
 impl std::io::Write for BodyWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(Ok(buf.to_vec()))
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
+        let sent = self.runtime.block_on(tokio::time::timeout(
+            BACKUP_STALL_MAX,
+            self.chunks.send(Ok(buf.to_vec())),
+        ));
+        match sent {
+            Ok(Ok(())) => Ok(buf.len()),
+            Ok(Err(_)) => Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe)),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took nothing for {BACKUP_STALL_MAX:?}"),
+            )),
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -175,9 +190,13 @@ pub async fn backup(
     state.cluster.linearize().await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_QUEUED);
     let cluster = state.cluster.clone();
+    let writer = BodyWriter {
+        chunks: tx.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    };
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let out = std::io::BufWriter::with_capacity(BACKUP_CHUNK_BYTES, BodyWriter(tx.clone()));
+        let out = std::io::BufWriter::with_capacity(BACKUP_CHUNK_BYTES, writer);
         match cluster.write_backup(out) {
             Ok(written) => tracing::info!(
                 rows = written.rows,
@@ -187,7 +206,7 @@ pub async fn backup(
             ),
             Err(error) => {
                 tracing::warn!(%error, "backup failed");
-                let _ = tx.blocking_send(Err(std::io::Error::other(error.to_string())));
+                let _ = tx.try_send(Err(std::io::Error::other(error.to_string())));
             }
         }
     });

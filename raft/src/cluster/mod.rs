@@ -262,6 +262,10 @@ struct Inner {
     resumed: Option<Resumed>,
     /// Backups and restores on this node's `state.redb`.
     state_admin: StateAdmin,
+    /// Held on the leader from checking the members' formats to changing them: while a
+    /// joiner's formats are checked and it is added, and while the members' formats are
+    /// checked and the cluster's format is moved (see `upkeep::upgrade_format`).
+    members_gate: tokio::sync::Mutex<()>,
     /// Set while a restored node has not yet made its first snapshot: no node may join
     /// before it (see [`finish_restore`]).
     restoring: std::sync::atomic::AtomicBool,
@@ -362,46 +366,67 @@ async fn resumed_leadership(
 /// its log up to the snapshot, so every node that joins installs the snapshot; only then may
 /// nodes join. Run again after a restart until it has finished.
 async fn finish_restore(cluster: Cluster) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match try_finish_restore(&cluster).await {
+            Ok(true) => {
+                cluster.inner.restoring.store(false, Ordering::SeqCst);
+                tracing::info!("restore complete: other nodes may join");
+                return;
+            }
+            // The node is stopping.
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(%error, "the restore's first snapshot failed; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// One try of [`finish_restore`]'s steps; `Ok(false)` when the node stops meanwhile.
+async fn try_finish_restore(cluster: &Cluster) -> Result<bool, String> {
     let node_id = cluster.node_id();
     let mut metrics = cluster.raft().metrics();
-    let applied = match metrics
+    let Ok(applied) = metrics
         .wait_for(|m| m.current_leader == Some(node_id) && m.last_applied.is_some())
         .await
-    {
-        Ok(m) => m.last_applied.map_or(0, |id| id.index),
-        Err(_) => return,
+        .map(|m| m.last_applied.map_or(0, |id| id.index))
+    else {
+        return Ok(false);
     };
-    if let Err(error) = cluster.raft().trigger().snapshot().await {
-        tracing::error!(%error, "cannot snapshot the restored state");
-        return;
-    }
-    let snapshot = match metrics
+    cluster
+        .raft()
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| format!("cannot snapshot the restored state: {e}"))?;
+    let Ok(snapshot) = metrics
         .wait_for(|m| m.snapshot.is_some_and(|id| id.index >= applied))
         .await
-    {
-        Ok(m) => m.snapshot.map_or(0, |id| id.index),
-        Err(_) => return,
+        .map(|m| m.snapshot.map_or(0, |id| id.index))
+    else {
+        return Ok(false);
     };
-    if let Err(error) = cluster.raft().trigger().purge_log(snapshot).await {
-        tracing::error!(%error, "cannot purge the log of the restored node");
-        return;
-    }
+    cluster
+        .raft()
+        .trigger()
+        .purge_log(snapshot)
+        .await
+        .map_err(|e| format!("cannot purge the log: {e}"))?;
     if metrics
         .wait_for(|m| m.purged.is_some_and(|id| id.index >= snapshot))
         .await
         .is_err()
     {
-        return;
+        return Ok(false);
     }
     let admin = cluster.inner.state_admin.clone();
-    match crate::runtime::blocking(move || admin.finish_restore()).await {
-        Ok(Ok(())) => {
-            cluster.inner.restoring.store(false, Ordering::SeqCst);
-            tracing::info!(snapshot, "restore complete: other nodes may join");
-        }
-        Ok(Err(error)) => tracing::error!(%error, "cannot record the restore as complete"),
-        Err(error) => tracing::error!(%error, "cannot record the restore as complete"),
-    }
+    crate::runtime::blocking(move || admin.finish_restore())
+        .await
+        .map_err(|e| e.to_string())??;
+    Ok(true)
 }
 
 /// What a node runs on besides its config: its identity, its transport and its opened stores.
@@ -528,6 +553,7 @@ impl Cluster {
                 writes,
                 resumed,
                 state_admin,
+                members_gate: tokio::sync::Mutex::new(()),
                 restoring: std::sync::atomic::AtomicBool::new(restoring),
                 live_logs: std::sync::OnceLock::new(),
                 tasks: std::sync::Mutex::new(Vec::new()),
@@ -922,6 +948,12 @@ impl Cluster {
                     .to_string(),
             ));
         }
+        let _gate = self.inner.members_gate.lock().await;
+        // The format as of every committed entry, a `SetFormat` of the previous leader's
+        // included.
+        self.linearize()
+            .await
+            .map_err(|e| OpError::Unreachable(e.to_string()))?;
         self.check_formats_of_joiner(node_id, &addr).await?;
         let raft = &self.inner.raft;
         let membership = raft
@@ -982,7 +1014,10 @@ impl Cluster {
             Some((min, max)) => refuse(format!("reads formats {min} to {max}")),
             // A build before format 5 reads format 4 only.
             None if current == crate::codec::FORMAT_VERSION_MIN => Ok(()),
-            None => refuse("did not say which formats it reads".to_string()),
+            None => refuse(
+                "did not say which formats it reads (unreachable, or a build before format 5)"
+                    .to_string(),
+            ),
         }
     }
 

@@ -148,15 +148,20 @@ pub(super) async fn upgrade_format(cluster: Cluster) {
         if current >= target {
             continue;
         }
-        let members: Vec<_> = {
+        // No node joins between the check and the proposal (`join_local` takes the same
+        // gate), and the state machine refuses the proposal if the membership it names is
+        // no longer the one applied (a leader change may have added one meanwhile).
+        let _gate = cluster.inner.members_gate.lock().await;
+        let (membership_id, members): (_, Vec<_>) = {
             let metrics = cluster.raft().metrics().borrow().clone();
-            metrics
-                .membership_config
+            let config = &metrics.membership_config;
+            let members = config
                 .membership()
                 .nodes()
                 .filter(|(id, _)| **id != cluster.node_id())
                 .map(|(id, addr)| (*id, addr.clone()))
-                .collect()
+                .collect();
+            (*config.log_id(), members)
         };
         for (node_id, addr) in members {
             match cluster.formats_of(&addr).await {
@@ -171,13 +176,18 @@ pub(super) async fn upgrade_format(cluster: Cluster) {
         if target <= current {
             continue;
         }
-        match cluster.write(Command::SetFormat { version: target }).await {
-            Ok(_) => tracing::info!(
+        // Proposed here or nowhere: the check holds for this leader's membership only.
+        let command = Command::SetFormat {
+            version: target,
+            members: membership_id,
+        };
+        match cluster.execute_local(super::Op::Write(command)).await {
+            Ok(super::OpResult::Written(crate::command::Outcome::Applied)) => tracing::info!(
                 from = current,
                 to = target,
                 "every member reads the newer format: the cluster now writes it"
             ),
-            Err(error) => tracing::debug!(%error, "moving to a newer format failed"),
+            other => tracing::debug!(answer = ?other, "the format stays"),
         }
     }
 }

@@ -131,7 +131,12 @@ where
 
 /// Encodes a message into a frame body, refusing one over the limit.
 pub fn encode_frame<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
-    let body = codec::encode(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    encode_frame_as(codec::write_version(), message)
+}
+
+fn encode_frame_as<M: Serialize>(version: u8, message: &M) -> io::Result<Vec<u8>> {
+    let body = codec::encode_as(version, message)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     if body.len() > FRAME_BYTES_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -144,12 +149,12 @@ pub fn encode_frame<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
     Ok(body)
 }
 
-async fn write_frame<T, M>(io: &mut T, message: &M) -> io::Result<()>
+async fn write_frame<T, M>(io: &mut T, version: u8, message: &M) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
     M: Serialize,
 {
-    let body = encode_frame(message)?;
+    let body = encode_frame_as(version, message)?;
     let len = u32::try_from(body.len()).map_err(io::Error::other)?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(&body).await?;
@@ -184,7 +189,7 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &req).await
+        write_frame(io, codec::write_version(), &req).await
     }
 
     async fn write_response<T>(
@@ -196,6 +201,15 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &res).await
+        // What a node of an older build asks before it is a member (who leads, may I join),
+        // answered in the oldest format read: these answers have one shape in every format,
+        // so such a node learns it must be upgraded instead of hearing nothing it can read.
+        let version = match res {
+            Response::Hello(_) | Response::Formats { .. } | Response::Forward(Err(_)) => {
+                codec::FORMAT_VERSION_MIN
+            }
+            _ => codec::write_version(),
+        };
+        write_frame(io, version, &res).await
     }
 }

@@ -341,15 +341,8 @@ impl State {
             Command::ExpireLeases { lease_ms, by } => {
                 self.expire_leases(index, now_ms, *lease_ms, *by)
             }
-            Command::SetFormat { version } => {
-                if *version > codec::FORMAT_VERSION {
-                    return Outcome::Refused {
-                        reason: format!(
-                            "format {version} is newer than this build's {}",
-                            codec::FORMAT_VERSION
-                        ),
-                    };
-                }
+            // The membership check is the state store's, which holds the membership.
+            Command::SetFormat { version, .. } => {
                 if *version > self.format_version() {
                     self.format = *version;
                     self.dirty.insert(RowKey::Format);
@@ -848,18 +841,22 @@ mod tests {
     }
 
     #[test]
-    fn the_format_only_moves_up_to_one_this_build_knows_and_survives_a_reload() {
+    fn the_format_only_moves_up_and_survives_a_reload() {
         let mut state = State::default();
         assert_eq!(
             state.format_version(),
             codec::FORMAT_VERSION_MIN,
             "unset: the oldest"
         );
-        let set = |version| at(1, Command::SetFormat { version });
-        assert!(matches!(
-            state.apply(0, &set(codec::FORMAT_VERSION + 1)),
-            Outcome::Refused { .. }
-        ));
+        let set = |version| {
+            at(
+                1,
+                Command::SetFormat {
+                    version,
+                    members: None,
+                },
+            )
+        };
         assert_eq!(
             state.apply(0, &set(codec::FORMAT_VERSION)),
             Outcome::Applied
