@@ -477,6 +477,24 @@ fn datum_states(file: &std::path::Path) -> Result<std::collections::BTreeMap<Str
     Ok(states)
 }
 
+/// Runs `shoal node ARGS --restore BACKUP` and checks it is refused as bad input (exit 2)
+/// saying `why`.
+fn restore_refused(args: &[&std::ffi::OsStr], backup: &std::path::Path, why: &str) -> Result<()> {
+    let out = std::process::Command::new(shoal_tests::shoal_bin())
+        .arg("node")
+        .args(args)
+        .arg("--restore")
+        .arg(backup)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && stderr.contains(why),
+        "exit {:?}: {stderr}",
+        out.status.code()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_backup_of_a_busy_cluster_restores_onto_three_new_nodes_where_every_task_finishes()
 -> Result<()> {
@@ -549,18 +567,11 @@ async fn a_backup_of_a_busy_cluster_restores_onto_three_new_nodes_where_every_ta
     let bytes = std::fs::read(&file)?;
     std::fs::write(&damaged, &bytes[..bytes.len() - 10])?;
     let empty = backups.path().join("empty-data");
-    let out = std::process::Command::new(shoal_tests::shoal_bin())
-        .args(["node", "--data-dir"])
-        .arg(&empty)
-        .arg("--restore")
-        .arg(&damaged)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(2) && stderr.contains("truncated"),
-        "exit {:?}: {stderr}",
-        out.status.code()
-    );
+    restore_refused(
+        &["--data-dir".as_ref(), empty.as_os_str()],
+        &damaged,
+        "truncated",
+    )?;
     ensure!(!empty.join("state.redb").exists(), "nothing was restored");
 
     phase("three new nodes: one restores the backup, two join it");
@@ -611,18 +622,11 @@ async fn a_backup_of_a_busy_cluster_restores_onto_three_new_nodes_where_every_ta
     let id = new.submit_task(2, &task("echo after".into())).await?;
     let ended = new.wait_task(2, &id, FORMATION).await?;
     ensure!(ended["state"] == "COMPLETE", "{ended}");
-    let out = std::process::Command::new(shoal_tests::shoal_bin())
-        .args(["node", "--config"])
-        .arg(&new.nodes[0].config_path)
-        .arg("--restore")
-        .arg(&file)
-        .output()?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.code() == Some(2) && stderr.contains("restore into an empty data dir"),
-        "exit {:?}: {stderr}",
-        out.status.code()
-    );
+    restore_refused(
+        &["--config".as_ref(), new.nodes[0].config_path.as_os_str()],
+        &file,
+        "restore into an empty data dir",
+    )?;
     Ok(())
 }
 

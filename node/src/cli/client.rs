@@ -158,6 +158,18 @@ impl Client {
             .get(self.url(path))
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .timeout(EVENT_STREAM_TIMEOUT);
+        let response = self.open(request).await?;
+        Ok(EventStream {
+            response,
+            buffer: Vec::new(),
+        })
+    }
+}
+
+impl Client {
+    /// Sends `request` with the token and answers the response whose body the caller
+    /// reads as it arrives; an unsuccessful answer is its error.
+    async fn open(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, CliError> {
         let request = match &self.token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -171,14 +183,9 @@ impl Client {
             let bytes = response.bytes().await.unwrap_or_default();
             return Err(error_answer(status, &bytes));
         }
-        Ok(EventStream {
-            response,
-            buffer: Vec::new(),
-        })
+        Ok(response)
     }
-}
 
-impl Client {
     /// GETs `path` into `out` chunk by chunk; the bytes written. No overall timeout (a
     /// download lasts as long as it is large), but a stall longer than `DOWNLOAD_STALL_MAX`
     /// fails it.
@@ -188,19 +195,7 @@ impl Client {
         out: &mut (impl std::io::Write + ?Sized),
     ) -> Result<u64, CliError> {
         let request = self.http.get(self.url(path)).timeout(DOWNLOAD_TIMEOUT);
-        let request = match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        };
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| CliError::unreachable(format!("cannot reach {}: {e}", self.base)))?;
-        let status = response.status();
-        if !status.is_success() {
-            let bytes = response.bytes().await.unwrap_or_default();
-            return Err(error_answer(status, &bytes));
-        }
+        let mut response = self.open(request).await?;
         let mut written = 0_u64;
         loop {
             let chunk = tokio::time::timeout(DOWNLOAD_STALL_MAX, response.chunk())
