@@ -425,19 +425,11 @@ impl DockerExecutor {
         let ((), (stdout_tail, stderr_tail), (code, killed)) =
             tokio::try_join!(feed, capture, waited)?;
         let mut note = killed.then(|| "step killed: the attempt was canceled".to_string());
-        if !killed {
-            let inspect = self.client.inspect_container(name, None).await;
-            let oom = inspect
-                .ok()
-                .and_then(|i| i.state)
-                .and_then(|s| s.oom_killed)
-                .unwrap_or(false);
-            if oom {
-                note = Some(format!(
-                    "step killed for memory: it exceeded its limit of {} bytes",
-                    step.resources.ram_bytes
-                ));
-            }
+        if !killed && code == KILLED_EXIT_CODE && self.oom_killed(name).await {
+            note = Some(format!(
+                "step killed for memory: it exceeded its limit of {} bytes",
+                step.resources.ram_bytes
+            ));
         }
         Ok(StepOutcome {
             exit_code: code,
@@ -446,7 +438,30 @@ impl DockerExecutor {
             note,
         })
     }
+
+    /// Whether the engine says the kernel killed the container for memory. The engine learns
+    /// of an OOM kill from an event that may come after the exit the wait returned, so a
+    /// SIGKILLed container is asked again for a short while before the answer is "no".
+    async fn oom_killed(&self, name: &str) -> bool {
+        for _ in 0..OOM_ASKS {
+            let inspect = self.client.inspect_container(name, None).await;
+            match inspect
+                .ok()
+                .and_then(|i| i.state)
+                .and_then(|s| s.oom_killed)
+            {
+                Some(true) => return true,
+                Some(false) => tokio::time::sleep(OOM_ASK_INTERVAL).await,
+                None => return false,
+            }
+        }
+        false
+    }
 }
+
+/// How often, and how far apart, a SIGKILLed container's OOM flag is read: 1 s in all.
+const OOM_ASKS: u32 = 10;
+const OOM_ASK_INTERVAL: Duration = Duration::from_millis(100);
 
 fn docker_failed(error: DockerError) -> ExecutorError {
     ExecutorError::Engine(engine_error(&error))
