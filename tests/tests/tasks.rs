@@ -522,6 +522,53 @@ async fn a_command_that_cannot_be_started_fails_like_a_shell_and_ignore_error_ho
 }
 
 #[tokio::test]
+async fn a_node_with_a_free_slot_claims_a_task_sent_to_it_in_the_entry_behind_it() -> Result<()> {
+    const TASKS: u64 = 5;
+    let mut cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
+    // On the leader both entries are proposed in order; a follower forwards them as two
+    // requests, which may arrive the other way round (then the claim finds nothing yet and
+    // the task goes to whichever node claims it first).
+    let node = cluster.leader_index().await?;
+    let name = cluster.nodes[node].name.clone();
+
+    // A node claims only once it has ended its previous life's claims, just after it starts.
+    let first = cluster.submit_task(node, &shell("true")).await?;
+    cluster.wait_task(node, &first, TASK_TIMEOUT).await?;
+    let granted_before = granted_behind(&cluster, node).await?;
+
+    phase("tasks sent one at a time to an idle node run there, claimed behind each submission");
+    for _ in 0..TASKS {
+        let id = cluster.submit_task(node, &shell("true")).await?;
+        let task = cluster.wait_task(node, &id, TASK_TIMEOUT).await?;
+        ensure!(task["state"] == "COMPLETE", "{task}");
+        ensure!(
+            task["logs"][0]["metadata"]["hostname"] == name.as_str(),
+            "ran elsewhere than on {name}: {task}"
+        );
+    }
+    let granted = granted_behind(&cluster, node).await? - granted_before;
+    // One claim may find the claim loop's turn taken (it woke for an entry just applied).
+    ensure!(
+        granted >= TASKS - 1,
+        "{granted} of {TASKS} tasks were granted by a claim behind their submission"
+    );
+    Ok(())
+}
+
+/// Node `index`'s `shoal_worker_granted_behind_submissions_total`.
+async fn granted_behind(cluster: &TestCluster, index: usize) -> Result<u64> {
+    let metrics = reqwest::get(format!("{}/metrics", cluster.nodes[index].http_url()))
+        .await?
+        .text()
+        .await?;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("shoal_worker_granted_behind_submissions_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no granted_behind_submissions in {metrics}"))
+}
+
+#[tokio::test]
 async fn a_task_waiting_for_a_slot_is_queued_with_no_log_and_echoes_only_what_was_sent()
 -> Result<()> {
     let cluster = TestCluster::formed(

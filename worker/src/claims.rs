@@ -1,13 +1,17 @@
 //! The claim loop: woken by applied-state changes and freed slots (never by a timer), it
 //! begins queued claims while slots are free, asks the log for more work when the local state
 //! holds something claimable (or, with a free slot, something to steal), and runs each grant
-//! as an attempt in its own task.
+//! as an attempt in its own task. A task submitted on this node while a slot is free brings
+//! a claim in the entry behind it (`claim_behind`), which saves the round the loop would
+//! take after applying it. One claim at a time: the claim turn.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use shoal_raft::ClusterError;
+use shoal_raft::cluster::Follow;
 use shoal_raft::command::{Command, Completion, Grant, Outcome};
 use shoal_raft::job::{AttemptOutcome, Capacity, DatumKey};
 use tokio_util::sync::CancellationToken;
@@ -23,9 +27,10 @@ pub(crate) fn prefetch(shared: &Shared) -> u32 {
     shared.config.slots.min(PREFETCH_MAX)
 }
 
-/// What this node should ask for now: datums to begin at once, datums for its queue, and
-/// the capacity the running attempts leave free.
-pub(crate) fn wants_work(shared: &Shared) -> (u32, u32, Capacity) {
+/// What this node could take now, whatever is pending: datums to begin at once, datums for
+/// its queue, and the capacity the running attempts leave free. Nothing while it stops,
+/// drains or is not ready.
+fn room_for_work(shared: &Shared) -> (u32, u32, Capacity) {
     let (running, free) = {
         let running = shared.running();
         (running.len() as u32, shared.free(&running))
@@ -41,6 +46,18 @@ pub(crate) fn wants_work(shared: &Shared) -> (u32, u32, Capacity) {
     if state.nodes.get(&me).is_none_or(|record| record.draining) {
         return (0, 0, free);
     }
+    (slots, room, free)
+}
+
+/// What this node should ask for now: datums to begin at once, datums for its queue, and
+/// the capacity the running attempts leave free.
+pub(crate) fn wants_work(shared: &Shared) -> (u32, u32, Capacity) {
+    let (slots, room, free) = room_for_work(shared);
+    if slots + room == 0 {
+        return (0, 0, free);
+    }
+    let me = shared.cluster.node_id();
+    let state = shared.cluster.view().read();
     if state.has_claimable(me, slots, room, free) {
         (slots, room, free)
     } else if slots > 0 && state.has_stealable(me, free) {
@@ -91,40 +108,94 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>) {
     crate::restart::settle_previous_life(&shared).await;
     let mut applied = shared.cluster.view().applied();
     loop {
-        start_queued(&shared);
-        let (max, queue, free) = wants_work(&shared);
-        if max + queue > 0 {
-            let claim = Command::ClaimBatch {
-                node_id: shared.cluster.node_id(),
-                max,
-                queue,
-                free,
-            };
-            shared.claiming.store(true, Ordering::SeqCst);
-            let answer = shared.cluster.write(claim).await;
-            match answer {
-                Ok(Outcome::Claimed { grants }) if !grants.is_empty() => {
-                    for grant in grants {
-                        // Granted while the node began to stop: nothing starts; shutdown
-                        // hands the whole queue back.
-                        if grant.queued || shared.stop.is_cancelled() {
-                            enqueue(&shared, grant);
-                        } else {
-                            start_attempt(&shared, grant);
-                        }
-                    }
-                    shared.claiming.store(false, Ordering::SeqCst);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(error) => tracing::debug!(%error, "claim failed"),
-            }
-            shared.claiming.store(false, Ordering::SeqCst);
+        if claim_once(&shared).await {
+            continue;
         }
         tokio::select! {
             changed = applied.changed() => if changed.is_err() { return },
             () = shared.slot_freed.notified() => {}
             () = shared.stop.cancelled() => return,
+        }
+    }
+}
+
+/// Begins queued claims, then asks the log for work if there is any for this node; true
+/// when it granted some (there may be more).
+async fn claim_once(shared: &Arc<Shared>) -> bool {
+    let _turn = shared.claim_turn.lock().await;
+    start_queued(shared);
+    let (max, queue, free) = wants_work(shared);
+    if max + queue == 0 {
+        return false;
+    }
+    let claim = Command::ClaimBatch {
+        node_id: shared.cluster.node_id(),
+        max,
+        queue,
+        free,
+    };
+    shared.claiming.store(true, Ordering::SeqCst);
+    let granted = take_grants(shared, shared.cluster.write(claim).await);
+    shared.claiming.store(false, Ordering::SeqCst);
+    granted
+}
+
+/// A claim to write right behind a submission made on this node (the cluster's claim
+/// source): with a slot free, the node takes the new work in the round that records it.
+/// `None` while another claim is on its way, before the previous life's claims are ended
+/// (the claim loop's first duty), or with no slot free.
+pub(crate) fn claim_behind(shared: &Arc<Shared>) -> Option<Follow> {
+    if shared.life_start.load(Ordering::SeqCst) == u64::MAX {
+        return None;
+    }
+    let turn = shared.claim_turn.clone().try_lock_owned().ok()?;
+    let (max, queue, free) = room_for_work(shared);
+    if max == 0 {
+        return None;
+    }
+    let (follow, answer) = Follow::new(Command::ClaimBatch {
+        node_id: shared.cluster.node_id(),
+        max,
+        queue,
+        free,
+    });
+    shared.claiming.store(true, Ordering::SeqCst);
+    let shared = shared.clone();
+    shoal_raft::runtime::spawn(async move {
+        // Unanswered when the submission was never sent: nothing was claimed.
+        if let Ok(answer) = answer.await {
+            if let Ok(Outcome::Claimed { grants }) = &answer {
+                crate::metrics::worker()
+                    .granted_behind_submissions
+                    .inc_by(grants.len() as u64);
+            }
+            take_grants(&shared, answer);
+        }
+        shared.claiming.store(false, Ordering::SeqCst);
+        drop(turn);
+    });
+    Some(follow)
+}
+
+/// Starts or queues what a `ClaimBatch` granted; true when it granted something.
+fn take_grants(shared: &Arc<Shared>, answer: Result<Outcome, ClusterError>) -> bool {
+    match answer {
+        Ok(Outcome::Claimed { grants }) if !grants.is_empty() => {
+            for grant in grants {
+                // Granted while the node began to stop: nothing starts; shutdown hands the
+                // whole queue back.
+                if grant.queued || shared.stop.is_cancelled() {
+                    enqueue(shared, grant);
+                } else {
+                    start_attempt(shared, grant);
+                }
+            }
+            true
+        }
+        Ok(_) => false,
+        Err(error) => {
+            tracing::debug!(%error, "claim failed");
+            false
         }
     }
 }

@@ -163,6 +163,7 @@ impl Worker {
             finished: Mutex::new(HashSet::new()),
             life_start: std::sync::atomic::AtomicU64::new(u64::MAX),
             claiming: AtomicBool::new(false),
+            claim_turn: Arc::new(tokio::sync::Mutex::new(())),
             slot_freed: Notify::new(),
             reports,
             stop: CancellationToken::new(),
@@ -184,6 +185,10 @@ impl Worker {
                 };
                 Some(live.snapshot())
             }));
+        let weak = Arc::downgrade(&shared);
+        shared
+            .cluster
+            .set_claim_source(Arc::new(move || claims::claim_behind(&weak.upgrade()?)));
         // The claim loop comes first: `shutdown` stops it before the others.
         let tasks = vec![
             spawn(claims::claim_loop(shared.clone())),
@@ -216,7 +221,11 @@ impl Worker {
             // hand-back.
             let _ = claim_loop.await;
         }
+        // A claim behind a submission may still be on its way: its grants join the queue
+        // before it is handed back.
+        let turn = self.shared.claim_turn.lock().await;
         claims::hand_back_queue(&self.shared).await;
+        drop(turn);
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         self.wait_idle(deadline).await;
         if !self.shared.running().is_empty() {

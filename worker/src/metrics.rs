@@ -1,5 +1,6 @@
 //! This node's worker instruments for `/metrics`: attempts started and ended, time from
-//! submission to an attempt's start, run time, bytes moved and image pulls.
+//! submission to an attempt's start, run time, bytes moved, image pulls, and work claimed
+//! behind this node's own submissions.
 //!
 //! Process-wide like the log's (see `shoal_raft::metrics`): one node runs per process.
 
@@ -39,6 +40,8 @@ pub struct WorkerMetrics {
     pub downloaded_bytes: Counter,
     pub uploaded_bytes: Counter,
     pub image_pull_seconds: Histogram,
+    /// Datums granted to this node by claims written right behind its own submissions.
+    pub granted_behind_submissions: Counter,
 }
 
 static WORKER: LazyLock<WorkerMetrics> = LazyLock::new(|| WorkerMetrics {
@@ -49,6 +52,7 @@ static WORKER: LazyLock<WorkerMetrics> = LazyLock::new(|| WorkerMetrics {
     downloaded_bytes: Counter::default(),
     uploaded_bytes: Counter::default(),
     image_pull_seconds: duration_histogram(),
+    granted_behind_submissions: Counter::default(),
 });
 
 /// This process's worker instruments.
@@ -154,5 +158,10 @@ pub fn register(registry: &mut Registry) {
         "image_pull_duration_seconds",
         "Time to pull an image the container engine did not have",
         m.image_pull_seconds.clone(),
+    );
+    worker.register(
+        "granted_behind_submissions",
+        "Datums granted to this node by claims written right behind its own submissions",
+        m.granted_behind_submissions.clone(),
     );
 }

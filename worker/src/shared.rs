@@ -44,6 +44,9 @@ pub(crate) struct Shared {
     /// Set while a `ClaimBatch` is in flight and its grants not yet started: its claims are
     /// not orphans, whatever the applied state shows meanwhile.
     pub(crate) claiming: AtomicBool,
+    /// Held by whoever claims: the claim loop, or a claim behind a submission made here. One
+    /// claim at a time, so two never both count the same free slot.
+    pub(crate) claim_turn: Arc<tokio::sync::Mutex<()>>,
     pub(crate) slot_freed: Notify,
     pub(crate) reports: mpsc::Sender<Completion>,
     pub(crate) stop: CancellationToken,

@@ -150,7 +150,8 @@ pub async fn create(
         seal: true,
         steward: None,
     };
-    match state.cluster.write(command).await? {
+    // With a slot free, this node claims the task in the entry right behind it.
+    match state.cluster.write_and_claim(command).await? {
         // With an idempotency key, the job a first submission made.
         Outcome::JobSubmitted { job_id, .. } => Ok(Json(TesCreateTaskResponse { id: job_id })),
         Outcome::KeyReused { job_id } => Err(crate::http::key_reused(&job_id)),

@@ -6,6 +6,11 @@
 //! returns, so batches grow with the load and latency does not. Each write still gets its
 //! own outcome; a failure of the whole batch (no leader) is every write's failure. Retries
 //! resend the whole batch, which is safe because every batchable command is idempotent.
+//!
+//! A write may bring a [`Follow`]: a command proposed in an entry of its own right behind the
+//! batch (a node's claim behind its own submission, see [`Cluster::write_and_claim`]). It is
+//! handed on after the batch, so it usually lands in the entry after it; when it overtakes
+//! the batch it is still correct, only no faster.
 
 use std::sync::Arc;
 
@@ -28,6 +33,22 @@ pub(super) struct QueuedWrite {
     command: Command,
     bytes: usize,
     reply: oneshot::Sender<Result<Outcome, ClusterError>>,
+    follow: Option<Follow>,
+}
+
+/// A command to propose in its own entry right behind a write, and where its outcome goes.
+pub struct Follow {
+    command: Command,
+    reply: oneshot::Sender<Result<Outcome, ClusterError>>,
+}
+
+impl Follow {
+    /// A follow of `command`, and the receiver of its outcome (dropped unanswered when the
+    /// write it follows was never sent).
+    pub fn new(command: Command) -> (Self, oneshot::Receiver<Result<Outcome, ClusterError>>) {
+        let (reply, answer) = oneshot::channel();
+        (Follow { command, reply }, answer)
+    }
 }
 
 impl QueuedWrite {
@@ -35,6 +56,7 @@ impl QueuedWrite {
     pub(super) fn new(
         command: Command,
         bytes: usize,
+        follow: Option<Follow>,
     ) -> (Self, oneshot::Receiver<Result<Outcome, ClusterError>>) {
         let (reply, answer) = oneshot::channel();
         (
@@ -42,6 +64,7 @@ impl QueuedWrite {
                 command,
                 bytes,
                 reply,
+                follow,
             },
             answer,
         )
@@ -82,7 +105,17 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<QueuedWrite>
     }
 }
 
+/// Proposes `batch`, and each of its follows behind it.
 async fn send(cluster: &Cluster, mut batch: Vec<QueuedWrite>) {
+    let follows: Vec<Follow> = batch.iter_mut().filter_map(|w| w.follow.take()).collect();
+    let behind = futures::future::join_all(follows.into_iter().map(|follow| async move {
+        let _ = follow.reply.send(cluster.write_now(follow.command).await);
+    }));
+    // `join!` polls in order: the batch is handed on before its follows.
+    futures::join!(send_batch(cluster, batch), behind);
+}
+
+async fn send_batch(cluster: &Cluster, mut batch: Vec<QueuedWrite>) {
     if batch.len() == 1 {
         let write = batch.remove(0);
         let _ = write.reply.send(cluster.write_now(write.command).await);

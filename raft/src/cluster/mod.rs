@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+pub use batcher::Follow;
 pub use identity::{load_or_create_keypair, read_cluster_key};
 
 use crate::command::{Command, NodeInfo, Outcome, Proposal};
@@ -76,6 +77,10 @@ const LIVE_LOGS_DEADLINE: Duration = Duration::from_secs(1);
 /// worker; `None` when it runs no such attempt.
 pub type LiveLogsSource =
     Arc<dyn Fn(crate::job::DatumKey, u64) -> Option<Vec<crate::job::ExecutorLog>> + Send + Sync>;
+
+/// The claim a node writes right behind a submission it makes (set by the worker); `None`
+/// when it has no slot free or claims already.
+pub type ClaimSource = Arc<dyn Fn() -> Option<Follow> + Send + Sync>;
 
 /// Everything a node needs to take part in the cluster. Built from the node's config.
 #[derive(Debug, Clone)]
@@ -273,6 +278,8 @@ struct Inner {
     writes: mpsc::Sender<batcher::QueuedWrite>,
     /// What running attempts have printed so far (set once by the worker).
     live_logs: std::sync::OnceLock<LiveLogsSource>,
+    /// This node's claim behind its submissions (set once by the worker).
+    claims: std::sync::OnceLock<ClaimSource>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
 }
@@ -556,6 +563,7 @@ impl Cluster {
                 members_gate: tokio::sync::Mutex::new(()),
                 restoring: std::sync::atomic::AtomicBool::new(restoring),
                 live_logs: std::sync::OnceLock::new(),
+                claims: std::sync::OnceLock::new(),
                 tasks: std::sync::Mutex::new(Vec::new()),
                 stop,
             }),
@@ -629,6 +637,11 @@ impl Cluster {
     /// Lets peers and this node's API ask what running attempts have printed so far.
     pub fn set_live_logs(&self, source: LiveLogsSource) {
         let _ = self.inner.live_logs.set(source);
+    }
+
+    /// Lets submissions made on this node bring this node's claim (see `write_and_claim`).
+    pub fn set_claim_source(&self, source: ClaimSource) {
+        let _ = self.inner.claims.set(source);
     }
 
     pub(crate) fn local_live_logs(
@@ -784,6 +797,25 @@ impl Cluster {
     /// Proposes `command` through the leader and returns its outcome once applied there.
     /// Writes made at about the same time share one log entry (see `batcher`).
     pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
+        self.write_with(command, None).await
+    }
+
+    /// Writes a submission like [`Cluster::write`], with this node's claim (from the claim
+    /// source) proposed in the entry right behind it: a node with a slot free takes the new
+    /// work in the round that records it, instead of a round after it has applied it.
+    pub async fn write_and_claim(&self, command: Command) -> Result<Outcome, ClusterError> {
+        let claim = match self.inner.claims.get() {
+            Some(source) if command.is_batchable() => source(),
+            _ => None,
+        };
+        self.write_with(command, claim).await
+    }
+
+    async fn write_with(
+        &self,
+        command: Command,
+        follow: Option<Follow>,
+    ) -> Result<Outcome, ClusterError> {
         let bytes = crate::codec::encoded_len(&command)
             .map_err(|e| ClusterError::Failed(format!("cannot encode a command: {e}")))?;
         if bytes > COMMAND_BYTES_MAX {
@@ -795,7 +827,7 @@ impl Cluster {
             return self.write_now(command).await;
         }
         let shutting_down = || ClusterError::Failed("this node is shutting down".to_string());
-        let (write, answer) = batcher::QueuedWrite::new(command, bytes);
+        let (write, answer) = batcher::QueuedWrite::new(command, bytes, follow);
         self.inner
             .writes
             .send(write)

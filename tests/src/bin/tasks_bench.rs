@@ -7,7 +7,8 @@
 //!     executor builds (bwrap, started through `shoal __exec-guard`): the executor's real
 //!     limit;
 //! (c) submit-to-COMPLETE latency of a single `true` task through the `process` executor,
-//!     as a client sees it (p50, p99);
+//!     as a client sees it (p50, p99), and the medians of its stages by the task's own
+//!     timestamps;
 //! (d) the same through the `docker` executor in the test image (`SHOAL_TEST_IMAGE`, default
 //!     `shoal-test/busybox:latest`, built by `scripts/test.sh`), beside `docker run --rm` of
 //!     the same image and command (three nodes);
@@ -343,15 +344,30 @@ fn percentile(samples: &mut [Duration], q: f64) -> f64 {
     samples[rank - 1].as_secs_f64() * 1000.0
 }
 
-/// Submit-to-COMPLETE of one task at a time, round-robin over the nodes: (p50, p99) in ms.
+/// Submit-to-COMPLETE of one task at a time, round-robin over the nodes, and where that time
+/// went (medians of the stages the task's own timestamps show).
+struct Latency {
+    p50: f64,
+    p99: f64,
+    /// Created to the executor's start: the submission's write, the claim, the attempt's set-up.
+    to_start: f64,
+    /// The executor's start to its end: the sandbox and the command.
+    running: f64,
+    /// The executor's end to the attempt's recorded end: the completion's write.
+    report: f64,
+    /// The attempt's recorded end to the client's first answer showing COMPLETE.
+    observed: f64,
+}
+
 async fn latency(
     nodes: usize,
     executor: &str,
     task: &serde_json::Value,
     runs: usize,
-) -> Result<(f64, f64)> {
+) -> Result<Latency> {
     let cluster = start(nodes, executor, 2).await?;
     let mut samples = Vec::with_capacity(runs);
+    let mut stages: [Vec<f64>; 4] = Default::default();
     for i in 0..runs {
         let node = i % nodes;
         let started = Instant::now();
@@ -365,11 +381,41 @@ async fn latency(
             }
         }
         samples.push(started.elapsed());
+        let seen = SystemTime::now();
+        let task = cluster.task(node, &id, "BASIC").await?;
+        let at = |time: &serde_json::Value| {
+            let time = time.as_str().context("a timestamp")?;
+            humantime::parse_rfc3339(time).with_context(|| format!("timestamp {time:?}"))
+        };
+        let attempt = &task["logs"][0];
+        let times = [
+            at(&task["creation_time"])?,
+            at(&attempt["logs"][0]["start_time"])?,
+            at(&attempt["logs"][0]["end_time"])?,
+            at(&attempt["end_time"])?,
+            seen,
+        ];
+        for (stage, pair) in stages.iter_mut().zip(times.windows(2)) {
+            // Recorded by the nodes in whole milliseconds: a stage may show as slightly negative.
+            let ms = match pair[1].duration_since(pair[0]) {
+                Ok(gap) => gap.as_secs_f64() * 1000.0,
+                Err(early) => -early.duration().as_secs_f64() * 1000.0,
+            };
+            stage.push(ms);
+        }
     }
-    Ok((
-        percentile(&mut samples, 0.5),
-        percentile(&mut samples, 0.99),
-    ))
+    let [to_start, running, report, observed] = stages.map(|mut values| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    });
+    Ok(Latency {
+        p50: percentile(&mut samples, 0.5),
+        p99: percentile(&mut samples, 0.99),
+        to_start,
+        running,
+        report,
+        observed,
+    })
 }
 
 /// `docker run --rm IMAGE true`, one at a time: (p50, p99) in ms.
@@ -395,7 +441,7 @@ fn docker_run_latency(image: &str, runs: usize) -> Result<(f64, f64)> {
 async fn container_latency(runs: usize) -> Result<serde_json::Value> {
     let image = std::env::var("SHOAL_TEST_IMAGE")
         .unwrap_or_else(|_| "shoal-test/busybox:latest".to_string());
-    let (p50, p99) = latency(3, "docker", &task_in(&image), runs).await?;
+    let Latency { p50, p99, .. } = latency(3, "docker", &task_in(&image), runs).await?;
     say!(
         "  shoal, docker executor, `true` in {image}: p50 {p50:.1} ms, p99 {p99:.1} ms (n = {runs})"
     );
@@ -473,11 +519,20 @@ async fn main() -> Result<()> {
             say!("  {:.2} of the sandboxed loop", process / sandboxed);
         }
         say!("(c) latency:");
-        let (p50, p99) = latency(nodes, "process", &true_task(), args.latency_runs).await?;
+        let latency = latency(nodes, "process", &true_task(), args.latency_runs).await?;
+        let Latency { p50, p99, .. } = latency;
         say!(
             "  submit to COMPLETE, one `true` task at a time: p50 {p50:.1} ms, p99 {p99:.1} ms \
              (n = {})",
             args.latency_runs
+        );
+        say!(
+            "  medians of its stages: created to executor start {:.1} ms, executor {:.1} ms, \
+             executor end to attempt end {:.1} ms, attempt end to seen COMPLETE {:.1} ms",
+            latency.to_start,
+            latency.running,
+            latency.report,
+            latency.observed
         );
         by_size.insert(
             nodes.to_string(),
@@ -488,6 +543,12 @@ async fn main() -> Result<()> {
                 "process_of_sandboxed_loop": sandboxed.map(|rate| process / rate),
                 "latency_p50_ms": p50,
                 "latency_p99_ms": p99,
+                "latency_stages_median_ms": {
+                    "created_to_executor_start": latency.to_start,
+                    "executor": latency.running,
+                    "executor_end_to_attempt_end": latency.report,
+                    "attempt_end_to_seen": latency.observed,
+                },
             }),
         );
     }
