@@ -537,20 +537,25 @@ async fn a_node_with_a_free_slot_claims_a_task_sent_to_it_in_the_entry_behind_it
     let granted_before = granted_behind(&cluster, node).await?;
 
     phase("tasks sent one at a time to an idle node run there, claimed behind each submission");
+    let mut elsewhere = Vec::new();
     for _ in 0..TASKS {
         let id = cluster.submit_task(node, &shell("true")).await?;
         let task = cluster.wait_task(node, &id, TASK_TIMEOUT).await?;
         ensure!(task["state"] == "COMPLETE", "{task}");
-        ensure!(
-            task["logs"][0]["metadata"]["hostname"] == name.as_str(),
-            "ran elsewhere than on {name}: {task}"
-        );
+        if task["logs"][0]["metadata"]["hostname"] != name.as_str() {
+            elsewhere.push(task);
+        }
     }
     let granted = granted_behind(&cluster, node).await? - granted_before;
-    // One claim may find the claim loop's turn taken (it woke for an entry just applied).
+    // One claim may find the claim loop's turn taken (it woke for an entry just applied),
+    // and its task go to whichever node claims first.
     ensure!(
         granted >= TASKS - 1,
         "{granted} of {TASKS} tasks were granted by a claim behind their submission"
+    );
+    ensure!(
+        elsewhere.len() <= 1,
+        "ran elsewhere than on {name}: {elsewhere:?}"
     );
     Ok(())
 }

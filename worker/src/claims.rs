@@ -149,8 +149,13 @@ pub(crate) fn claim_behind(shared: &Arc<Shared>) -> Option<Follow> {
         return None;
     }
     let turn = shared.claim_turn.clone().try_lock_owned().ok()?;
+    // As the claim loop does: the claim watch starts nothing meanwhile, and queued claims
+    // take their slots before they are counted free.
+    shared.claiming.store(true, Ordering::SeqCst);
+    start_queued(shared);
     let (max, queue, free) = room_for_work(shared);
     if max == 0 {
+        shared.claiming.store(false, Ordering::SeqCst);
         return None;
     }
     let (follow, answer) = Follow::new(Command::ClaimBatch {
@@ -159,7 +164,6 @@ pub(crate) fn claim_behind(shared: &Arc<Shared>) -> Option<Follow> {
         queue,
         free,
     });
-    shared.claiming.store(true, Ordering::SeqCst);
     let shared = shared.clone();
     shoal_raft::runtime::spawn(async move {
         // Unanswered when the submission was never sent: nothing was claimed.

@@ -222,8 +222,10 @@ impl Worker {
             let _ = claim_loop.await;
         }
         // A claim behind a submission may still be on its way: its grants join the queue
-        // before it is handed back.
-        let turn = self.shared.claim_turn.lock().await;
+        // before it is handed back (or, if it takes too long, expire with their lease).
+        let turn = tokio::time::timeout(Duration::from_secs(11), self.shared.claim_turn.lock())
+            .await
+            .ok();
         claims::hand_back_queue(&self.shared).await;
         drop(turn);
         let deadline = tokio::time::Instant::now() + STOP_GRACE;

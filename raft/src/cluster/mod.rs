@@ -797,25 +797,17 @@ impl Cluster {
     /// Proposes `command` through the leader and returns its outcome once applied there.
     /// Writes made at about the same time share one log entry (see `batcher`).
     pub async fn write(&self, command: Command) -> Result<Outcome, ClusterError> {
-        self.write_with(command, None).await
+        self.write_with(command, false).await
     }
 
     /// Writes a submission like [`Cluster::write`], with this node's claim (from the claim
     /// source) proposed in the entry right behind it: a node with a slot free takes the new
     /// work in the round that records it, instead of a round after it has applied it.
     pub async fn write_and_claim(&self, command: Command) -> Result<Outcome, ClusterError> {
-        let claim = match self.inner.claims.get() {
-            Some(source) if command.is_batchable() => source(),
-            _ => None,
-        };
-        self.write_with(command, claim).await
+        self.write_with(command, true).await
     }
 
-    async fn write_with(
-        &self,
-        command: Command,
-        follow: Option<Follow>,
-    ) -> Result<Outcome, ClusterError> {
+    async fn write_with(&self, command: Command, claim: bool) -> Result<Outcome, ClusterError> {
         let bytes = crate::codec::encoded_len(&command)
             .map_err(|e| ClusterError::Failed(format!("cannot encode a command: {e}")))?;
         if bytes > COMMAND_BYTES_MAX {
@@ -827,6 +819,11 @@ impl Cluster {
             return self.write_now(command).await;
         }
         let shutting_down = || ClusterError::Failed("this node is shutting down".to_string());
+        // Asked only now, for a write that goes out.
+        let follow = match self.inner.claims.get() {
+            Some(source) if claim => source(),
+            _ => None,
+        };
         let (write, answer) = batcher::QueuedWrite::new(command, bytes, follow);
         self.inner
             .writes

@@ -349,7 +349,8 @@ fn percentile(samples: &mut [Duration], q: f64) -> f64 {
 struct Latency {
     p50: f64,
     p99: f64,
-    /// Created to the executor's start: the submission's write, the claim, the attempt's set-up.
+    /// Created (the leader's proposal of the submission) to the executor's start: the
+    /// submission's commit, the claim, the attempt's set-up.
     to_start: f64,
     /// The executor's start to its end: the sandbox and the command.
     running: f64,
@@ -387,7 +388,11 @@ async fn latency(
             let time = time.as_str().context("a timestamp")?;
             humantime::parse_rfc3339(time).with_context(|| format!("timestamp {time:?}"))
         };
-        let attempt = &task["logs"][0];
+        // The attempt that completed: the last (an earlier one may have been lost).
+        let attempt = task["logs"]
+            .as_array()
+            .and_then(|logs| logs.last())
+            .with_context(|| format!("task {id} has no attempt: {task}"))?;
         let times = [
             at(&task["creation_time"])?,
             at(&attempt["logs"][0]["start_time"])?,
@@ -404,6 +409,7 @@ async fn latency(
             stage.push(ms);
         }
     }
+    // The upper middle of an even count.
     let [to_start, running, report, observed] = stages.map(|mut values| {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]

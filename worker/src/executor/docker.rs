@@ -425,7 +425,7 @@ impl DockerExecutor {
         let ((), (stdout_tail, stderr_tail), (code, killed)) =
             tokio::try_join!(feed, capture, waited)?;
         let mut note = killed.then(|| "step killed: the attempt was canceled".to_string());
-        if !killed && code == KILLED_EXIT_CODE && self.oom_killed(name).await {
+        if !killed && code != 0 && self.oom_killed(name, code == KILLED_EXIT_CODE).await {
             note = Some(format!(
                 "step killed for memory: it exceeded its limit of {} bytes",
                 step.resources.ram_bytes
@@ -439,11 +439,13 @@ impl DockerExecutor {
         })
     }
 
-    /// Whether the engine says the kernel killed the container for memory. The engine learns
-    /// of an OOM kill from an event that may come after the exit the wait returned, so a
-    /// SIGKILLed container is asked again for a short while before the answer is "no".
-    async fn oom_killed(&self, name: &str) -> bool {
-        for _ in 0..OOM_ASKS {
+    /// Whether the engine says the kernel killed something in the container for memory. The
+    /// engine learns of an OOM kill from an event that may come after the exit the wait
+    /// returned, so a container whose main process was SIGKILLed (`sigkilled`) is asked again
+    /// for a short while before the answer is "no"; any other exit is asked once.
+    async fn oom_killed(&self, name: &str, sigkilled: bool) -> bool {
+        let asks = if sigkilled { OOM_ASKS } else { 1 };
+        for _ in 0..asks {
             let inspect = self.client.inspect_container(name, None).await;
             match inspect
                 .ok()
