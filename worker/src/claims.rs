@@ -134,10 +134,7 @@ async fn claim_once(shared: &Arc<Shared>) -> bool {
         queue,
         free,
     };
-    shared.claiming.store(true, Ordering::SeqCst);
-    let granted = take_grants(shared, shared.cluster.write(claim).await);
-    shared.claiming.store(false, Ordering::SeqCst);
-    granted
+    take_grants(shared, shared.cluster.write(claim).await) > 0
 }
 
 /// A claim to write right behind a submission made on this node (the cluster's claim
@@ -149,13 +146,10 @@ pub(crate) fn claim_behind(shared: &Arc<Shared>) -> Option<Follow> {
         return None;
     }
     let turn = shared.claim_turn.clone().try_lock_owned().ok()?;
-    // As the claim loop does: the claim watch starts nothing meanwhile, and queued claims
-    // take their slots before they are counted free.
-    shared.claiming.store(true, Ordering::SeqCst);
+    // As the claim loop does: queued claims take their slots before they are counted free.
     start_queued(shared);
     let (max, queue, free) = room_for_work(shared);
     if max == 0 {
-        shared.claiming.store(false, Ordering::SeqCst);
         return None;
     }
     let (follow, answer) = Follow::new(Command::ClaimBatch {
@@ -168,23 +162,21 @@ pub(crate) fn claim_behind(shared: &Arc<Shared>) -> Option<Follow> {
     shoal_raft::runtime::spawn(async move {
         // Unanswered when the submission was never sent: nothing was claimed.
         if let Ok(answer) = answer.await {
-            if let Ok(Outcome::Claimed { grants }) = &answer {
-                crate::metrics::worker()
-                    .granted_behind_submissions
-                    .inc_by(grants.len() as u64);
-            }
-            take_grants(&shared, answer);
+            let granted = take_grants(&shared, answer);
+            crate::metrics::worker()
+                .granted_behind_submissions
+                .inc_by(granted as u64);
         }
-        shared.claiming.store(false, Ordering::SeqCst);
         drop(turn);
     });
     Some(follow)
 }
 
-/// Starts or queues what a `ClaimBatch` granted; true when it granted something.
-fn take_grants(shared: &Arc<Shared>, answer: Result<Outcome, ClusterError>) -> bool {
+/// Starts or queues what a `ClaimBatch` granted; returns how many it granted.
+fn take_grants(shared: &Arc<Shared>, answer: Result<Outcome, ClusterError>) -> usize {
     match answer {
-        Ok(Outcome::Claimed { grants }) if !grants.is_empty() => {
+        Ok(Outcome::Claimed { grants }) => {
+            let count = grants.len();
             for grant in grants {
                 // Granted while the node began to stop: nothing starts; shutdown hands the
                 // whole queue back.
@@ -194,12 +186,12 @@ fn take_grants(shared: &Arc<Shared>, answer: Result<Outcome, ClusterError>) -> b
                     start_attempt(shared, grant);
                 }
             }
-            true
+            count
         }
-        Ok(_) => false,
+        Ok(_) => 0,
         Err(error) => {
             tracing::debug!(%error, "claim failed");
-            false
+            0
         }
     }
 }

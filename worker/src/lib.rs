@@ -162,7 +162,6 @@ impl Worker {
             queue: Mutex::new(VecDeque::new()),
             finished: Mutex::new(HashSet::new()),
             life_start: std::sync::atomic::AtomicU64::new(u64::MAX),
-            claiming: AtomicBool::new(false),
             claim_turn: Arc::new(tokio::sync::Mutex::new(())),
             slot_freed: Notify::new(),
             reports,

@@ -41,11 +41,9 @@ pub(crate) struct Shared {
     /// The applied index when this node had ended its previous life's claims (`u64::MAX`
     /// until then): the claim watch adopts only claims granted after it.
     pub(crate) life_start: std::sync::atomic::AtomicU64,
-    /// Set while a `ClaimBatch` is in flight and its grants not yet started: its claims are
-    /// not orphans, whatever the applied state shows meanwhile.
-    pub(crate) claiming: AtomicBool,
-    /// Held by whoever claims: the claim loop, or a claim behind a submission made here. One
-    /// claim at a time, so two never both count the same free slot.
+    /// Held by whoever claims (the claim loop, or a claim behind a submission made here)
+    /// until the grants are started, and by the claim watch while it adopts orphans. One at
+    /// a time, so no free slot is counted twice and no grant in flight is taken for an orphan.
     pub(crate) claim_turn: Arc<tokio::sync::Mutex<()>>,
     pub(crate) slot_freed: Notify,
     pub(crate) reports: mpsc::Sender<Completion>,

@@ -25,7 +25,12 @@ pub(crate) async fn claim_watch(shared: Arc<Shared>) {
         let applied = applied.borrow().map(|id| id.index).unwrap_or(0);
         stop_lost_attempts(&shared, applied);
         drop_lost_queued(&shared, applied);
-        if shared.claiming.load(Ordering::SeqCst) || shared.stop.is_cancelled() {
+        // While a claim is on its way its grants are not orphans, whatever the applied state
+        // shows meanwhile; holding the turn, nothing claims while this starts what it adopts.
+        let Ok(_turn) = shared.claim_turn.try_lock() else {
+            continue;
+        };
+        if shared.stop.is_cancelled() {
             continue;
         }
         for grant in orphaned_claims(&shared, applied) {
