@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds shoal's container image without an image registry: the runtime base of
-# deploy/Dockerfile (its `base` stage) on a Debian bookworm image made here from Debian's
-# packages (debootstrap + docker import), plus a shoal binary built on this host.
+# Builds shoal's container image without an image registry: deploy/Dockerfile's `prebuilt`
+# stage (its runtime base plus a binary built elsewhere) on a Debian bookworm image made here
+# from Debian's packages (debootstrap + docker import), with a shoal binary built on this host.
 #
 #   scripts/image.sh [BINARY] [TAG]     # defaults: target/release/shoal, shoal:local
 #
@@ -14,7 +14,6 @@ cd "$(dirname "$0")/.."
 binary="${1:-target/release/shoal}"
 tag="${2:-shoal:local}"
 debian="shoal-local/debian:bookworm"
-base="shoal-local/base:latest"
 log() { printf '==> %s\n' "$*" >&2; }
 sudo_cmd=""
 if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
@@ -49,14 +48,12 @@ if ! docker image inspect "$debian" >/dev/null 2>&1; then
   $sudo_cmd rm -rf "$work/rootfs"
 fi
 
-log "building $base (deploy/Dockerfile, stage base) and $tag with $binary"
-# The classic builder builds the stages up to the target only, so no Rust image is needed.
-DOCKER_BUILDKIT=0 docker build -q -f deploy/Dockerfile --target base \
-  --build-arg BASE="$debian" -t "$base" . >/dev/null 2>"$work/build.log" \
-  || { cat "$work/build.log" >&2; exit 1; }
+log "building $tag (deploy/Dockerfile, stage prebuilt) with $binary"
+# The context holds the binary alone. The classic builder builds the stages up to the target
+# only, so no Rust image is needed.
 mkdir "$work/context"
 cp "$binary" "$work/context/shoal"
-printf 'FROM %s\nCOPY shoal /usr/local/bin/shoal\n' "$base" >"$work/context/Dockerfile"
-DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$work/context" >/dev/null 2>"$work/build.log" \
+DOCKER_BUILDKIT=0 docker build -q -f deploy/Dockerfile --target prebuilt \
+  --build-arg BASE="$debian" -t "$tag" "$work/context" >/dev/null 2>"$work/build.log" \
   || { cat "$work/build.log" >&2; exit 1; }
 docker image inspect -f '{{.Size}}' "$tag" | awk -v t="$tag" '{ printf "==> %s: %.1f MB\n", t, $1 / 1e6 }' >&2

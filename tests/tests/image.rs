@@ -43,6 +43,22 @@ fn the_image_runs_shoal_as_an_unprivileged_user_with_its_data_in_a_volume() -> R
         ports.contains("7000/tcp") && ports.contains("8000/tcp"),
         "exposed ports {ports}"
     );
+    // Small: besides shoal itself, a slimmed Debian with CA certificates (about 82 MB).
+    let size: u64 = inspect("{{.Size}}")?.parse().context("image size")?;
+    let binary: u64 = docker(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "stat",
+        &image,
+        "-c",
+        "%s",
+        "/usr/local/bin/shoal",
+    ])?
+    .parse()
+    .context("binary size")?;
+    let rest_mb = size.saturating_sub(binary) / 1_000_000;
+    ensure!(rest_mb <= 100, "the image holds {rest_mb} MB besides shoal");
     let version = docker(&["run", "--rm", &image, "--version"])?;
     ensure!(version.starts_with("shoal "), "--version said {version:?}");
 
