@@ -91,6 +91,53 @@ fn the_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
     Ok(())
 }
 
+/// The unit's settings, `key=value` lines outside comments (the last of a key wins).
+fn unit_settings(text: &str) -> std::collections::BTreeMap<&str, &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#') && !line.starts_with('['))
+        .filter_map(|line| line.split_once('='))
+        .collect()
+}
+
+/// What the unit promises an operator: a dedicated user, a restart on failure, room for file
+/// descriptors, hardening, and a stop timeout longer than the longest stop a node makes.
+#[test]
+fn the_systemd_unit_runs_a_hardened_dedicated_user_and_outwaits_a_stop() -> Result<()> {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/shoal.service");
+    let text = std::fs::read_to_string(&unit)?;
+    let settings = unit_settings(&text);
+    let get = |key: &str| settings.get(key).copied().unwrap_or("");
+    ensure!(
+        get("User") == "shoal" && get("Group") == "shoal",
+        "a dedicated user"
+    );
+    ensure!(get("Restart") == "on-failure", "Restart={}", get("Restart"));
+    let files: u64 = get("LimitNOFILE").parse().context("LimitNOFILE")?;
+    ensure!(files >= 65536, "LimitNOFILE={files}");
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("PrivateTmp", "yes"),
+        ("ProtectKernelModules", "yes"),
+        ("RestrictSUIDSGID", "yes"),
+        ("StateDirectory", "shoal"),
+        ("KillSignal", "SIGTERM"),
+    ] {
+        ensure!(get(key) == value, "{key}={} (expected {value})", get(key));
+    }
+    let stop: u64 = get("TimeoutStopSec")
+        .parse()
+        .context("TimeoutStopSec in seconds")?;
+    // Beyond the worker's waits: the last reports and the node's own shutdown.
+    let needed = shoal_worker::STOP_WAIT_MAX.as_secs() + 10;
+    ensure!(
+        stop >= needed,
+        "TimeoutStopSec={stop}, a stop may take {needed} s"
+    );
+    Ok(())
+}
+
 #[test]
 fn the_local_3_configs_are_one_cluster() -> Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster-configs/local-3");
@@ -244,5 +291,134 @@ fn the_kubernetes_manifests_give_the_node_a_valid_config_and_real_flags() -> Res
     }
     let probe = container["readinessProbe"]["httpGet"]["path"].as_str();
     ensure!(probe == Some("/readyz"), "readiness probe {probe:?}");
+    Ok(())
+}
+
+/// The manifests fit together: the StatefulSet's Service is headless and publishes pods
+/// before they are ready (peers find each other while forming), the disruption budget keeps a
+/// quorum of the replicas, the Secret is mounted where the config looks for the tokens and the
+/// cluster key, the config where `--config` points, and a pod gets longer to stop than a node
+/// takes.
+#[test]
+fn the_kubernetes_manifests_fit_together() -> Result<()> {
+    let documents = kubernetes_documents()?;
+    let set = kind(&documents, "StatefulSet")?;
+    let pod = &set["spec"]["template"];
+    let labels = &pod["metadata"]["labels"];
+    let selects_pods = |selector: &yaml_serde::Value| {
+        selector
+            .as_mapping()
+            .is_some_and(|m| !m.is_empty() && m.iter().all(|(k, v)| labels[k] == *v))
+    };
+
+    let service_name = set["spec"]["serviceName"].as_str().context("serviceName")?;
+    let service = documents
+        .iter()
+        .map(|(_, value)| value)
+        .find(|v| v["kind"] == "Service" && v["metadata"]["name"] == service_name)
+        .with_context(|| format!("no Service {service_name}"))?;
+    ensure!(
+        service["spec"]["clusterIP"] == "None",
+        "{service_name} is not headless"
+    );
+    ensure!(
+        service["spec"]["publishNotReadyAddresses"] == true,
+        "{service_name} hides pods that are not ready yet"
+    );
+    ensure!(
+        selects_pods(&service["spec"]["selector"]),
+        "the Service's selector"
+    );
+
+    let replicas = set["spec"]["replicas"].as_u64().context("replicas")?;
+    let budget = kind(&documents, "PodDisruptionBudget")?;
+    ensure!(
+        selects_pods(&budget["spec"]["selector"]["matchLabels"]),
+        "the budget's selector"
+    );
+    let away = match (
+        budget["spec"]["maxUnavailable"].as_u64(),
+        budget["spec"]["minAvailable"].as_u64(),
+    ) {
+        (Some(max), None) => max,
+        (None, Some(min)) => replicas.saturating_sub(min),
+        other => {
+            anyhow::bail!("the budget needs a whole maxUnavailable or minAvailable: {other:?}")
+        }
+    };
+    ensure!(
+        away >= 1 && replicas - away > replicas / 2,
+        "{away} of {replicas} away at once leaves no quorum"
+    );
+
+    let spec = &pod["spec"];
+    let container = &spec["containers"][0];
+    let mounts = container["volumeMounts"]
+        .as_sequence()
+        .context("volumeMounts")?;
+    let mount_of = |volume: &str| {
+        mounts
+            .iter()
+            .find(|m| m["name"].as_str() == Some(volume))
+            .and_then(|m| m["mountPath"].as_str())
+            .with_context(|| format!("volume {volume} is not mounted"))
+    };
+    let volume = |key: &str| {
+        spec["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .find(|v| !v[key].is_null())
+            .with_context(|| format!("no {key} volume"))
+    };
+    let secret = kind(&documents, "Secret")?;
+    let secret_volume = volume("secret")?;
+    ensure!(
+        secret_volume["secret"]["secretName"] == secret["metadata"]["name"],
+        "the pod mounts another Secret"
+    );
+    let secret_dir = mount_of(secret_volume["name"].as_str().context("volume name")?)?;
+    let config_map = kind(&documents, "ConfigMap")?;
+    let config = Config::from_toml(
+        config_map["data"]["shoal.toml"]
+            .as_str()
+            .context("shoal.toml")?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    for (what, path) in [
+        ("http.tokens_file", &config.http.tokens_file),
+        ("p2p.cluster_key_file", &config.p2p.cluster_key_file),
+    ] {
+        let key = Path::new(path)
+            .strip_prefix(secret_dir)
+            .ok()
+            .and_then(|key| key.to_str())
+            .with_context(|| format!("{what} {path} is not in the Secret's mount {secret_dir}"))?;
+        ensure!(
+            !secret["stringData"][key].is_null(),
+            "{what} reads {key}, which the Secret does not hold"
+        );
+    }
+    let config_volume = volume("configMap")?;
+    ensure!(
+        config_volume["configMap"]["name"] == config_map["metadata"]["name"],
+        "the pod mounts another ConfigMap"
+    );
+    let config_path = mount_of(config_volume["name"].as_str().context("volume name")?)?;
+    let args = container["args"].as_sequence().context("args")?;
+    let flag = format!("--config={config_path}");
+    ensure!(
+        args.iter().any(|a| a.as_str() == Some(flag.as_str())),
+        "--config does not name the mounted {config_path}"
+    );
+
+    let grace = spec["terminationGracePeriodSeconds"]
+        .as_u64()
+        .context("terminationGracePeriodSeconds")?;
+    let needed = shoal_worker::STOP_WAIT_MAX.as_secs() + 10;
+    ensure!(
+        grace >= needed,
+        "a pod gets {grace} s to stop, a node may take {needed} s"
+    );
     Ok(())
 }

@@ -65,6 +65,15 @@ use shared::Shared;
 /// How long running attempts get to finish when the node stops; then they are killed,
 /// unreported, and their claims left to expire (which spends no try).
 const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a stop waits for a claim on its way: the claim loop's, then one behind a submission.
+const STOP_CLAIM_WAIT: Duration = Duration::from_secs(11);
+/// How long attempts killed at the end of the grace get to end.
+const STOP_KILL_WAIT: Duration = Duration::from_secs(5);
+/// The longest a worker's stop waits before its last reports: a service manager's stop
+/// timeout must be longer (deploy/systemd/shoal.service, the Kubernetes grace period).
+pub const STOP_WAIT_MAX: Duration = Duration::from_secs(
+    2 * STOP_CLAIM_WAIT.as_secs() + STOP_GRACE.as_secs() + STOP_KILL_WAIT.as_secs(),
+);
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -211,7 +220,7 @@ impl Worker {
         // The claim loop first, so grants of a claim in flight reach the queue before it is
         // handed back.
         let mut claim_loop = self.tasks.remove(0);
-        if tokio::time::timeout(Duration::from_secs(11), &mut claim_loop)
+        if tokio::time::timeout(STOP_CLAIM_WAIT, &mut claim_loop)
             .await
             .is_err()
         {
@@ -222,7 +231,7 @@ impl Worker {
         }
         // A claim behind a submission may still be on its way: its grants join the queue
         // before it is handed back (or, if it takes too long, expire with their lease).
-        let turn = tokio::time::timeout(Duration::from_secs(11), self.shared.claim_turn.lock())
+        let turn = tokio::time::timeout(STOP_CLAIM_WAIT, self.shared.claim_turn.lock())
             .await
             .ok();
         claims::hand_back_queue(&self.shared).await;
@@ -234,7 +243,7 @@ impl Worker {
             for attempt in self.shared.running().values() {
                 attempt.cancel.cancel();
             }
-            self.wait_idle(tokio::time::Instant::now() + Duration::from_secs(5))
+            self.wait_idle(tokio::time::Instant::now() + STOP_KILL_WAIT)
                 .await;
         }
         self.shared.flush.cancel();
