@@ -6,7 +6,8 @@
 #   scripts/test.sh --fast     # skip the slow group
 #
 # Installed when missing: cargo-nextest, bubblewrap, busybox-static and systemd (apt; its
-# systemd-analyze checks the unit in deploy/systemd), prometheus, chromium and chromium-driver
+# systemd-analyze checks the unit in deploy/systemd), docker-compose (apt, with a Docker
+# engine: the compose test), prometheus, chromium and chromium-driver
 # (the metrics and dashboard tests), iproute2 and
 # iptables (apt, as root: the nemesis test puts nodes in network namespaces on a bridge),
 # moto[server], py-tes, pyftpdlib and kubernetes-validate (PyPI, into .venv/).
@@ -58,6 +59,9 @@ if [ "$(id -u)" = 0 ]; then
   command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 fi
 command -v chromium >/dev/null 2>&1 || missing+=(chromium) # the dashboard test's browser
+if docker version >/dev/null 2>&1; then # the compose test drives Debian's compose (v1)
+  command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+fi
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 sudo_cmd=""
 if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
@@ -186,6 +190,10 @@ if [ "${SHOAL_TEST_PREVIOUS:-${CI:+1}}" = 1 ]; then
     (cd "$previous_src" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
       cargo build --locked -p shoal-node --bin shoal-previous)
     export SHOAL_TEST_PREVIOUS_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/shoal-previous"
+  elif [ -n "${CI:-}" ]; then
+    log "commit $previous_format_commit is not in this clone (a shallow one?): the rolling-upgrade"
+    log "test needs that build in CI; fetch the whole history (git fetch --unshallow)"
+    exit 1
   else
     log "commit $previous_format_commit is not in this clone: the upgrade test uses the switch"
   fi

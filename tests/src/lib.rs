@@ -36,6 +36,22 @@ fn from_test_script(name: &str) -> Result<Option<String>> {
     }
 }
 
+/// The build before format 5 (`SHOAL_TEST_PREVIOUS_BIN`, which scripts/test.sh builds in CI
+/// from an earlier commit). `None` elsewhere: the rolling-upgrade test then runs this build
+/// with a switch that makes it read and write format 4 only. In CI its absence is an error.
+pub fn test_previous_bin() -> Result<Option<PathBuf>> {
+    match std::env::var_os("SHOAL_TEST_PREVIOUS_BIN") {
+        Some(bin) => Ok(Some(bin.into())),
+        None => {
+            anyhow::ensure!(
+                std::env::var_os("CI").is_none(),
+                "CI is set but SHOAL_TEST_PREVIOUS_BIN is not: run scripts/test.sh"
+            );
+            Ok(None)
+        }
+    }
+}
+
 /// The venv's python (`SHOAL_TEST_PYTHON`), with py-tes and kubernetes-validate.
 pub fn test_python() -> Result<Option<String>> {
     from_test_script("SHOAL_TEST_PYTHON")

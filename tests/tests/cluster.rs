@@ -633,11 +633,12 @@ async fn a_backup_of_a_busy_cluster_restores_onto_three_new_nodes_where_every_ta
 /// Makes a node run as the build before format 5: the binary `SHOAL_TEST_PREVIOUS_BIN` names
 /// (an earlier commit's build), else this binary with the test-only switch that makes it
 /// read and write format 4 only.
-fn run_as_previous_build(node: &mut shoal_tests::TestNode) {
-    match std::env::var_os("SHOAL_TEST_PREVIOUS_BIN") {
-        Some(bin) => node.bin = Some(bin.into()),
+fn run_as_previous_build(node: &mut shoal_tests::TestNode) -> Result<()> {
+    match shoal_tests::test_previous_bin()? {
+        Some(bin) => node.bin = Some(bin),
         None => node.env = vec![("SHOAL_TEST_FORMAT_VERSION_MAX".into(), "4".into())],
     }
+    Ok(())
 }
 
 /// The cluster's format and the answering node's, as a view says them; a build before
@@ -655,7 +656,7 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
     let task = |script: String| serde_json::json!({ "executors": [{ "image": "busybox", "command": ["sh", "-c", script] }] });
     let mut cluster = TestCluster::new(3, ClusterOptions::default())?;
     for node in &mut cluster.nodes {
-        run_as_previous_build(node);
+        run_as_previous_build(node)?;
     }
     cluster.start_all()?;
     cluster.wait_formed(3, FORMATION).await?;
@@ -663,6 +664,13 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
     phase("three nodes of the previous build form a cluster writing format 4");
     let view = cluster.status(0, false).await?;
     ensure!(formats(&view) == (4, [4, 4]), "{view:?}");
+    // The real previous build predates the formats in the view; the switch reports them.
+    let real_previous = shoal_tests::test_previous_bin()?.is_some();
+    ensure!(
+        (view.format_version == 0) == real_previous,
+        "expected the {} previous build: {view:?}",
+        if real_previous { "real" } else { "switched" }
+    );
 
     phase("node by node: stopped, upgraded, started on its data dir, while tasks arrive");
     let mut submitted: Vec<(String, String)> = Vec::new();
@@ -713,6 +721,9 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
             .submit_task(upgraded, &task(format!("echo {marker}")))
             .await?;
         submitted.push((id, marker));
+        if upgraded == 0 {
+            a_fresh_node_joins_the_old_format_and_leaves(&mut cluster).await?;
+        }
         if upgraded == 1 {
             new_build_leads_and_holds_the_format(&mut cluster, 2).await?;
         }
@@ -749,7 +760,7 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
 
     phase("a node of the previous build cannot join a cluster on format 5, and says why");
     let old = cluster.add_node(None)?;
-    run_as_previous_build(&mut cluster.nodes[old]);
+    run_as_previous_build(&mut cluster.nodes[old])?;
     cluster.start(old)?;
     let this = &cluster;
     wait_for(
@@ -764,6 +775,37 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
     )
     .await?;
     ensure!(cluster.status(0, false).await?.members.len() == 3);
+    Ok(())
+}
+
+/// A node of the new build with an empty data dir joins the cluster while it still runs
+/// format 4 (one node upgraded, two old), serves a task, then is stopped and removed.
+async fn a_fresh_node_joins_the_old_format_and_leaves(cluster: &mut TestCluster) -> Result<()> {
+    phase("a fresh node of the new build joins the cluster while it runs format 4");
+    let fresh = cluster.add_node(None)?;
+    cluster.start(fresh)?;
+    cluster.wait_formed(4, FORMATION).await?;
+    let view = cluster.status(fresh, false).await?;
+    ensure!(
+        view.format_version == 4 && view.node_formats == [4, 5],
+        "the fresh node joins format 4: {view:?}"
+    );
+    let task =
+        serde_json::json!({ "executors": [{ "image": "busybox", "command": ["echo", "fresh"] }] });
+    let id = cluster.submit_task(fresh, &task).await?;
+    let ended = cluster.wait_task(fresh, &id, FORMATION).await?;
+    ensure!(ended["state"] == "COMPLETE", "{ended}");
+
+    phase("the fresh node leaves again: stopped, then removed");
+    let name = cluster.nodes[fresh].name.clone();
+    let code = cluster.terminate(fresh, Duration::from_secs(30)).await?;
+    ensure!(code == Some(0), "{name} stopped with {code:?}");
+    let path = format!("/v1/cluster/nodes/{name}");
+    let (status, _, body) = cluster
+        .request(0, reqwest::Method::DELETE, &path, None, None)
+        .await?;
+    ensure!(status == 200, "removing {name}: {status} {body}");
+    cluster.wait_formed(3, FORMATION).await?;
     Ok(())
 }
 
