@@ -16,6 +16,7 @@ mod batcher;
 mod bootstrap;
 mod identity;
 mod inbound;
+mod proposer;
 mod upkeep;
 
 use std::collections::BTreeSet;
@@ -276,6 +277,8 @@ struct Inner {
     restoring: std::sync::atomic::AtomicBool,
     /// Writes waiting to be grouped into a batch (see `batcher`).
     writes: mpsc::Sender<batcher::QueuedWrite>,
+    /// Writes this node proposes as the leader, its own and forwarded ones (see `proposer`).
+    proposals: mpsc::Sender<proposer::Queued>,
     /// What running attempts have printed so far (set once by the worker).
     live_logs: std::sync::OnceLock<LiveLogsSource>,
     /// This node's claim behind its submissions (set once by the worker).
@@ -546,6 +549,7 @@ impl Cluster {
 
         let (stop, _) = watch::channel(false);
         let (writes, queued_writes) = mpsc::channel(batcher::QUEUE_MAX);
+        let (proposals, queued_proposals) = mpsc::channel(proposer::QUEUE_MAX);
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 raft,
@@ -558,6 +562,7 @@ impl Cluster {
                 running: AtomicU32::new(0),
                 forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
                 writes,
+                proposals,
                 resumed,
                 state_admin,
                 members_gate: tokio::sync::Mutex::new(()),
@@ -570,6 +575,7 @@ impl Cluster {
         };
         cluster.spawn(inbound::serve(cluster.clone(), inbound));
         cluster.spawn(batcher::run(cluster.clone(), queued_writes));
+        cluster.spawn(proposer::run(cluster.clone(), queued_proposals));
         cluster.spawn(bootstrap::run(cluster.clone()));
         cluster.spawn(upkeep::register_and_heartbeat(cluster.clone()));
         cluster.spawn(upkeep::promote_learners(cluster.clone()));
@@ -950,15 +956,16 @@ impl Cluster {
 
     /// Carries out `op` on this node, which must be the leader.
     pub(crate) async fn execute_local(&self, op: Op) -> Result<OpResult, OpError> {
-        let raft = &self.inner.raft;
         match op {
             Op::Write(command) => {
-                let proposal = Proposal {
-                    time_ms: now_ms(),
-                    command,
-                };
-                let response = raft.client_write(proposal).await.map_err(write_error)?;
-                Ok(OpResult::Written(response.data))
+                let (write, answer) = proposer::Queued::new(command);
+                let stopped = || OpError::Failed("this node is shutting down".to_string());
+                self.inner
+                    .proposals
+                    .send(write)
+                    .await
+                    .map_err(|_| stopped())?;
+                Ok(OpResult::Written(answer.await.map_err(|_| stopped())??))
             }
             // Membership checks below read this node's view, which is current only on the leader.
             Op::Join { .. } | Op::Remove { .. } if !self.is_leader() => Err(OpError::NotLeader {

@@ -1,0 +1,307 @@
+//! The leader's last step before the log: every write it proposes — its own and those other
+//! nodes forward to it — passes through one queue, in order, and writes that may share an
+//! entry leave together in one.
+//!
+//! Why: openraft 0.9 appends each proposal as an entry of its own and awaits that entry's
+//! flush before it takes the next, so the leader's rate of entries, not of bytes, bounds what
+//! a cluster takes in. Each node already groups its own writes (`batcher`), but three nodes'
+//! batches, forwarded separately, were three entries.
+//!
+//! How: while [`PROPOSALS_IN_FLIGHT`] proposals are on their way, arriving writes queue; the
+//! next proposal takes the queue's head and every write behind it that may share an entry
+//! (a [`Command::Batch`], or one command a node would batch itself,
+//! [`Command::is_batchable`]), up to a size. Applying a batch applies its commands in order,
+//! each with its own outcome, so each write gets exactly the outcomes it would have had in an
+//! entry of its own. Anything else (a claim, whose fence is its entry's index; lease expiry; a
+//! format move; a large or non-idempotent write) is proposed alone, in its place in the queue:
+//! a claim behind a submission still lands behind it. Proposals are handed to openraft one by
+//! one from this task, so the log holds them in queue order.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::{Cluster, OpError, write_error};
+use crate::command::{Command, Outcome, Proposal};
+
+/// Proposals on their way at once, from the leader's hand to their outcome.
+const PROPOSALS_IN_FLIGHT: usize = 4;
+/// Most commands in one proposal made of several writes.
+const MERGED_COMMANDS_MAX: usize = 2048;
+/// Most encoded bytes in one proposal made of several writes: far below the largest entry
+/// (`COMMAND_BYTES_MAX`). A single larger write still goes out, alone.
+const MERGED_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Writes waiting for a proposal; callers wait for room beyond it.
+pub(super) const QUEUE_MAX: usize = 1024;
+
+/// One write on its way to the log, and where its outcome goes.
+pub(super) struct Queued {
+    command: Command,
+    /// Encoded bytes when it may share an entry; `None` when it goes alone.
+    shares: Option<usize>,
+    reply: oneshot::Sender<Result<Outcome, OpError>>,
+}
+
+impl Queued {
+    pub(super) fn new(command: Command) -> (Self, oneshot::Receiver<Result<Outcome, OpError>>) {
+        let shares = match &command {
+            Command::Batch(commands) if commands.iter().all(Command::is_batchable) => {
+                crate::codec::encoded_len(&command).ok()
+            }
+            Command::Batch(_) => None,
+            single if single.is_batchable() => crate::codec::encoded_len(single).ok(),
+            _ => None,
+        };
+        let (reply, answer) = oneshot::channel();
+        (
+            Queued {
+                command,
+                shares,
+                reply,
+            },
+            answer,
+        )
+    }
+}
+
+/// Takes queued writes and proposes them, grouped where they may be, until the queue closes.
+pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<Queued>) {
+    let permits = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
+    let mut carried: Option<Queued> = None;
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carried.take() {
+            Some(write) => write,
+            None => match queue.recv().await {
+                Some(write) => write,
+                None => return,
+            },
+        };
+        let mut writes = vec![first];
+        if let Some(mut bytes) = writes[0].shares {
+            let mut commands = commands_in(&writes[0].command);
+            while let Ok(write) = queue.try_recv() {
+                let fits = write.shares.is_some_and(|more| {
+                    bytes + more <= MERGED_BYTES_MAX
+                        && commands + commands_in(&write.command) <= MERGED_COMMANDS_MAX
+                });
+                if !fits {
+                    carried = Some(write);
+                    break;
+                }
+                bytes += write.shares.unwrap_or(0);
+                commands += commands_in(&write.command);
+                writes.push(write);
+            }
+        }
+        let (command, shapes) = merge(writes);
+        let proposal = Proposal {
+            time_ms: crate::runtime::now_ms(),
+            command,
+        };
+        // Handed over here, in queue order; the outcome is awaited elsewhere.
+        match cluster.raft().client_write_ff(proposal).await {
+            Ok(outcome) => {
+                crate::runtime::spawn(async move {
+                    let result = match outcome.await {
+                        Ok(Ok(response)) => Ok(response.data),
+                        Ok(Err(error)) => {
+                            Err(write_error(openraft::error::RaftError::APIError(error)))
+                        }
+                        Err(_) => Err(OpError::Failed("raft stopped".to_string())),
+                    };
+                    answer(shapes, result);
+                    drop(permit);
+                });
+            }
+            Err(fatal) => answer(shapes, Err(OpError::Failed(fatal.to_string()))),
+        }
+    }
+}
+
+/// How many commands a write holds.
+fn commands_in(command: &Command) -> usize {
+    match command {
+        Command::Batch(commands) => commands.len(),
+        _ => 1,
+    }
+}
+
+/// A write's place in a proposal: how many commands, whether it came as a batch, its reply.
+struct Shape {
+    commands: usize,
+    batch: bool,
+    reply: oneshot::Sender<Result<Outcome, OpError>>,
+}
+
+/// The proposal for `writes`: a lone write as it is, several as one batch of all their
+/// commands in order.
+fn merge(mut writes: Vec<Queued>) -> (Command, Vec<Shape>) {
+    if writes.len() == 1 {
+        let write = writes.remove(0);
+        return (write.command, vec![lone(write.reply)]);
+    }
+    let mut commands = Vec::new();
+    let mut shapes = Vec::with_capacity(writes.len());
+    for write in writes {
+        let (batch, count) = match write.command {
+            Command::Batch(inner) => {
+                let count = inner.len();
+                commands.extend(inner);
+                (true, count)
+            }
+            single => {
+                commands.push(single);
+                (false, 1)
+            }
+        };
+        shapes.push(Shape {
+            commands: count,
+            batch,
+            reply: write.reply,
+        });
+    }
+    (Command::Batch(commands), shapes)
+}
+
+/// The shape of a write proposed as it is: its outcome is the proposal's.
+fn lone(reply: oneshot::Sender<Result<Outcome, OpError>>) -> Shape {
+    Shape {
+        commands: 0,
+        batch: false,
+        reply,
+    }
+}
+
+/// Hands each write its part of the proposal's outcome.
+fn answer(shapes: Vec<Shape>, result: Result<Outcome, OpError>) {
+    if let [only] = shapes.as_slice()
+        && only.commands == 0
+    {
+        if let Some(shape) = shapes.into_iter().next() {
+            let _ = shape.reply.send(result);
+        }
+        return;
+    }
+    let total: usize = shapes.iter().map(|s| s.commands).sum();
+    let mut outcomes = match result {
+        Ok(Outcome::Batch(outcomes)) if outcomes.len() == total => outcomes.into_iter(),
+        Ok(other) => {
+            let error = OpError::Failed(format!(
+                "unexpected answer to {total} grouped commands: {other:?}"
+            ));
+            for shape in shapes {
+                let _ = shape.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        Err(error) => {
+            for shape in shapes {
+                let _ = shape.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+    };
+    for shape in shapes {
+        let mine: Vec<Outcome> = outcomes.by_ref().take(shape.commands).collect();
+        let outcome = if shape.batch {
+            Outcome::Batch(mine)
+        } else {
+            match mine.into_iter().next() {
+                Some(outcome) => outcome,
+                None => continue,
+            }
+        };
+        let _ = shape.reply.send(Ok(outcome));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cancel(job: &str) -> Command {
+        Command::CancelJob {
+            job_id: job.to_string(),
+        }
+    }
+
+    fn changed() -> Outcome {
+        Outcome::Changed { datums: 1 }
+    }
+
+    #[test]
+    fn only_writes_that_may_share_an_entry_are_grouped() {
+        assert!(Queued::new(cancel("a")).0.shares.is_some());
+        assert!(
+            Queued::new(Command::Batch(vec![cancel("a"), cancel("b")]))
+                .0
+                .shares
+                .is_some()
+        );
+        let claim = Command::ClaimBatch {
+            node_id: 1,
+            max: 1,
+            queue: 0,
+            free: Default::default(),
+        };
+        assert!(Queued::new(claim.clone()).0.shares.is_none());
+        assert!(Queued::new(Command::Batch(vec![claim])).0.shares.is_none());
+        let retry = Command::RetryFailed {
+            job_id: "a".to_string(),
+        };
+        assert!(Queued::new(retry).0.shares.is_none());
+    }
+
+    #[test]
+    fn each_grouped_write_gets_its_own_outcomes() {
+        let (one, one_answer) = Queued::new(cancel("a"));
+        let (two, two_answer) = Queued::new(Command::Batch(vec![cancel("b"), cancel("c")]));
+        let (command, shapes) = merge(vec![one, two]);
+        assert_eq!(
+            command,
+            Command::Batch(vec![cancel("a"), cancel("b"), cancel("c")])
+        );
+        let applied = Outcome::Batch(vec![
+            changed(),
+            Outcome::UnknownJob {
+                job_id: "b".to_string(),
+            },
+            changed(),
+        ]);
+        answer(shapes, Ok(applied.clone()));
+        let Ok(Ok(first)) = one_answer.blocking_recv() else {
+            panic!("no outcome for the single write")
+        };
+        assert_eq!(first, changed());
+        let Ok(Ok(second)) = two_answer.blocking_recv() else {
+            panic!("no outcome for the batch")
+        };
+        let Outcome::Batch(all) = applied else {
+            unreachable!()
+        };
+        assert_eq!(second, Outcome::Batch(all[1..].to_vec()));
+    }
+
+    #[test]
+    fn a_lone_write_gets_the_proposal_outcome_and_a_failure_reaches_every_write() {
+        let (one, one_answer) = Queued::new(cancel("a"));
+        let (command, shapes) = merge(vec![one]);
+        assert_eq!(command, cancel("a"));
+        answer(shapes, Ok(changed()));
+        assert!(matches!(one_answer.blocking_recv(), Ok(Ok(outcome)) if outcome == changed()));
+
+        let (one, one_answer) = Queued::new(cancel("a"));
+        let (two, two_answer) = Queued::new(cancel("b"));
+        let (_, shapes) = merge(vec![one, two]);
+        answer(shapes, Err(OpError::NotLeader { leader: None }));
+        for answer in [one_answer, two_answer] {
+            assert!(matches!(
+                answer.blocking_recv(),
+                Ok(Err(OpError::NotLeader { .. }))
+            ));
+        }
+    }
+}
