@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::{Cluster, ClusterError};
 use crate::command::{Command, Outcome};
@@ -75,17 +75,7 @@ impl QueuedWrite {
 pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<QueuedWrite>) {
     let permits = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut carried: Option<QueuedWrite> = None;
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let first = match carried.take() {
-            Some(write) => write,
-            None => match queue.recv().await {
-                Some(write) => write,
-                None => return,
-            },
-        };
+    while let Some((permit, first)) = next_write(&permits, &mut carried, &mut queue).await {
         let mut bytes = first.bytes;
         let mut batch = vec![first];
         while batch.len() < BATCH_COMMANDS_MAX {
@@ -103,6 +93,21 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<QueuedWrite>
             drop(permit);
         });
     }
+}
+
+/// Waits for room for one more group in flight, then for the group's first write: the one
+/// carried over from the last group, else the queue's next. `None` once the queue closes.
+pub(super) async fn next_write<T>(
+    permits: &Arc<Semaphore>,
+    carried: &mut Option<T>,
+    queue: &mut mpsc::Receiver<T>,
+) -> Option<(OwnedSemaphorePermit, T)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    let first = match carried.take() {
+        Some(write) => write,
+        None => queue.recv().await?,
+    };
+    Some((permit, first))
 }
 
 /// Proposes `batch`, and each of its follows behind it.

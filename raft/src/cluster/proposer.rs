@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use super::batcher::next_write;
 use super::{Cluster, OpError, write_error};
 use crate::command::{Command, Outcome, Proposal};
 
@@ -68,17 +69,7 @@ impl Queued {
 pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<Queued>) {
     let permits = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
     let mut carried: Option<Queued> = None;
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let first = match carried.take() {
-            Some(write) => write,
-            None => match queue.recv().await {
-                Some(write) => write,
-                None => return,
-            },
-        };
+    while let Some((permit, first)) = next_write(&permits, &mut carried, &mut queue).await {
         let mut writes = vec![first];
         if let Some(mut bytes) = writes[0].shares {
             let mut commands = commands_in(&writes[0].command);
