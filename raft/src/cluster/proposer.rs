@@ -32,6 +32,8 @@ const MERGED_COMMANDS_MAX: usize = 2048;
 /// Most encoded bytes in one proposal made of several writes: far below the largest entry
 /// (`COMMAND_BYTES_MAX`). A single larger write still goes out, alone.
 const MERGED_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Longest wait for a proposal's outcome (`OP_DEADLINE`: no caller waits longer).
+const OUTCOME_WAIT_MAX: std::time::Duration = super::OP_DEADLINE;
 /// Writes waiting for a proposal; callers wait for room beyond it.
 pub(super) const QUEUE_MAX: usize = 1024;
 
@@ -70,22 +72,9 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<Queued>) {
     let permits = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
     let mut carried: Option<Queued> = None;
     while let Some((permit, first)) = next_write(&permits, &mut carried, &mut queue).await {
-        let mut writes = vec![first];
-        if let Some(mut bytes) = writes[0].shares {
-            let mut commands = commands_in(&writes[0].command);
-            while let Ok(write) = queue.try_recv() {
-                let fits = write.shares.is_some_and(|more| {
-                    bytes + more <= MERGED_BYTES_MAX
-                        && commands + commands_in(&write.command) <= MERGED_COMMANDS_MAX
-                });
-                if !fits {
-                    carried = Some(write);
-                    break;
-                }
-                bytes += write.shares.unwrap_or(0);
-                commands += commands_in(&write.command);
-                writes.push(write);
-            }
+        let writes = gather(first, &mut queue, &mut carried);
+        if writes.is_empty() {
+            continue;
         }
         let (command, shapes) = merge(writes);
         let proposal = Proposal {
@@ -96,12 +85,18 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<Queued>) {
         match cluster.raft().client_write_ff(proposal).await {
             Ok(outcome) => {
                 crate::runtime::spawn(async move {
-                    let result = match outcome.await {
-                        Ok(Ok(response)) => Ok(response.data),
-                        Ok(Err(error)) => {
+                    // openraft answers once the entry is applied or its log truncated, but
+                    // not when a snapshot it installs covers the entry: bounded, so such a
+                    // proposal cannot hold its place in flight for good.
+                    let result = match tokio::time::timeout(OUTCOME_WAIT_MAX, outcome).await {
+                        Ok(Ok(Ok(response))) => Ok(response.data),
+                        Ok(Ok(Err(error))) => {
                             Err(write_error(openraft::error::RaftError::APIError(error)))
                         }
-                        Err(_) => Err(OpError::Failed("raft stopped".to_string())),
+                        Ok(Err(_)) => Err(OpError::Failed("raft stopped".to_string())),
+                        Err(_) => Err(OpError::Unreachable(format!(
+                            "the log gave no outcome within {OUTCOME_WAIT_MAX:?}"
+                        ))),
                     };
                     answer(shapes, result);
                     drop(permit);
@@ -110,6 +105,42 @@ pub(super) async fn run(cluster: Cluster, mut queue: mpsc::Receiver<Queued>) {
             Err(fatal) => answer(shapes, Err(OpError::Failed(fatal.to_string()))),
         }
     }
+}
+
+/// The writes of the next proposal: `first`, and when it may share an entry, every write
+/// queued behind it that may too, up to the limits; the first that may not waits in
+/// `carried` for the next proposal. Writes whose caller has given up (its try timed out, so
+/// it retries or reports the write as possibly applied) are dropped unproposed.
+fn gather(
+    first: Queued,
+    queue: &mut mpsc::Receiver<Queued>,
+    carried: &mut Option<Queued>,
+) -> Vec<Queued> {
+    if first.reply.is_closed() {
+        return Vec::new();
+    }
+    let Some(mut bytes) = first.shares else {
+        return vec![first];
+    };
+    let mut commands = commands_in(&first.command);
+    let mut writes = vec![first];
+    while let Ok(write) = queue.try_recv() {
+        if write.reply.is_closed() {
+            continue;
+        }
+        let fits = write.shares.is_some_and(|more| {
+            bytes + more <= MERGED_BYTES_MAX
+                && commands + commands_in(&write.command) <= MERGED_COMMANDS_MAX
+        });
+        if !fits {
+            *carried = Some(write);
+            break;
+        }
+        bytes += write.shares.unwrap_or(0);
+        commands += commands_in(&write.command);
+        writes.push(write);
+    }
+    writes
 }
 
 /// How many commands a write holds.
@@ -274,6 +305,82 @@ mod tests {
             unreachable!()
         };
         assert_eq!(second, Outcome::Batch(all[1..].to_vec()));
+    }
+
+    #[test]
+    fn a_proposal_takes_the_shareable_writes_behind_the_first_and_leaves_the_rest_in_order() {
+        let (queue_in, mut queue) = mpsc::channel(16);
+        let mut answers = Vec::new();
+        let mut send = |command: Command| {
+            let (write, answer) = Queued::new(command);
+            answers.push(answer);
+            assert!(queue_in.try_send(write).is_ok(), "room in the queue");
+        };
+        let claim = Command::ClaimBatch {
+            node_id: 1,
+            max: 1,
+            queue: 0,
+            free: Default::default(),
+        };
+        send(cancel("b"));
+        send(claim.clone());
+        send(cancel("c"));
+        let (first, first_answer) = Queued::new(cancel("a"));
+        let mut carried = None;
+        let taken = gather(first, &mut queue, &mut carried);
+        let taken: Vec<Command> = taken.into_iter().map(|w| w.command).collect();
+        assert_eq!(taken, vec![cancel("a"), cancel("b")]);
+        let carried = carried
+            .take()
+            .expect("the claim waits for the next proposal");
+        assert_eq!(carried.command, claim);
+        // The claim goes alone: nothing is taken behind it.
+        let mut next = None;
+        let alone = gather(carried, &mut queue, &mut next);
+        assert_eq!(alone.len(), 1);
+        assert!(next.is_none());
+        let rest = gather(queue.try_recv().expect("c"), &mut queue, &mut next);
+        assert_eq!(rest.len(), 1);
+        drop(first_answer);
+    }
+
+    #[test]
+    fn writes_whose_caller_gave_up_are_not_proposed() {
+        let (queue_in, mut queue) = mpsc::channel(16);
+        let (gone, gone_answer) = Queued::new(cancel("gone"));
+        drop(gone_answer);
+        let (kept, _kept_answer) = Queued::new(cancel("kept"));
+        assert!(queue_in.try_send(gone).is_ok(), "room");
+        assert!(queue_in.try_send(kept).is_ok(), "room");
+        let (first, first_answer) = Queued::new(cancel("first"));
+        drop(first_answer);
+        let mut carried = None;
+        assert!(gather(first, &mut queue, &mut carried).is_empty());
+        let next = queue.try_recv().expect("gone");
+        assert!(gather(next, &mut queue, &mut carried).is_empty());
+        let next = queue.try_recv().expect("kept");
+        let taken = gather(next, &mut queue, &mut carried);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].command, cancel("kept"));
+    }
+
+    #[test]
+    fn a_proposal_stops_at_its_size() {
+        let (queue_in, mut queue) = mpsc::channel(4096);
+        let mut answers = Vec::new();
+        for i in 0..MERGED_COMMANDS_MAX + 10 {
+            let (write, answer) = Queued::new(cancel(&format!("j{i}")));
+            answers.push(answer);
+            assert!(queue_in.try_send(write).is_ok(), "room");
+        }
+        let mut carried = None;
+        let first = queue.try_recv().expect("first");
+        let taken = gather(first, &mut queue, &mut carried);
+        assert_eq!(taken.len(), MERGED_COMMANDS_MAX);
+        assert!(
+            carried.is_some(),
+            "the next write waits for the next proposal"
+        );
     }
 
     #[test]
