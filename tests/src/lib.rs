@@ -96,6 +96,10 @@ pub fn shoal_bin() -> &'static Path {
     })
 }
 
+/// Ports [`free_port`] has handed out in this process.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// A free loopback TCP port (bound and released; fine for tests run one cluster at a time).
 ///
 /// Picked below the kernel's ephemeral range (32768 and up on Linux): a port the kernel
@@ -110,7 +114,13 @@ pub fn free_port() -> u16 {
             .build_hasher()
             .finish();
         let port = FIRST + (random % u64::from(LAST - FIRST)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Never the same port twice in one process: a port handed out is free until its
+        // node binds it, so another pick could get it too (one node's HTTP and another's p2p).
+        let mut given = HANDED_OUT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
             return port;
         }
     }
