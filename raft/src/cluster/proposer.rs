@@ -198,13 +198,9 @@ fn lone(reply: oneshot::Sender<Result<Outcome, OpError>>) -> Shape {
 }
 
 /// Hands each write its part of the proposal's outcome.
-fn answer(shapes: Vec<Shape>, result: Result<Outcome, OpError>) {
-    if let [only] = shapes.as_slice()
-        && only.commands == 0
-    {
-        if let Some(shape) = shapes.into_iter().next() {
-            let _ = shape.reply.send(result);
-        }
+fn answer(mut shapes: Vec<Shape>, result: Result<Outcome, OpError>) {
+    if shapes.len() == 1 && shapes[0].commands == 0 {
+        let _ = shapes.remove(0).reply.send(result);
         return;
     }
     let total: usize = shapes.iter().map(|s| s.commands).sum();
