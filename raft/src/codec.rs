@@ -19,8 +19,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// The newest format this build reads and writes. Format 5 added `Command::SetFormat`
-/// (and the `format` row) and `Request::Formats`.
-pub const FORMAT_VERSION: u8 = 5;
+/// (and the `format` row) and `Request::Formats`; format 6 lets a `ClaimBatch` end a
+/// `Command::Batch` (`Command::may_end_batch`), a change of meaning, not of shape.
+pub const FORMAT_VERSION: u8 = 6;
 /// The oldest format this build reads, and writes while its cluster runs it.
 pub const FORMAT_VERSION_MIN: u8 = 4;
 

@@ -187,6 +187,16 @@ impl Command {
         )
     }
 
+    /// Whether this command may be the last of a [`Command::Batch`] applied in a cluster
+    /// running `format`: any command that may share an entry, and from format 6
+    /// ([`CLAIM_ENDS_BATCH_FORMAT`]) a `ClaimBatch`. Part of the log's meaning, like
+    /// [`Command::may_share_entry`]. A claim last in its entry is as safe as one alone: no
+    /// command after it in the entry can release what it grants, and only it grants there.
+    pub fn may_end_batch(&self, format: u8) -> bool {
+        self.may_share_entry()
+            || (format >= CLAIM_ENDS_BATCH_FORMAT && matches!(self, Command::ClaimBatch { .. }))
+    }
+
     /// Whether a node groups this command with others when writing. A policy of the writer,
     /// free to change: beyond [`Command::may_share_entry`], `RetryFailed` goes alone (it is
     /// not idempotent, and a batch is resent whole when its answer is lost), and so does
@@ -199,6 +209,11 @@ impl Command {
             )
     }
 }
+
+/// The format from which a `ClaimBatch` may end a batch ([`Command::may_end_batch`]): a
+/// node's claim rides in the entry of its own submission, and the leader's proposals end
+/// with the claims queued behind their writes.
+pub const CLAIM_ENDS_BATCH_FORMAT: u8 = 6;
 
 /// One ended attempt, as its node reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -707,7 +707,7 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
         )
         .await?;
         ensure!(
-            view.node_formats == [4, 5],
+            view.node_formats == [4, 6],
             "the new build reads both: {view:?}"
         );
         if upgraded < 2 {
@@ -729,12 +729,12 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
         }
     }
 
-    phase("with every node on the new build, the cluster moves to format 5 everywhere");
+    phase("with every node on the new build, the cluster moves to format 6 everywhere");
     for node in 0..3 {
         let this = &cluster;
-        wait_for("format 5", FORMATION, async || {
+        wait_for("format 6", FORMATION, async || {
             let view = this.status(node, false).await.ok()?;
-            (formats(&view).0 == 5).then_some(())
+            (formats(&view).0 == 6).then_some(())
         })
         .await?;
     }
@@ -753,12 +753,12 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
         );
     }
     let id = cluster
-        .submit_task(1, &task("echo format-5".into()))
+        .submit_task(1, &task("echo format-6".into()))
         .await?;
     let ended = cluster.wait_task(2, &id, FORMATION).await?;
     ensure!(ended["state"] == "COMPLETE", "{ended}");
 
-    phase("a node of the previous build cannot join a cluster on format 5, and says why");
+    phase("a node of the previous build cannot join a cluster on format 6, and says why");
     let old = cluster.add_node(None)?;
     run_as_previous_build(&mut cluster.nodes[old])?;
     cluster.start(old)?;
@@ -769,7 +769,7 @@ async fn a_rolling_upgrade_while_tasks_run_loses_nothing_and_moves_the_format_la
         async || {
             this.nodes[old]
                 .log()
-                .contains("the cluster runs format 5: run a build that reads it")
+                .contains("the cluster runs format 6: run a build that reads it")
                 .then_some(())
         },
     )
@@ -787,7 +787,7 @@ async fn a_fresh_node_joins_the_old_format_and_leaves(cluster: &mut TestCluster)
     cluster.wait_formed(4, FORMATION).await?;
     let view = cluster.status(fresh, false).await?;
     ensure!(
-        view.format_version == 4 && view.node_formats == [4, 5],
+        view.format_version == 4 && view.node_formats == [4, 6],
         "the fresh node joins format 4: {view:?}"
     );
     let task =

@@ -150,7 +150,7 @@ pub async fn create(
         seal: true,
         steward: None,
     };
-    // With a slot free, this node claims the task in the entry right behind it.
+    // With a slot free, this node claims the task in the entry that records it.
     match state.cluster.write_and_claim(command).await? {
         // With an idempotency key, the job a first submission made.
         Outcome::JobSubmitted { job_id, .. } => Ok(Json(TesCreateTaskResponse { id: job_id })),

@@ -7,10 +7,12 @@
 //! own outcome; a failure of the whole batch (no leader) is every write's failure. Retries
 //! resend the whole batch, which is safe because every batchable command is idempotent.
 //!
-//! A write may bring a [`Follow`]: a command proposed in an entry of its own right behind the
-//! batch (a node's claim behind its own submission, see [`Cluster::write_and_claim`]). It is
-//! handed on after the batch, so it usually lands in the entry after it; when it overtakes
-//! the batch it is still correct, only no faster.
+//! A write may bring a [`Follow`]: a command that goes right behind the batch (a node's claim
+//! behind its own submission, see [`Cluster::write_and_claim`]). From format 6 a claim ends
+//! the batch itself ([`Command::may_end_batch`]), so the node takes the new work in the entry
+//! that records it. In an older cluster, or for anything else, it is proposed alone, handed
+//! on after the batch, so it usually lands in the entry after it (when it overtakes the
+//! batch it is still correct, only no faster).
 
 use std::sync::Arc;
 
@@ -110,18 +112,24 @@ pub(super) async fn next_write<T>(
     Some((permit, first))
 }
 
-/// Proposes `batch`, and each of its follows behind it.
+/// Proposes `batch`, and each of its follows behind it: the first in the batch's own entry
+/// when it may end a batch, the others alone.
 async fn send(cluster: &Cluster, mut batch: Vec<QueuedWrite>) {
-    let follows: Vec<Follow> = batch.iter_mut().filter_map(|w| w.follow.take()).collect();
+    let mut follows: Vec<Follow> = batch.iter_mut().filter_map(|w| w.follow.take()).collect();
+    let format = cluster.view().read().format_version();
+    let last = match follows.first() {
+        Some(follow) if follow.command.may_end_batch(format) => Some(follows.remove(0)),
+        _ => None,
+    };
     let behind = futures::future::join_all(follows.into_iter().map(|follow| async move {
         let _ = follow.reply.send(cluster.write_now(follow.command).await);
     }));
     // `join!` polls in order: the batch is handed on before its follows.
-    futures::join!(send_batch(cluster, batch), behind);
+    futures::join!(send_batch(cluster, batch, last), behind);
 }
 
-async fn send_batch(cluster: &Cluster, mut batch: Vec<QueuedWrite>) {
-    if batch.len() == 1 {
+async fn send_batch(cluster: &Cluster, mut batch: Vec<QueuedWrite>, last: Option<Follow>) {
+    if batch.len() == 1 && last.is_none() {
         let write = batch.remove(0);
         let _ = write.reply.send(cluster.write_now(write.command).await);
         return;
@@ -129,6 +137,7 @@ async fn send_batch(cluster: &Cluster, mut batch: Vec<QueuedWrite>) {
     let (commands, replies): (Vec<Command>, Vec<_>) = batch
         .into_iter()
         .map(|write| (write.command, write.reply))
+        .chain(last.map(|follow| (follow.command, follow.reply)))
         .unzip();
     let count = commands.len();
     match cluster.write_now(Command::Batch(commands)).await {

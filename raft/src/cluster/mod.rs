@@ -807,8 +807,9 @@ impl Cluster {
     }
 
     /// Writes a submission like [`Cluster::write`], with this node's claim (from the claim
-    /// source) proposed in the entry right behind it: a node with a slot free takes the new
-    /// work in the round that records it, instead of a round after it has applied it.
+    /// source) at the end of the same entry (from format 6; before, in the entry right
+    /// behind it): a node with a slot free takes the new work in the round that records it,
+    /// instead of a round after it has applied it.
     pub async fn write_and_claim(&self, command: Command) -> Result<Outcome, ClusterError> {
         self.write_with(command, true).await
     }
@@ -958,7 +959,8 @@ impl Cluster {
     pub(crate) async fn execute_local(&self, op: Op) -> Result<OpResult, OpError> {
         match op {
             Op::Write(command) => {
-                let (write, answer) = proposer::Queued::new(command);
+                let format = self.view().read().format_version();
+                let (write, answer) = proposer::Queued::new(command, format);
                 let stopped = || OpError::Failed("this node is shutting down".to_string());
                 self.inner
                     .proposals

@@ -10,12 +10,14 @@
 //! How: while [`PROPOSALS_IN_FLIGHT`] proposals are on their way, arriving writes queue; the
 //! next proposal takes the queue's head and every write behind it that may share an entry
 //! (a [`Command::Batch`], or one command a node would batch itself,
-//! [`Command::is_batchable`]), up to a size. Applying a batch applies its commands in order,
-//! each with its own outcome, so each write gets exactly the outcomes it would have had in an
-//! entry of its own. Anything else (a claim, whose fence is its entry's index; lease expiry; a
-//! format move; a large or non-idempotent write) is proposed alone, in its place in the queue:
-//! a claim behind a submission still lands behind it. Proposals are handed to openraft one by
-//! one from this task, so the log holds them in queue order.
+//! [`Command::is_batchable`]), up to a size. From format 6 a claim may end the proposal
+//! ([`Command::may_end_batch`]): a `ClaimBatch`, or a node's batch that ends with one, is
+//! taken as the proposal's last write. Applying a batch applies its commands in order, each
+//! with its own outcome, so each write gets exactly the outcomes it would have had in an
+//! entry of its own. Anything else (lease expiry; a format move; a large or non-idempotent
+//! write; a claim in an older cluster) is proposed alone, in its place in the queue: a claim
+//! behind a submission still lands behind it. Proposals are handed to openraft one by one
+//! from this task, so the log holds them in queue order.
 
 use std::sync::Arc;
 
@@ -40,20 +42,52 @@ pub(super) const QUEUE_MAX: usize = 1024;
 /// One write on its way to the log, and where its outcome goes.
 pub(super) struct Queued {
     command: Command,
-    /// Encoded bytes when it may share an entry; `None` when it goes alone.
-    shares: Option<usize>,
+    shares: Sharing,
     reply: oneshot::Sender<Result<Outcome, OpError>>,
 }
 
+/// Whether a write may share its entry, and where in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sharing {
+    Alone,
+    /// Anywhere in a proposal; its encoded bytes.
+    Anywhere(usize),
+    /// As the proposal's last write (it ends with a claim); its encoded bytes.
+    Last(usize),
+}
+
+impl Sharing {
+    fn bytes(self) -> Option<usize> {
+        match self {
+            Sharing::Alone => None,
+            Sharing::Anywhere(bytes) | Sharing::Last(bytes) => Some(bytes),
+        }
+    }
+}
+
 impl Queued {
-    pub(super) fn new(command: Command) -> (Self, oneshot::Receiver<Result<Outcome, OpError>>) {
-        let shares = match &command {
-            Command::Batch(commands) if commands.iter().all(Command::is_batchable) => {
-                crate::codec::encoded_len(&command).ok()
+    /// A write of `command` in a cluster running `format`.
+    pub(super) fn new(
+        command: Command,
+        format: u8,
+    ) -> (Self, oneshot::Receiver<Result<Outcome, OpError>>) {
+        let commands = match &command {
+            Command::Batch(commands) => commands.as_slice(),
+            single => std::slice::from_ref(single),
+        };
+        let shares = match commands.split_last() {
+            Some((last, rest)) if rest.iter().all(Command::is_batchable) => {
+                let bytes = || crate::codec::encoded_len(&command).ok();
+                if last.is_batchable() {
+                    bytes().map_or(Sharing::Alone, Sharing::Anywhere)
+                } else if !last.may_share_entry() && last.may_end_batch(format) {
+                    // A claim: never batched by a node, but it may close a proposal.
+                    bytes().map_or(Sharing::Alone, Sharing::Last)
+                } else {
+                    Sharing::Alone
+                }
             }
-            Command::Batch(_) => None,
-            single if single.is_batchable() => crate::codec::encoded_len(single).ok(),
-            _ => None,
+            _ => Sharing::Alone,
         };
         let (reply, answer) = oneshot::channel();
         (
@@ -119,7 +153,7 @@ fn gather(
     if first.reply.is_closed() {
         return Vec::new();
     }
-    let Some(mut bytes) = first.shares else {
+    let Sharing::Anywhere(mut bytes) = first.shares else {
         return vec![first];
     };
     let mut commands = commands_in(&first.command);
@@ -128,7 +162,7 @@ fn gather(
         if write.reply.is_closed() {
             continue;
         }
-        let fits = write.shares.is_some_and(|more| {
+        let fits = write.shares.bytes().is_some_and(|more| {
             bytes + more <= MERGED_BYTES_MAX
                 && commands + commands_in(&write.command) <= MERGED_COMMANDS_MAX
         });
@@ -136,9 +170,13 @@ fn gather(
             *carried = Some(write);
             break;
         }
-        bytes += write.shares.unwrap_or(0);
+        bytes += write.shares.bytes().unwrap_or(0);
         commands += commands_in(&write.command);
+        let ends = matches!(write.shares, Sharing::Last(_));
         writes.push(write);
+        if ends {
+            break;
+        }
     }
     writes
 }
@@ -240,6 +278,8 @@ fn answer(mut shapes: Vec<Shape>, result: Result<Outcome, OpError>) {
 mod tests {
     use super::*;
 
+    const FORMAT: u8 = crate::codec::FORMAT_VERSION;
+
     fn cancel(job: &str) -> Command {
         Command::CancelJob {
             job_id: job.to_string(),
@@ -250,33 +290,49 @@ mod tests {
         Outcome::Changed { datums: 1 }
     }
 
-    #[test]
-    fn only_writes_that_may_share_an_entry_are_grouped() {
-        assert!(Queued::new(cancel("a")).0.shares.is_some());
-        assert!(
-            Queued::new(Command::Batch(vec![cancel("a"), cancel("b")]))
-                .0
-                .shares
-                .is_some()
-        );
-        let claim = Command::ClaimBatch {
+    fn claim() -> Command {
+        Command::ClaimBatch {
             node_id: 1,
             max: 1,
             queue: 0,
             free: Default::default(),
-        };
-        assert!(Queued::new(claim.clone()).0.shares.is_none());
-        assert!(Queued::new(Command::Batch(vec![claim])).0.shares.is_none());
+        }
+    }
+
+    fn sharing(command: Command, format: u8) -> Sharing {
+        Queued::new(command, format).0.shares
+    }
+
+    #[test]
+    fn writes_share_an_entry_where_they_may() {
+        assert!(matches!(sharing(cancel("a"), FORMAT), Sharing::Anywhere(_)));
+        let batch = Command::Batch(vec![cancel("a"), cancel("b")]);
+        assert!(matches!(sharing(batch, FORMAT), Sharing::Anywhere(_)));
+        // From format 6 a claim, or a node's batch ending with one, may close a proposal.
+        assert!(matches!(sharing(claim(), FORMAT), Sharing::Last(_)));
+        let submit_and_claim = Command::Batch(vec![cancel("a"), claim()]);
+        assert!(matches!(
+            sharing(submit_and_claim.clone(), FORMAT),
+            Sharing::Last(_)
+        ));
+        assert_eq!(
+            sharing(Command::Batch(vec![claim(), cancel("a")]), FORMAT),
+            Sharing::Alone
+        );
+        assert_eq!(sharing(claim(), 5), Sharing::Alone);
+        assert_eq!(sharing(submit_and_claim, 5), Sharing::Alone);
         let retry = Command::RetryFailed {
             job_id: "a".to_string(),
         };
-        assert!(Queued::new(retry).0.shares.is_none());
+        assert_eq!(sharing(retry, FORMAT), Sharing::Alone);
+        let expire = Command::ExpireLeases { lease_ms: 1, by: 1 };
+        assert_eq!(sharing(expire, FORMAT), Sharing::Alone);
     }
 
     #[test]
     fn each_grouped_write_gets_its_own_outcomes() {
-        let (one, one_answer) = Queued::new(cancel("a"));
-        let (two, two_answer) = Queued::new(Command::Batch(vec![cancel("b"), cancel("c")]));
+        let (one, one_answer) = Queued::new(cancel("a"), FORMAT);
+        let (two, two_answer) = Queued::new(Command::Batch(vec![cancel("b"), cancel("c")]), FORMAT);
         let (command, shapes) = merge(vec![one, two]);
         assert_eq!(
             command,
@@ -303,52 +359,60 @@ mod tests {
         assert_eq!(second, Outcome::Batch(all[1..].to_vec()));
     }
 
-    #[test]
-    fn a_proposal_takes_the_shareable_writes_behind_the_first_and_leaves_the_rest_in_order() {
+    /// Queues `commands` and gathers proposals from them until the queue is empty.
+    fn proposals(commands: Vec<Command>, format: u8) -> Vec<Vec<Command>> {
         let (queue_in, mut queue) = mpsc::channel(16);
         let mut answers = Vec::new();
-        let mut send = |command: Command| {
-            let (write, answer) = Queued::new(command);
+        for command in commands {
+            let (write, answer) = Queued::new(command, format);
             answers.push(answer);
             assert!(queue_in.try_send(write).is_ok(), "room in the queue");
-        };
-        let claim = Command::ClaimBatch {
-            node_id: 1,
-            max: 1,
-            queue: 0,
-            free: Default::default(),
-        };
-        send(cancel("b"));
-        send(claim.clone());
-        send(cancel("c"));
-        let (first, first_answer) = Queued::new(cancel("a"));
+        }
         let mut carried = None;
-        let taken = gather(first, &mut queue, &mut carried);
-        let taken: Vec<Command> = taken.into_iter().map(|w| w.command).collect();
-        assert_eq!(taken, vec![cancel("a"), cancel("b")]);
-        let carried = carried
-            .take()
-            .expect("the claim waits for the next proposal");
-        assert_eq!(carried.command, claim);
-        // The claim goes alone: nothing is taken behind it.
-        let mut next = None;
-        let alone = gather(carried, &mut queue, &mut next);
-        assert_eq!(alone.len(), 1);
-        assert!(next.is_none());
-        let rest = gather(queue.try_recv().expect("c"), &mut queue, &mut next);
-        assert_eq!(rest.len(), 1);
-        drop(first_answer);
+        let mut proposals = Vec::new();
+        while let Some(first) = carried.take().or_else(|| queue.try_recv().ok()) {
+            let taken = gather(first, &mut queue, &mut carried);
+            proposals.push(taken.into_iter().map(|w| w.command).collect());
+        }
+        proposals
+    }
+
+    #[test]
+    fn a_proposal_takes_the_shareable_writes_behind_the_first_and_leaves_the_rest_in_order() {
+        let queued = || vec![cancel("a"), cancel("b"), claim(), cancel("c"), cancel("d")];
+        // The claim closes the proposal it joins; what follows starts the next.
+        assert_eq!(
+            proposals(queued(), FORMAT),
+            vec![
+                vec![cancel("a"), cancel("b"), claim()],
+                vec![cancel("c"), cancel("d")]
+            ]
+        );
+        // Before format 6 it goes alone, in its place.
+        assert_eq!(
+            proposals(queued(), 5),
+            vec![
+                vec![cancel("a"), cancel("b")],
+                vec![claim()],
+                vec![cancel("c"), cancel("d")]
+            ]
+        );
+        // A claim first takes nothing behind it.
+        assert_eq!(
+            proposals(vec![claim(), cancel("a")], FORMAT),
+            vec![vec![claim()], vec![cancel("a")]]
+        );
     }
 
     #[test]
     fn writes_whose_caller_gave_up_are_not_proposed() {
         let (queue_in, mut queue) = mpsc::channel(16);
-        let (gone, gone_answer) = Queued::new(cancel("gone"));
+        let (gone, gone_answer) = Queued::new(cancel("gone"), FORMAT);
         drop(gone_answer);
-        let (kept, _kept_answer) = Queued::new(cancel("kept"));
+        let (kept, _kept_answer) = Queued::new(cancel("kept"), FORMAT);
         assert!(queue_in.try_send(gone).is_ok(), "room");
         assert!(queue_in.try_send(kept).is_ok(), "room");
-        let (first, first_answer) = Queued::new(cancel("first"));
+        let (first, first_answer) = Queued::new(cancel("first"), FORMAT);
         drop(first_answer);
         let mut carried = None;
         assert!(gather(first, &mut queue, &mut carried).is_empty());
@@ -365,7 +429,7 @@ mod tests {
         let (queue_in, mut queue) = mpsc::channel(4096);
         let mut answers = Vec::new();
         for i in 0..MERGED_COMMANDS_MAX + 10 {
-            let (write, answer) = Queued::new(cancel(&format!("j{i}")));
+            let (write, answer) = Queued::new(cancel(&format!("j{i}")), FORMAT);
             answers.push(answer);
             assert!(queue_in.try_send(write).is_ok(), "room");
         }
@@ -381,14 +445,14 @@ mod tests {
 
     #[test]
     fn a_lone_write_gets_the_proposal_outcome_and_a_failure_reaches_every_write() {
-        let (one, one_answer) = Queued::new(cancel("a"));
+        let (one, one_answer) = Queued::new(cancel("a"), FORMAT);
         let (command, shapes) = merge(vec![one]);
         assert_eq!(command, cancel("a"));
         answer(shapes, Ok(changed()));
         assert!(matches!(one_answer.blocking_recv(), Ok(Ok(outcome)) if outcome == changed()));
 
-        let (one, one_answer) = Queued::new(cancel("a"));
-        let (two, two_answer) = Queued::new(cancel("b"));
+        let (one, one_answer) = Queued::new(cancel("a"), FORMAT);
+        let (two, two_answer) = Queued::new(cancel("b"), FORMAT);
         let (_, shapes) = merge(vec![one, two]);
         answer(shapes, Err(OpError::NotLeader { leader: None }));
         for answer in [one_answer, two_answer] {

@@ -352,8 +352,14 @@ impl State {
             Command::Batch(commands) => Outcome::Batch(
                 commands
                     .iter()
-                    .map(|command| {
-                        if !command.may_share_entry() {
+                    .enumerate()
+                    .map(|(i, command)| {
+                        let allowed = if i + 1 == commands.len() {
+                            command.may_end_batch(self.format_version())
+                        } else {
+                            command.may_share_entry()
+                        };
+                        if !allowed {
                             return Outcome::Refused {
                                 reason: "this command cannot be batched".to_string(),
                             };

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::command::{CLAIM_ENDS_BATCH_FORMAT, Completion, Grant};
 use crate::command::{Command, NodeInfo, Proposal};
-use crate::command::{Completion, Grant};
 use crate::job::{
     AttemptReport, Datum, ExecutorSpec, JobKind, JobSeq, JobSpec, NewDatum, PipelineInput,
     PipelineSpec,
@@ -910,6 +910,64 @@ fn a_batch_applies_each_command_in_order_and_refuses_claims_inside() {
         "the claim inside took nothing"
     );
     assert!(log.state.claims_of(N1).next().is_none());
+}
+
+#[test]
+fn from_format_6_a_claim_may_end_a_batch_and_takes_work_submitted_before_it() {
+    let mut log = Log::new();
+    let submit = |id: &str| Command::SubmitJob {
+        spec: Box::new(spec(id, JobKind::Pipeline, 0, 1)),
+        datums: vec![new_datum(1)],
+        seal: true,
+        steward: Some(N1),
+    };
+    let claim = |node_id| Command::ClaimBatch {
+        node_id,
+        max: 1,
+        queue: 0,
+        free: PLENTY,
+    };
+    let set_format = |version| Command::SetFormat {
+        version,
+        members: None,
+    };
+    // Before format 6 the claim inside takes nothing.
+    let Outcome::Batch(before) = log.apply(Command::Batch(vec![submit("a"), claim(N1)])) else {
+        panic!("a batch answers a batch");
+    };
+    assert!(matches!(before[1], Outcome::Refused { .. }));
+    assert_eq!(
+        log.apply(set_format(CLAIM_ENDS_BATCH_FORMAT)),
+        Outcome::Applied
+    );
+    let Outcome::Batch(outcomes) = log.apply(Command::Batch(vec![
+        submit("b"),
+        claim(N2),
+        submit("c"),
+        claim(N2),
+    ])) else {
+        panic!("a batch answers a batch");
+    };
+    assert!(
+        matches!(outcomes[1], Outcome::Refused { .. }),
+        "a claim before the end of a batch is refused"
+    );
+    let Outcome::Claimed { grants } = &outcomes[3] else {
+        panic!("the last claim answered {:?}", outcomes[3]);
+    };
+    // FIFO: the claim last in the entry takes a's datum, submitted entries before, with the
+    // entry's index as fence.
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].fence, log.index);
+    assert_eq!(
+        log.datum(grants[0].datum.job, 0).claim.map(|c| c.node),
+        Some(N2)
+    );
+    assert_eq!(log.state.pending_count(), 2, "b and c wait");
+    assert!(matches!(
+        log.apply(Command::Batch(vec![claim(N1)])),
+        Outcome::Batch(one) if matches!(one[0], Outcome::Claimed { ref grants } if grants.len() == 1)
+    ));
 }
 
 #[test]
