@@ -101,6 +101,44 @@ async fn a_failing_command_ends_executor_error_with_its_exit_code_and_stderr() -
     Ok(())
 }
 
+/// Whether a process whose command line holds `marker` runs on this host.
+fn runs(marker: &str) -> Result<bool> {
+    let found = std::process::Command::new("pgrep")
+        .args(["-f", marker])
+        .output()?;
+    Ok(!found.stdout.is_empty())
+}
+
+#[tokio::test]
+async fn a_node_killed_with_sigkill_leaves_no_step_running() -> Result<()> {
+    let options = ClusterOptions {
+        bootstrap_expect: 1,
+        ..Default::default()
+    };
+    let mut cluster = TestCluster::formed(1, options).await?;
+    let marker = format!("shoal-orphan-{}", std::process::id());
+    let id = cluster
+        .submit_task(0, &shell(&format!("exec sleep 300 # {marker}")))
+        .await?;
+    let this = &cluster;
+    shoal_tests::wait_for("the task to run", TASK_TIMEOUT, async || {
+        (this.task(0, &id, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
+    })
+    .await?;
+    ensure!(runs(&marker)?, "the task's process is not visible to pgrep");
+
+    phase("kill -9 the node: the kernel kills its step with it");
+    cluster.kill(0)?;
+    let marker = &marker;
+    shoal_tests::wait_for(
+        "the step to die with its node",
+        Duration::from_secs(10),
+        async || (!runs(marker).ok()?).then_some(()),
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn cancel_of_a_running_task_kills_its_process_and_ends_canceled() -> Result<()> {
     let cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
@@ -119,13 +157,7 @@ async fn cancel_of_a_running_task_kills_its_process_and_ends_canceled() -> Resul
     })
     .await?;
 
-    let running = std::process::Command::new("pgrep")
-        .args(["-f", &marker])
-        .output()?;
-    ensure!(
-        !running.stdout.is_empty(),
-        "the task's process is not visible to pgrep"
-    );
+    ensure!(runs(&marker)?, "the task's process is not visible to pgrep");
 
     phase("cancel through another node: CANCELED, and the process is gone");
     let (status, body) = cluster
@@ -134,14 +166,7 @@ async fn cancel_of_a_running_task_kills_its_process_and_ends_canceled() -> Resul
     ensure!(status == 200 && body == json!({}), "{status} {body}");
     let task = cluster.wait_task(1, &id, Duration::from_secs(10)).await?;
     ensure!(task["state"] == "CANCELED", "{task}");
-    let left = std::process::Command::new("pgrep")
-        .args(["-f", &marker])
-        .output()?;
-    ensure!(
-        left.stdout.is_empty(),
-        "the canceled process still runs: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    ensure!(!runs(&marker)?, "the canceled process still runs");
 
     phase("cancel of a finished task leaves it as it is");
     let done = cluster.submit_task(0, &shell("true")).await?;
