@@ -135,11 +135,25 @@ const FORMAT_ROUND: Duration = Duration::from_secs(2);
 /// build's), asking each member of the Raft group, learners included, which formats it
 /// reads. A member that does not answer (down, or a build older than format 5, which cannot
 /// decode the question) holds the cluster where it is: a record in a newer format would be
-/// one it cannot read.
+/// one it cannot read. A node that becomes leader checks at once, so a cluster just formed
+/// writes the newest format from its first tasks on, not a round later.
 pub(super) async fn upgrade_format(cluster: Cluster) {
     let mut round = tokio::time::interval(FORMAT_ROUND);
+    let mut metrics = cluster.raft().metrics();
+    let mut leading = false;
     loop {
-        round.tick().await;
+        tokio::select! {
+            _ = round.tick() => {}
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let was_leading = std::mem::replace(&mut leading, cluster.is_leader());
+                if !leading || was_leading {
+                    continue;
+                }
+            }
+        }
         if !cluster.is_leader() {
             continue;
         }
