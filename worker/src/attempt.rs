@@ -417,7 +417,11 @@ async fn run_attempt(
     ));
     let report = run_in(&shared, &job, &datum, &grant, &dir, run, &cancel).await;
     if !shared.config.keep_workdirs {
-        let _ = fs(move || std::fs::remove_dir_all(dir)).await;
+        // Behind the report, not before it: the directory is this attempt's alone, and a
+        // restart removes any left in `work/`.
+        shoal_raft::runtime::spawn(async move {
+            let _ = fs(move || std::fs::remove_dir_all(dir)).await;
+        });
     }
     report
 }
