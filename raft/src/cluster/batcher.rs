@@ -5,7 +5,9 @@
 //! batches are on their way, later writes queue up and leave together as soon as one
 //! returns, so batches grow with the load and latency does not. Each write still gets its
 //! own outcome; a failure of the whole batch (no leader) is every write's failure. Retries
-//! resend the whole batch, which is safe because every batchable command is idempotent.
+//! resend the whole batch, which is safe because every batchable command is idempotent. A
+//! claim ending the batch (below) is not: resent, it is applied again and grants more, as a
+//! lone claim resent always did; grants whose answer was lost are the claim watch's to adopt.
 //!
 //! A write may bring a [`Follow`]: a command that goes right behind the batch (a node's claim
 //! behind its own submission, see [`Cluster::write_and_claim`]). From format 6 a claim ends
