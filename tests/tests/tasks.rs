@@ -101,6 +101,14 @@ async fn a_failing_command_ends_executor_error_with_its_exit_code_and_stderr() -
     Ok(())
 }
 
+/// Waits until task `id` shows RUNNING on node `node`.
+async fn wait_running(cluster: &TestCluster, node: usize, id: &str) -> Result<()> {
+    shoal_tests::wait_for(&format!("task {id} to run"), TASK_TIMEOUT, async || {
+        (cluster.task(node, id, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
+    })
+    .await
+}
+
 /// Whether a process whose command line holds `marker` runs on this host.
 fn runs(marker: &str) -> Result<bool> {
     let found = std::process::Command::new("pgrep")
@@ -120,11 +128,7 @@ async fn a_node_killed_with_sigkill_leaves_no_step_running() -> Result<()> {
     let id = cluster
         .submit_task(0, &shell(&format!("exec sleep 300 # {marker}")))
         .await?;
-    let this = &cluster;
-    shoal_tests::wait_for("the task to run", TASK_TIMEOUT, async || {
-        (this.task(0, &id, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
-    })
-    .await?;
+    wait_running(&cluster, 0, &id).await?;
     ensure!(runs(&marker)?, "the task's process is not visible to pgrep");
 
     phase("kill -9 the node: the kernel kills its step with it");
@@ -151,11 +155,7 @@ async fn cancel_of_a_running_task_kills_its_process_and_ends_canceled() -> Resul
         .await?;
 
     phase("the task runs somewhere");
-    let this = &cluster;
-    shoal_tests::wait_for("the task to run", TASK_TIMEOUT, async || {
-        (this.task(1, &id, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
-    })
-    .await?;
+    wait_running(&cluster, 1, &id).await?;
 
     ensure!(runs(&marker)?, "the task's process is not visible to pgrep");
 
@@ -371,11 +371,8 @@ async fn a_running_tasks_output_so_far_is_visible_from_every_node() -> Result<()
     let id = cluster
         .submit_task(0, &shell("echo a; echo b >&2; exec sleep 300"))
         .await?;
+    wait_running(&cluster, 0, &id).await?;
     let this = &cluster;
-    shoal_tests::wait_for("the task to run", TASK_TIMEOUT, async || {
-        (this.task(0, &id, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
-    })
-    .await?;
 
     phase("while it runs, FULL shows what it printed so far on every node; BASIC hides it");
     for node in 0..3 {
@@ -610,11 +607,7 @@ async fn a_task_waiting_for_a_slot_is_queued_with_no_log_and_echoes_only_what_wa
     )
     .await?;
     let busy = cluster.submit_task(0, &shell("exec sleep 300")).await?;
-    let this = &cluster;
-    shoal_tests::wait_for("the first task to run", TASK_TIMEOUT, async || {
-        (this.task(0, &busy, "MINIMAL").await.ok()?["state"] == "RUNNING").then_some(())
-    })
-    .await?;
+    wait_running(&cluster, 0, &busy).await?;
 
     phase("a task behind it (claimed into the node's queue, or pending) is QUEUED with no log");
     let waiting = cluster.submit_task(0, &shell("true")).await?;

@@ -870,15 +870,19 @@ fn jobs_are_listed_by_state_and_tag_newest_first() {
     assert!(by_tag("team", Some("z")).is_empty());
 }
 
-#[test]
-fn a_batch_applies_each_command_in_order_and_refuses_claims_inside() {
-    let mut log = Log::new();
-    let submit = |id: &str| Command::SubmitJob {
+/// A pipeline job `id` of one datum, as a command that may share an entry.
+fn submit(id: &str) -> Command {
+    Command::SubmitJob {
         spec: Box::new(spec(id, JobKind::Pipeline, 0, 1)),
         datums: vec![new_datum(1)],
         seal: true,
         steward: Some(N1),
-    };
+    }
+}
+
+#[test]
+fn a_batch_applies_each_command_in_order_and_refuses_claims_inside() {
+    let mut log = Log::new();
     let batch = Command::Batch(vec![
         submit("a"),
         Command::ClaimBatch {
@@ -915,12 +919,6 @@ fn a_batch_applies_each_command_in_order_and_refuses_claims_inside() {
 #[test]
 fn from_format_6_a_claim_may_end_a_batch_and_takes_work_submitted_before_it() {
     let mut log = Log::new();
-    let submit = |id: &str| Command::SubmitJob {
-        spec: Box::new(spec(id, JobKind::Pipeline, 0, 1)),
-        datums: vec![new_datum(1)],
-        seal: true,
-        steward: Some(N1),
-    };
     let claim = |node_id| Command::ClaimBatch {
         node_id,
         max: 1,
