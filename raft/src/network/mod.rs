@@ -5,6 +5,7 @@
 //!   ([`swarm`]) in production, an in-memory network in the deterministic simulation.
 //! - [`raft_network`]: openraft's network traits implemented over [`NetHandle`].
 
+mod coalesce;
 pub mod protocol;
 pub mod raft_network;
 pub mod swarm;

@@ -156,8 +156,11 @@ where
 {
     let body = encode_frame_as(version, message)?;
     let len = u32::try_from(body.len()).map_err(io::Error::other)?;
-    io.write_all(&len.to_be_bytes()).await?;
-    io.write_all(&body).await?;
+    // One write, so the length and the body travel in one yamux frame.
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(&body);
+    io.write_all(&frame).await?;
     io.close().await
 }
 

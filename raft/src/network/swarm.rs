@@ -19,13 +19,12 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, ping, tcp, yamux,
-};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, ping, tcp};
 use tokio::sync::{mpsc, oneshot};
 
 use futures::future::BoxFuture;
 
+use super::coalesce::CoalescedYamux;
 use super::protocol::{FrameCodec, PROTOCOL, Request, Response};
 use super::{Inbound, NetError, NetHandle};
 
@@ -101,9 +100,10 @@ pub struct NetworkConfig {
     pub cluster_key: Option<PreSharedKey>,
 }
 
-/// TCP, then the pre-shared-key handshake when there is a key, then noise and yamux — each
-/// connection's setup bounded by `CONNECTION_SETUP_TIMEOUT`, so a dial into a partition
-/// fails soon and the next request dials afresh once the network is back.
+/// TCP, then the pre-shared-key handshake when there is a key, then noise and yamux (its
+/// flushes coalesced, see `coalesce`) — each connection's setup bounded by
+/// `CONNECTION_SETUP_TIMEOUT`, so a dial into a partition fails soon and the next request
+/// dials afresh once the network is back.
 fn transport(
     key: &Keypair,
     cluster_key: Option<PreSharedKey>,
@@ -114,14 +114,14 @@ fn transport(
         None => tcp
             .upgrade(Version::V1)
             .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .multiplex(CoalescedYamux::default())
             .timeout(CONNECTION_SETUP_TIMEOUT)
             .boxed(),
         Some(psk) => tcp
             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
             .upgrade(Version::V1)
             .authenticate(noise)
-            .multiplex(yamux::Config::default())
+            .multiplex(CoalescedYamux::default())
             .timeout(CONNECTION_SETUP_TIMEOUT)
             .boxed(),
     };
