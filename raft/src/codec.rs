@@ -90,9 +90,21 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
 /// format read (what a node of an older build must understand, e.g. `Hello`).
 pub fn encode_as<T: Serialize + ?Sized>(version: u8, value: &T) -> Result<Vec<u8>, CodecError> {
     let mut bytes = Vec::with_capacity(RECORD_BYTES_INITIAL);
-    bytes.push(version);
-    bincode::serde::encode_into_std_write(value, &mut bytes, config())?;
+    encode_into(version, value, &mut bytes)?;
     Ok(bytes)
+}
+
+/// Appends what [`encode_as`] would produce to `bytes` (e.g. behind a frame's length);
+/// returns how many bytes it appended.
+pub fn encode_into<T: Serialize + ?Sized>(
+    version: u8,
+    value: &T,
+    bytes: &mut Vec<u8>,
+) -> Result<usize, CodecError> {
+    let start = bytes.len();
+    bytes.push(version);
+    bincode::serde::encode_into_std_write(value, bytes, config())?;
+    Ok(bytes.len() - start)
 }
 
 /// How many bytes [`encode`] would produce for `value`, without keeping them.

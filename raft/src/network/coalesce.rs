@@ -120,6 +120,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use futures::task::ArcWake;
+    use libp2p::core::muxing::{StreamMuxerBox, StreamMuxerExt, SubstreamBox};
 
     struct Wakes(AtomicUsize);
 
@@ -152,6 +153,184 @@ mod tests {
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// One direction of an in-memory connection.
+    #[derive(Default)]
+    struct Pipe {
+        bytes: std::collections::VecDeque<u8>,
+        closed: bool,
+        reader: Option<std::task::Waker>,
+    }
+
+    /// One end of an in-memory connection, counting the flushes that reach it.
+    struct End {
+        read: Arc<std::sync::Mutex<Pipe>>,
+        write: Arc<std::sync::Mutex<Pipe>>,
+        flushes: Arc<AtomicUsize>,
+    }
+
+    fn connection() -> (End, End) {
+        let (there, back) = (Arc::default(), Arc::default());
+        let end = |read: &Arc<_>, write: &Arc<_>| End {
+            read: Arc::clone(read),
+            write: Arc::clone(write),
+            flushes: Arc::default(),
+        };
+        (end(&back, &there), end(&there, &back))
+    }
+
+    impl AsyncRead for End {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut pipe = self.read.lock().expect("pipe");
+            if pipe.bytes.is_empty() && !pipe.closed {
+                pipe.reader = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            let n = buf.len().min(pipe.bytes.len());
+            for (slot, byte) in buf.iter_mut().zip(pipe.bytes.drain(..n)) {
+                *slot = byte;
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for End {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let mut pipe = self.write.lock().expect("pipe");
+            pipe.bytes.extend(buf);
+            if let Some(reader) = pipe.reader.take() {
+                reader.wake();
+            }
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let mut pipe = self.write.lock().expect("pipe");
+            pipe.closed = true;
+            if let Some(reader) = pipe.reader.take() {
+                reader.wake();
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Polls a muxer until it fails, handing on the streams the peer opens.
+    async fn drive(
+        muxer: &mut StreamMuxerBox,
+        opened: futures::channel::mpsc::UnboundedSender<SubstreamBox>,
+    ) -> io::Error {
+        futures::future::poll_fn(|cx| {
+            loop {
+                match muxer.poll_inbound_unpin(cx) {
+                    Poll::Ready(Ok(stream)) => {
+                        let _ = opened.unbounded_send(stream);
+                        continue;
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(error),
+                    Poll::Pending => {}
+                }
+                match muxer.poll_unpin(cx) {
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(error)) => return Poll::Ready(error),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// One request and its answer over yamux on an in-memory connection, each side closing
+    /// its stream after writing, as the request-response protocol does: the bytes each side
+    /// received, and how many flushes reached the client's end of the connection.
+    async fn exchange(coalesced: bool) -> (Vec<u8>, Vec<u8>, usize) {
+        use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+
+        let (client_end, server_end) = connection();
+        let flushes = Arc::clone(&client_end.flushes);
+        let info = "/yamux/1.0.0";
+        let (mut client, mut server) = if coalesced {
+            let upgrade = CoalescedYamux::default();
+            let client = upgrade.clone().upgrade_outbound(client_end, info);
+            let server = upgrade.upgrade_inbound(server_end, info);
+            let (client, server) = (client.await, server.await);
+            (
+                StreamMuxerBox::new(client.expect("client")),
+                StreamMuxerBox::new(server.expect("server")),
+            )
+        } else {
+            let upgrade = yamux::Config::default();
+            let client = upgrade.clone().upgrade_outbound(client_end, info);
+            let server = upgrade.upgrade_inbound(server_end, info);
+            let (client, server) = (client.await, server.await);
+            (
+                StreamMuxerBox::new(client.expect("client")),
+                StreamMuxerBox::new(server.expect("server")),
+            )
+        };
+        let mut outbound = futures::future::poll_fn(|cx| client.poll_outbound_unpin(cx))
+            .await
+            .expect("a stream");
+        let (opened, mut inbound) = futures::channel::mpsc::unbounded::<SubstreamBox>();
+        let asking = async {
+            outbound.write_all(b"request").await?;
+            outbound.close().await?;
+            let mut answer = Vec::new();
+            outbound.read_to_end(&mut answer).await?;
+            Ok::<_, io::Error>(answer)
+        };
+        let answering = async {
+            let mut stream = inbound.next().await.expect("the client's stream");
+            let mut request = Vec::new();
+            stream.read_to_end(&mut request).await?;
+            stream.write_all(b"response").await?;
+            stream.close().await?;
+            Ok::<_, io::Error>(request)
+        };
+        let both = async {
+            tokio::select! {
+                biased;
+                both = async { futures::join!(asking, answering) } => both,
+                error = drive(&mut client, opened.clone()) => panic!("the client failed: {error}"),
+                error = drive(&mut server, opened) => panic!("the server failed: {error}"),
+            }
+        };
+        // A flush held back and never done would leave this waiting: bounded, to fail.
+        let (answer, request) = tokio::time::timeout(std::time::Duration::from_secs(10), both)
+            .await
+            .expect("the exchange ends");
+        (
+            request.expect("the request"),
+            answer.expect("the answer"),
+            flushes.load(Ordering::SeqCst),
+        )
+    }
+
+    #[tokio::test]
+    async fn yamux_over_a_coalesced_connection_delivers_everything_in_fewer_flushes() {
+        let (request, answer, coalesced) = exchange(true).await;
+        assert_eq!(request, b"request");
+        assert_eq!(answer, b"response");
+        let (request, answer, plain) = exchange(false).await;
+        assert_eq!(
+            (request.as_slice(), answer.as_slice()),
+            (&b"request"[..], &b"response"[..])
+        );
+        assert!(
+            coalesced < plain,
+            "{coalesced} flushes coalesced against {plain} without"
+        );
     }
 
     #[test]

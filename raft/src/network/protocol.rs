@@ -137,16 +137,18 @@ pub fn encode_frame<M: Serialize>(message: &M) -> io::Result<Vec<u8>> {
 fn encode_frame_as<M: Serialize>(version: u8, message: &M) -> io::Result<Vec<u8>> {
     let body = codec::encode_as(version, message)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if body.len() > FRAME_BYTES_MAX {
+    check_frame_len(body.len())?;
+    Ok(body)
+}
+
+fn check_frame_len(len: usize) -> io::Result<()> {
+    if len > FRAME_BYTES_MAX {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "message of {} bytes exceeds the limit of {FRAME_BYTES_MAX}",
-                body.len()
-            ),
+            format!("message of {len} bytes exceeds the limit of {FRAME_BYTES_MAX}"),
         ));
     }
-    Ok(body)
+    Ok(())
 }
 
 async fn write_frame<T, M>(io: &mut T, version: u8, message: &M) -> io::Result<()>
@@ -154,12 +156,14 @@ where
     T: AsyncWrite + Unpin + Send,
     M: Serialize,
 {
-    let body = encode_frame_as(version, message)?;
-    let len = u32::try_from(body.len()).map_err(io::Error::other)?;
-    // One write, so the length and the body travel in one yamux frame.
-    let mut frame = Vec::with_capacity(4 + body.len());
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(&body);
+    // The length first, filled in once the body is encoded behind it: one buffer and one
+    // write, so a small message travels in one yamux frame.
+    let mut frame = vec![0_u8; 4];
+    let len = codec::encode_into(version, message, &mut frame)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    check_frame_len(len)?;
+    let len = u32::try_from(len).map_err(io::Error::other)?;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
     io.write_all(&frame).await?;
     io.close().await
 }

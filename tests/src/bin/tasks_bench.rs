@@ -1,6 +1,6 @@
 //! Prints the work queue's figures on local clusters of one and three nodes (`--nodes`):
 //! (a) orchestration throughput — TES tasks through the `noop` executor, submitted over HTTP
-//!     with 64 in flight spread across the nodes, tasks/s from the first submission to the
+//!     with 64 in flight (`--in-flight`) spread across the nodes, tasks/s from the first submission to the
 //!     last task's end (its recorded end time);
 //! (b) the same with the `process` executor running `true`, beside the rate of spawning
 //!     `true` in a plain loop, and in a plain loop inside the very sandbox the process
@@ -29,7 +29,14 @@ use serde_json::json;
 use shoal_tests::{ClusterOptions, TestCluster};
 
 const FORMATION: Duration = Duration::from_secs(30);
-const IN_FLIGHT: usize = 64;
+/// Submissions (and end-time reads) in flight at once, `--in-flight`.
+static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64);
+/// The most `--in-flight` may ask for.
+const IN_FLIGHT_MAX: usize = 4096;
+
+fn in_flight() -> usize {
+    IN_FLIGHT.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 const USAGE: &str = "\
 usage: tasks_bench [options]      (SHOAL_BIN=target/release/shoal)
@@ -40,6 +47,7 @@ usage: tasks_bench [options]      (SHOAL_BIN=target/release/shoal)
   --latency-runs N        tasks for the submit-to-COMPLETE latency (default 200)
   --docker-runs N         docker-executor latency runs; 0 skips (default 100)
   --observed-rounds N     rounds of the cost-of-watching comparison; 0 skips (default 0)
+  --in-flight N           submissions in flight at once in (a), (b) and (e) (default 64)
   --json                  print one JSON object with every figure on stdout
   -h, --help              this text
 ";
@@ -51,6 +59,7 @@ struct Args {
     latency_runs: usize,
     docker_runs: usize,
     observed_rounds: usize,
+    in_flight: usize,
     json: bool,
 }
 
@@ -65,6 +74,7 @@ fn parse_args() -> Result<Option<Args>> {
         latency_runs: 200,
         docker_runs: 100,
         observed_rounds: 0,
+        in_flight: 64,
         json: false,
     };
     let mut words = std::env::args().skip(1);
@@ -99,11 +109,18 @@ fn parse_args() -> Result<Option<Args>> {
             "--latency-runs" => args.latency_runs = value,
             "--docker-runs" => args.docker_runs = value,
             "--observed-rounds" => args.observed_rounds = value,
+            "--in-flight" => args.in_flight = value,
             other => bail!("unknown argument {other}\n\n{USAGE}"),
         }
     }
     if args.tasks == 0 || args.process_tasks == 0 || args.latency_runs == 0 {
         bail!("--tasks, --process-tasks and --latency-runs need at least 1");
+    }
+    if !(1..=IN_FLIGHT_MAX).contains(&args.in_flight) {
+        bail!(
+            "--in-flight: {} is not from 1 to {IN_FLIGHT_MAX}",
+            args.in_flight
+        );
     }
     Ok(Some(args))
 }
@@ -143,7 +160,7 @@ async fn start(nodes: usize, executor: &str, slots: u32) -> Result<TestCluster> 
     Ok(cluster)
 }
 
-/// Submits `count` tasks with `IN_FLIGHT` at once, round-robin over the nodes; returns the
+/// Submits `count` tasks with `in_flight()` at once, round-robin over the nodes; returns the
 /// ids and the time the first submission went out.
 async fn submit_all(cluster: &TestCluster, count: usize) -> Result<(Vec<String>, SystemTime)> {
     let started = SystemTime::now();
@@ -153,7 +170,7 @@ async fn submit_all(cluster: &TestCluster, count: usize) -> Result<(Vec<String>,
             let task = &task;
             async move { cluster.submit_task(i % cluster.nodes.len(), task).await }
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(in_flight())
         .collect()
         .await;
     Ok((ids.into_iter().collect::<Result<_>>()?, started))
@@ -205,7 +222,7 @@ async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
             let end = task["logs"][0]["end_time"].as_str().context("end_time")?;
             Ok(humantime::parse_rfc3339(end)?)
         })
-        .buffer_unordered(IN_FLIGHT)
+        .buffer_unordered(in_flight())
         .collect()
         .await;
     ends.into_iter()
@@ -493,6 +510,7 @@ async fn main() -> Result<()> {
         return Ok(());
     };
     JSON_OUTPUT.store(args.json, std::sync::atomic::Ordering::Relaxed);
+    IN_FLIGHT.store(args.in_flight, std::sync::atomic::Ordering::Relaxed);
     let mut figures = serde_json::Map::new();
     say!("shoal binary: {}", shoal_tests::shoal_bin().display());
     figures.insert("shoal_bin".into(), json!(shoal_tests::shoal_bin()));
@@ -516,7 +534,10 @@ async fn main() -> Result<()> {
     for &nodes in &args.nodes {
         let word = if nodes == 1 { "node" } else { "nodes" };
         say!("\n--- {nodes} {word} ---");
-        say!("(a) orchestration throughput, noop executor, {IN_FLIGHT} submissions in flight:");
+        say!(
+            "(a) orchestration throughput, noop executor, {} submissions in flight:",
+            in_flight()
+        );
         let noop = throughput(nodes, "noop", 64, args.tasks).await?;
         say!("(b) process executor running `true`:");
         let process = throughput(nodes, "process", 2, args.process_tasks).await?;
@@ -562,7 +583,7 @@ async fn main() -> Result<()> {
     figures.insert(
         "runs".into(),
         json!({ "tasks": args.tasks, "process_tasks": args.process_tasks,
-                "latency_runs": args.latency_runs }),
+                "latency_runs": args.latency_runs, "in_flight": args.in_flight }),
     );
     if args.docker_runs > 0 {
         say!("\n(d) container latency, one task at a time:");
