@@ -1,7 +1,7 @@
 //! Prints the work queue's figures on local clusters of one and three nodes (`--nodes`):
 //! (a) orchestration throughput — TES tasks through the `noop` executor, submitted over HTTP
-//!     with 64 in flight (`--in-flight`) spread across the nodes, tasks/s from the first submission to the
-//!     last task's end (its recorded end time);
+//!     with 64 in flight (`--in-flight`) spread across the nodes, tasks/s from the first
+//!     submission to the last task's end (its recorded end time);
 //! (b) the same with the `process` executor running `true`, beside the rate of spawning
 //!     `true` in a plain loop, and in a plain loop inside the very sandbox the process
 //!     executor builds (bwrap, started through `shoal __exec-guard`): the executor's real
