@@ -132,8 +132,7 @@ fn worker_config(
         tail_bytes_max: TAIL_BYTES_MAX,
         keep_workdirs: false,
         storage,
-        // This very binary starts the process executor's sandboxes (`__exec-guard`).
-        guard: std::env::current_exe().ok(),
+        die_with_node: true,
         stores: Vec::new(),
     })
 }

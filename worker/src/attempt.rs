@@ -309,7 +309,7 @@ impl Steps<'_> {
                 ]),
                 node_label: &node_label,
                 live: Some(&live),
-                guard: shared.config.guard.as_deref(),
+                die_with_node: shared.config.die_with_node,
             };
             let outcome = match shared.config.executor.run(&step, cancel).await {
                 Ok(outcome) => outcome,

@@ -56,8 +56,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use executor::{
-    DEFAULT_PATH, DockerExecutor, ExecutorKind, GUARD_SUBCOMMAND, ProcessSandbox, StepOutcome,
-    StepRun, StepRunner, bwrap_available,
+    DEFAULT_PATH, DockerExecutor, ExecutorKind, ProcessSandbox, StepOutcome, StepRun, StepRunner,
+    bwrap_available,
 };
 
 use shared::Shared;
@@ -90,10 +90,10 @@ pub struct WorkerConfig {
     /// Keep attempt directories after the attempt (for debugging).
     pub keep_workdirs: bool,
     pub storage: StorageConfig,
-    /// The program the process executor starts host processes through, so they die with the
-    /// node however it dies: the `shoal` binary (its `__exec-guard` subcommand). `None`
-    /// starts them directly.
-    pub guard: Option<PathBuf>,
+    /// Whether the process executor makes its host processes die with the node however it
+    /// dies (and join their cgroups, for cpu and memory limits). `false` starts them plainly,
+    /// for a program that embeds a worker and owns what it starts.
+    pub die_with_node: bool,
     /// Object stores supplied by the embedding program, by bucket URL (`s3://bucket`); empty
     /// for a node. The deterministic simulation serves its buckets from memory.
     pub stores: Vec<(String, std::sync::Arc<dyn object_store::ObjectStore>)>,

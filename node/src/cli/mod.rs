@@ -7,7 +7,6 @@ mod client;
 mod cluster;
 mod datum;
 pub mod dev_cluster;
-mod guard;
 mod job;
 mod node;
 mod run;
@@ -123,13 +122,6 @@ impl Cli {
 
 /// The whole program: parse, run, map the result to an exit status.
 pub fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args
-        .get(1)
-        .is_some_and(|a| a == shoal_worker::GUARD_SUBCOMMAND)
-    {
-        return guard::run(&args[2..]);
-    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

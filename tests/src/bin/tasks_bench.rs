@@ -490,7 +490,7 @@ async fn sandboxed_spawn_rate(count: usize) -> Result<f64> {
     let started = Instant::now();
     for _ in 0..count {
         let mut command = sandbox
-            .bare_step_command(&argv, Some(shoal_tests::shoal_bin()))
+            .bare_step_command(&argv, true)
             .map_err(|e| anyhow::anyhow!("the sandbox: {e}"))?;
         let output = command.output().await?;
         if !output.status.success() {

@@ -134,7 +134,7 @@ impl SimNode {
             tail_bytes_max: 1024,
             keep_workdirs: false,
             storage: Default::default(),
-            guard: None,
+            die_with_node: false,
             stores: stores.to_vec(),
         };
         let peer_id = self.peer_id();

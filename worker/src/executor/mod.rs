@@ -22,7 +22,7 @@ pub use docker::{DockerExecutor, container_name};
 pub fn remove_leftover_cgroups(node_label: &str) -> usize {
     cgroup::remove_leftovers(&container_name(&[node_label, ""]))
 }
-pub use process::{DEFAULT_PATH, GUARD_SUBCOMMAND, ProcessSandbox, bwrap_available};
+pub use process::{DEFAULT_PATH, ProcessSandbox, bwrap_available};
 
 /// Exit code reported for a step killed by cancellation (as a shell reports SIGKILL).
 pub const KILLED_EXIT_CODE: i32 = 137;
@@ -154,9 +154,9 @@ pub struct StepRun<'a> {
     pub node_label: &'a str,
     /// Where output goes as it arrives, for clients looking while the step runs.
     pub live: Option<&'a crate::live::LiveStep>,
-    /// The program host processes are started through so they die with the node (the
-    /// `shoal` binary; see the process executor).
-    pub guard: Option<&'a Path>,
+    /// Whether host processes are made to die with the node, and may join cgroups (see the
+    /// process executor).
+    pub die_with_node: bool,
 }
 
 /// How a step ended.
