@@ -81,7 +81,8 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     /// Shown to people; defaults to the host name.
     pub node_name: String,
-    /// Holds `node.key`, `raft-log.redb`, `state.redb`, `snapshots/` and `work/`.
+    /// Holds `node.key`, `raft-log.redb`, `applied.mark`, `state.redb`, `snapshots/` and
+    /// `work/`.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
     pub p2p: P2pConfig,

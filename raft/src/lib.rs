@@ -16,6 +16,7 @@
 //! - [`cluster`]: [`Cluster`], the handle the rest of shoal uses — start, bootstrap and join,
 //!   writes from any node, linearizable reads, membership changes.
 
+pub mod applied_mark;
 pub mod backup;
 pub mod cluster;
 pub mod codec;

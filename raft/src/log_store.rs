@@ -6,11 +6,17 @@
 //! openraft requires) and hands the flush callback to the flusher thread, which makes one
 //! durable commit for every append queued meanwhile — redb makes all earlier commits durable
 //! with it — and only then tells openraft those entries are flushed.
+//!
+//! Beside the log lies `applied.mark` ([`AppliedMark`]): the last entry the state machine
+//! applied, written through [`AppliedMarker`] once the log holds that entry durably. On
+//! open, a mark whose entry the log holds raises the committed id openraft reads, so a node
+//! re-applies at start everything it had applied before it stopped.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, RaftLogReader, StorageIOError, Vote};
@@ -18,6 +24,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::applied_mark::AppliedMark;
 use crate::codec;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -33,20 +40,132 @@ const KEY_FLUSH_ROUND: &str = "flush_round";
 /// Flush callbacks waiting for the flusher; appends wait when it is full.
 const FLUSH_QUEUE_MAX: usize = 4096;
 
-type FlushCallback = LogFlushed<TypeConfig>;
+/// An append's flush callback and its sequence number (see [`Durability`]).
+type FlushRequest = (LogFlushed<TypeConfig>, u64);
 
 /// The log store; cheap to clone (the reader openraft asks for is a clone).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
     flusher: Flusher,
+    durability: Arc<Durability>,
+    mark: Arc<Mutex<AppliedMark>>,
+    /// The applied mark found on open, when the log holds its entry: the committed id
+    /// openraft reads is at least this.
+    marked: Option<LogId>,
+}
+
+/// Which appended entries are durable: every append gets a sequence number, and the flusher
+/// says up to which one its durable commits reached.
+#[derive(Debug)]
+struct Durability {
+    unflushed: Mutex<Unflushed>,
+    /// The newest append sequence number made durable.
+    flushed: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Unflushed {
+    /// `(first index, last index, sequence)` of appends not yet known durable, oldest first.
+    /// A truncation cuts them, so an index is in at most one.
+    appends: VecDeque<(u64, u64, u64)>,
+    next_seq: u64,
+}
+
+impl Durability {
+    fn new() -> Durability {
+        Durability {
+            unflushed: Mutex::new(Unflushed::default()),
+            flushed: tokio::sync::watch::channel(0).0,
+        }
+    }
+
+    fn unflushed(&self) -> std::sync::MutexGuard<'_, Unflushed> {
+        self.unflushed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records an append of `first..=last`; returns its sequence number.
+    fn appended(&self, first: u64, last: u64) -> u64 {
+        let mut unflushed = self.unflushed();
+        unflushed.next_seq += 1;
+        let seq = unflushed.next_seq;
+        unflushed.appends.push_back((first, last, seq));
+        seq
+    }
+
+    /// Entries from `since` on are gone.
+    fn truncated(&self, since: u64) {
+        let mut unflushed = self.unflushed();
+        unflushed.appends.retain(|(first, _, _)| *first < since);
+        for (_, last, _) in &mut unflushed.appends {
+            *last = (*last).min(since.saturating_sub(1));
+        }
+    }
+
+    /// Every append up to sequence number `seq` is durable.
+    fn flushed(&self, seq: u64) {
+        self.unflushed()
+            .appends
+            .retain(|(_, _, appended)| *appended > seq);
+        self.flushed.send_if_modified(|flushed| {
+            let newer = seq > *flushed;
+            *flushed = (*flushed).max(seq);
+            newer
+        });
+    }
+
+    /// Waits until the entry at `index`, as the log holds it now, is durable.
+    async fn durable(&self, index: u64) -> Result<(), String> {
+        let pending = self
+            .unflushed()
+            .appends
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&index))
+            .map(|(_, _, seq)| *seq);
+        if let Some(seq) = pending {
+            let mut flushed = self.flushed.subscribe();
+            flushed
+                .wait_for(|flushed| *flushed >= seq)
+                .await
+                .map_err(|_| "the log flusher has stopped".to_string())?;
+        }
+        Ok(())
+    }
+}
+
+/// What the state machine uses to record what it applied (see [`AppliedMark`]). Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct AppliedMarker {
+    durability: Arc<Durability>,
+    mark: Arc<Mutex<AppliedMark>>,
+}
+
+impl AppliedMarker {
+    /// Durably records `applied` as the last entry applied, once the log holds it durably
+    /// (a follower may apply an entry before its own flush of it is done): so a mark always
+    /// names an entry this node's durable log holds.
+    pub async fn mark(&self, applied: LogId) -> Result<(), String> {
+        self.durability.durable(applied.index).await?;
+        let mark = self.mark.clone();
+        crate::runtime::blocking(move || {
+            mark.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .write(&applied)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot write the applied mark: {e}"))
+    }
 }
 
 /// Who makes appended entries durable.
 #[derive(Clone)]
 enum Flusher {
     /// The flusher thread, in group commits.
-    Thread(std::sync::mpsc::SyncSender<FlushCallback>),
+    Thread(std::sync::mpsc::SyncSender<FlushRequest>),
     /// The append itself, committing durably: in the simulation, where a thread of its own
     /// would make the order of events depend on the OS scheduler.
     Inline,
@@ -75,14 +194,22 @@ fn durable_commit(db: &Database) -> Result<(), String> {
 const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// The flusher thread: one durable commit per round, then every callback of the round.
-fn flush_loop(db: Arc<Database>, queue: std::sync::mpsc::Receiver<FlushCallback>) {
+fn flush_loop(
+    db: Arc<Database>,
+    durability: Arc<Durability>,
+    queue: std::sync::mpsc::Receiver<FlushRequest>,
+) {
     while let Ok(first) = queue.recv() {
         let mut round = vec![first];
         round.extend(queue.try_iter());
         let started = std::time::Instant::now();
         let durable = durable_commit(&db);
         crate::metrics::observe(&crate::metrics::raft().log_flush_seconds, started.elapsed());
-        for callback in round {
+        if durable.is_ok() {
+            let newest = round.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
+            durability.flushed(newest);
+        }
+        for (callback, _) in round {
             match &durable {
                 Ok(()) => callback.log_io_completed(Ok(())),
                 Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.clone()))),
@@ -97,41 +224,77 @@ fn log_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError
     }
 }
 
+/// The applied mark's file beside the log at `log_path`.
+fn mark_path(log_path: &Path) -> std::path::PathBuf {
+    log_path.with_file_name("applied.mark")
+}
+
 impl LogStore {
-    /// Opens (or creates) `raft-log.redb` at `path`.
+    /// Opens (or creates) `raft-log.redb` at `path`, and `applied.mark` beside it.
     pub fn open(path: &Path) -> Result<LogStore, redb::Error> {
         let db = Database::builder()
             .set_cache_size(LOG_CACHE_BYTES)
             .create(path)?;
-        LogStore::on(db)
+        let mark = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(mark_path(path))?;
+        LogStore::on(db, redb::backends::FileBackend::new(mark)?)
     }
 
-    /// Opens (or creates) the log on a redb storage backend (the simulation's disk).
-    pub fn open_backend(backend: impl redb::StorageBackend) -> Result<LogStore, redb::Error> {
+    /// Opens (or creates) the log and its applied mark on redb storage backends (the
+    /// simulation's disks).
+    pub fn open_backend(
+        backend: impl redb::StorageBackend,
+        mark: impl redb::StorageBackend,
+    ) -> Result<LogStore, redb::Error> {
         let db = Database::builder()
             .set_cache_size(LOG_CACHE_BYTES)
             .create_with_backend(backend)?;
-        LogStore::on(db)
+        LogStore::on(db, mark)
     }
 
-    fn on(db: Database) -> Result<LogStore, redb::Error> {
+    fn on(db: Database, mark: impl redb::StorageBackend) -> Result<LogStore, redb::Error> {
         let txn = db.begin_write()?;
         txn.open_table(ENTRIES)?;
         txn.open_table(META)?;
         txn.commit()?;
+        let (mut mark, found) = AppliedMark::open(mark)?;
+        let marked = match found {
+            Some(found) => marked_entry(&db, found, &mut mark)?,
+            None => None,
+        };
         let db = Arc::new(db);
-        if crate::runtime::is_simulated() {
-            let flusher = Flusher::Inline;
-            return Ok(LogStore { db, flusher });
+        let durability = Arc::new(Durability::new());
+        let mark = Arc::new(Mutex::new(mark));
+        let flusher = if crate::runtime::is_simulated() {
+            Flusher::Inline
+        } else {
+            let (flushes, queue) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
+            let (flusher_db, flusher_durability) = (db.clone(), durability.clone());
+            std::thread::Builder::new()
+                .name("raft-log-flush".to_string())
+                .spawn(move || flush_loop(flusher_db, flusher_durability, queue))
+                .map_err(redb::Error::Io)?;
+            Flusher::Thread(flushes)
+        };
+        Ok(LogStore {
+            db,
+            flusher,
+            durability,
+            mark,
+            marked,
+        })
+    }
+
+    /// The handle the state machine records what it applied with.
+    pub fn applied_marker(&self) -> AppliedMarker {
+        AppliedMarker {
+            durability: self.durability.clone(),
+            mark: self.mark.clone(),
         }
-        let (flushes, queue) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
-        let flusher_db = db.clone();
-        std::thread::Builder::new()
-            .name("raft-log-flush".to_string())
-            .spawn(move || flush_loop(flusher_db, queue))
-            .map_err(redb::Error::Io)?;
-        let flusher = Flusher::Thread(flushes);
-        Ok(LogStore { db, flusher })
     }
 
     /// Runs `work` against the database on the blocking pool.
@@ -189,6 +352,32 @@ impl LogStore {
         })
         .await
     }
+}
+
+/// The applied mark `found` if the log holds its very entry; forgets it when the log is new
+/// (a restore, or a data dir whose log was removed): its entries are not the mark's.
+fn marked_entry(
+    db: &Database,
+    found: LogId,
+    mark: &mut AppliedMark,
+) -> Result<Option<LogId>, redb::Error> {
+    let txn = db.begin_read()?;
+    let entries = txn.open_table(ENTRIES)?;
+    let meta = txn.open_table(META)?;
+    let new_log = entries.first()?.is_none() && meta.get(KEY_VOTE)?.is_none();
+    if new_log {
+        drop((entries, meta));
+        mark.clear()?;
+        return Ok(None);
+    }
+    let Some(value) = entries.get(found.index)? else {
+        // Purged (a snapshot covers it, and the state was made durable before that) or never
+        // flushed here: nothing to raise.
+        return Ok(None);
+    };
+    let entry: Entry = codec::decode(value.value())
+        .map_err(|e| redb::Error::Io(std::io::Error::other(e.to_string())))?;
+    Ok((entry.log_id == found).then_some(found))
 }
 
 fn read_range(db: &Database, start: Bound<u64>, end: Bound<u64>) -> Result<Vec<Entry>, String> {
@@ -275,10 +464,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self
+        let saved = self
             .read_meta::<Option<LogId>>(KEY_COMMITTED)
             .await?
-            .flatten())
+            .flatten();
+        // Rides on the next durable commit, so it may trail what this node applied; the
+        // applied mark does not (only committed entries are applied).
+        Ok(saved.max(self.marked))
     }
 
     async fn append<I>(
@@ -290,7 +482,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut encoded = Vec::new();
+        let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
             encoded.push((entry.log_id.index, bytes));
@@ -299,6 +491,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .entries_appended
             .inc_by(encoded.len() as u64);
         let inline = matches!(self.flusher, Flusher::Inline);
+        let appended = encoded.first().zip(encoded.last()).map(|(f, l)| (f.0, l.0));
         let result = self
             .blocking(ErrorVerb::Write, move |db| {
                 let mut txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -318,24 +511,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 txn.commit().map_err(|e| e.to_string())
             })
             .await;
-        let flushes = match (&result, &self.flusher) {
-            (Err(error), _) => {
-                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
-                return result;
-            }
-            (Ok(()), Flusher::Inline) => {
+        if let Err(error) = &result {
+            callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+            return result;
+        }
+        let seq = appended.map_or(0, |(first, last)| self.durability.appended(first, last));
+        let flushes = match &self.flusher {
+            Flusher::Inline => {
+                self.durability.flushed(seq);
                 callback.log_io_completed(Ok(()));
                 return result;
             }
-            (Ok(()), Flusher::Thread(flushes)) => flushes,
+            Flusher::Thread(flushes) => flushes,
         };
         let stopped = || log_error(ErrorVerb::Write)(&"the log flusher has stopped");
-        match flushes.try_send(callback) {
+        match flushes.try_send((callback, seq)) {
             Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(callback)) => {
+            Err(std::sync::mpsc::TrySendError::Full(request)) => {
                 // The queue is full: wait for room off the reactor.
                 let flushes = flushes.clone();
-                let queued = crate::runtime::blocking(move || flushes.send(callback)).await;
+                let queued = crate::runtime::blocking(move || flushes.send(request)).await;
                 if !matches!(queued, Ok(Ok(()))) {
                     return Err(stopped());
                 }
@@ -346,6 +541,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.durability.truncated(log_id.index);
         self.blocking(ErrorVerb::Delete, move |db| {
             let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
@@ -375,5 +571,73 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.commit().map_err(|e| e.to_string())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    #[test]
+    fn an_entry_is_durable_once_the_append_that_holds_it_now_is_flushed() {
+        let durability = Durability::new();
+        let first = durability.appended(1, 3);
+        let second = durability.appended(4, 5);
+        let ready = |index| durability.durable(index).now_or_never().is_some();
+        // Never appended here since the last flush: nothing to wait for.
+        assert!(ready(6));
+        assert!(!ready(2) && !ready(4));
+        durability.flushed(first);
+        assert!(ready(2) && !ready(4));
+        // A new leader overwrites 4 and 5: the flush of the older append is not the new one's.
+        durability.truncated(4);
+        let third = durability.appended(4, 4);
+        durability.flushed(second);
+        assert!(!ready(4));
+        durability.flushed(third);
+        assert!(ready(4));
+    }
+
+    #[test]
+    fn a_mark_counts_only_when_the_log_holds_its_very_entry() -> Result<(), redb::Error> {
+        let dir = tempfile::tempdir()?;
+        let db = Database::create(dir.path().join("log.redb"))?;
+        let mark_on = || AppliedMark::open(redb::backends::InMemoryBackend::new());
+        let (mut mark, _) = mark_on()?;
+        mark.write(&id(2, 5))?;
+        // A new log (a restore): the mark is forgotten.
+        {
+            let txn = db.begin_write()?;
+            txn.open_table(ENTRIES)?;
+            txn.open_table(META)?;
+            txn.commit()?;
+        }
+        assert_eq!(marked_entry(&db, id(2, 5), &mut mark)?, None);
+        let txn = db.begin_write()?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            for index in 4..=6 {
+                let entry = Entry {
+                    log_id: id(2, index),
+                    payload: EntryPayload::Blank,
+                };
+                let bytes =
+                    codec::encode(&entry).map_err(|e| std::io::Error::other(e.to_string()))?;
+                entries.insert(index, bytes.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        let (mut mark, _) = mark_on()?;
+        assert_eq!(marked_entry(&db, id(2, 5), &mut mark)?, Some(id(2, 5)));
+        // Another term's entry at that index, or none at all: the log is not the mark's.
+        assert_eq!(marked_entry(&db, id(1, 5), &mut mark)?, None);
+        assert_eq!(marked_entry(&db, id(2, 9), &mut mark)?, None);
+        Ok(())
     }
 }

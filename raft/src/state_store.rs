@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use crate::backup::{BackupError, BackupHeader, BackupWriter};
 use crate::codec;
 use crate::command::Outcome;
+use crate::log_store::AppliedMarker;
 use crate::snapshot_files::{SnapshotFiles, read_record, write_record};
 use crate::state::{RowKey, State};
 use crate::types::{LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -31,6 +32,10 @@ const KEY_MEMBERSHIP: &str = "membership";
 const KEY_SNAPSHOT: &str = "snapshot_meta";
 /// Set by a restore ([`write_restored`]) until the node has made its first snapshot.
 const KEY_RESTORE_PENDING: &str = "restore_pending";
+
+/// Applies are non-durable redb commits but for one every this many entries, which bounds
+/// what a node re-applies at start after a crash (the applied mark says how far to go).
+const DURABLE_APPLY_EVERY_ENTRIES: u64 = 1_000;
 
 /// redb's page cache for the state rows (its default is 1 GiB). The live state is in memory
 /// already; the file is read once at start and by snapshots, so the cache only has to hold a
@@ -66,6 +71,10 @@ pub struct StateStore {
     applied_tx: watch::Sender<Option<LogId>>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// Records each applied batch's last entry durably (the log's `applied.mark`).
+    marker: AppliedMarker,
+    /// `last_applied / DURABLE_APPLY_EVERY_ENTRIES` at the last durable apply commit.
+    durable_epoch: u64,
 }
 
 fn sm_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError {
@@ -131,13 +140,18 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 }
 
 impl StateStore {
-    /// Opens (or creates) `state.redb` at `path`, with snapshots kept in `snapshot_dir`.
-    pub fn open(path: &Path, snapshot_dir: &Path) -> Result<(StateStore, StateView), String> {
+    /// Opens (or creates) `state.redb` at `path`, with snapshots kept in `snapshot_dir`,
+    /// recording what it applies with `marker` (from the node's log store).
+    pub fn open(
+        path: &Path,
+        snapshot_dir: &Path,
+        marker: AppliedMarker,
+    ) -> Result<(StateStore, StateView), String> {
         let db = Database::builder()
             .set_cache_size(STATE_CACHE_BYTES)
             .create(path)
             .map_err(|e| e.to_string())?;
-        StateStore::on(db, snapshot_dir)
+        StateStore::on(db, snapshot_dir, marker)
     }
 
     /// Opens (or creates) the state on a redb storage backend (the simulation's disk), with
@@ -145,15 +159,20 @@ impl StateStore {
     pub fn open_backend(
         backend: impl redb::StorageBackend,
         snapshot_dir: &Path,
+        marker: AppliedMarker,
     ) -> Result<(StateStore, StateView), String> {
         let db = Database::builder()
             .set_cache_size(STATE_CACHE_BYTES)
             .create_with_backend(backend)
             .map_err(|e| e.to_string())?;
-        StateStore::on(db, snapshot_dir)
+        StateStore::on(db, snapshot_dir, marker)
     }
 
-    fn on(db: Database, snapshot_dir: &Path) -> Result<(StateStore, StateView), String> {
+    fn on(
+        db: Database,
+        snapshot_dir: &Path,
+        marker: AppliedMarker,
+    ) -> Result<(StateStore, StateView), String> {
         let files = SnapshotFiles::open(snapshot_dir)
             .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -173,6 +192,10 @@ impl StateStore {
             applied_tx,
             last_applied: loaded.last_applied,
             membership: loaded.membership,
+            marker,
+            durable_epoch: loaded
+                .last_applied
+                .map_or(0, |id| id.index / DURABLE_APPLY_EVERY_ENTRIES),
         };
         Ok((
             store,
@@ -208,9 +231,12 @@ impl StateStore {
     }
 
     /// Persists the rows changed since the last call, with the applied id and membership, in
-    /// a durable commit: without its fsync a restarted node would show an older state than it
-    /// showed before (ARCHITECTURE.md, "Why every apply is fsynced").
-    async fn persist_dirty(&self) -> Result<(), StorageError> {
+    /// a non-durable commit (durable every `DURABLE_APPLY_EVERY_ENTRIES`), then records the
+    /// applied id in the applied mark, durably: after a crash redb rolls back to a durable
+    /// commit and the node re-applies from the log up to the mark before it starts, so it
+    /// never shows less than it showed before (ARCHITECTURE.md, "Cheap applies and the
+    /// applied mark").
+    async fn persist_dirty(&mut self) -> Result<(), StorageError> {
         let changes = {
             let mut state = self.write_state();
             let dirty = state.take_dirty();
@@ -226,8 +252,15 @@ impl StateStore {
         let membership =
             codec::encode(&self.membership).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
         let db = self.db.clone();
+        let epoch = self
+            .last_applied
+            .map_or(0, |id| id.index / DURABLE_APPLY_EVERY_ENTRIES);
+        let durable = epoch != self.durable_epoch;
         crate::runtime::blocking(move || -> Result<(), redb::Error> {
-            let txn = db.begin_write()?;
+            let mut txn = db.begin_write()?;
+            if !durable {
+                txn.set_durability(redb::Durability::None)?;
+            }
             {
                 let mut rows = txn.open_table(ROWS)?;
                 for (key, value) in &changes {
@@ -245,7 +278,17 @@ impl StateStore {
         })
         .await
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))?
-        .map_err(|e| sm_error(ErrorVerb::Write)(&e))
+        .map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
+        if durable {
+            self.durable_epoch = epoch;
+        }
+        if let Some(applied) = self.last_applied {
+            self.marker
+                .mark(applied)
+                .await
+                .map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
+        }
+        Ok(())
     }
 }
 

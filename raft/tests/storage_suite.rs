@@ -16,6 +16,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateStore, TempDir> for RedbStores {
         let (state, _view) = StateStore::open(
             &dir.path().join("state.redb"),
             &dir.path().join("snapshots"),
+            log.applied_marker(),
         )
         .expect("state store");
         Ok((dir, log, state))

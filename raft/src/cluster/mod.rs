@@ -470,8 +470,10 @@ impl Cluster {
             let log_path = data_dir.join("raft-log.redb");
             let log_store = LogStore::open(&log_path).map_err(|e| (log_path, e.to_string()))?;
             let state_path = data_dir.join("state.redb");
-            let (state_store, view) = StateStore::open(&state_path, &data_dir.join("snapshots"))
-                .map_err(|reason| (state_path, reason))?;
+            let snapshots = data_dir.join("snapshots");
+            let (state_store, view) =
+                StateStore::open(&state_path, &snapshots, log_store.applied_marker())
+                    .map_err(|reason| (state_path, reason))?;
             Ok::<_, (PathBuf, String)>((log_store, state_store, view))
         })
         .await

@@ -38,6 +38,7 @@ pub struct SimNode {
     keypair: Keypair,
     log_disk: SimDisk,
     state_disk: SimDisk,
+    mark_disk: SimDisk,
     /// Snapshots and the worker's work dir (empty: the simulated executor needs no files).
     dir: tempfile::TempDir,
     pub running: Option<Running>,
@@ -74,6 +75,7 @@ impl SimNode {
             keypair,
             log_disk: SimDisk::default(),
             state_disk: SimDisk::default(),
+            mark_disk: SimDisk::default(),
             dir: temp_dir()?,
             running: None,
             worker: None,
@@ -140,11 +142,14 @@ impl SimNode {
         let peer_id = self.peer_id();
         let log_backend = self.log_disk.backend();
         let state_backend = self.state_disk.backend();
+        let mark_backend = self.mark_disk.backend();
         let snapshots = self.dir.path().join("snapshots");
         let started = scope.spawn(async move {
-            let log = LogStore::open_backend(log_backend).map_err(|e| format!("log: {e}"))?;
-            let (state, view) = StateStore::open_backend(state_backend, &snapshots)
-                .map_err(|e| format!("state: {e}"))?;
+            let log = LogStore::open_backend(log_backend, mark_backend)
+                .map_err(|e| format!("log: {e}"))?;
+            let (state, view) =
+                StateStore::open_backend(state_backend, &snapshots, log.applied_marker())
+                    .map_err(|e| format!("state: {e}"))?;
             let parts = Parts {
                 peer_id,
                 net: NetHandle::new(Arc::new(transport)),
@@ -185,6 +190,7 @@ impl SimNode {
         net.detach(self.index);
         self.log_disk.crash(machine);
         self.state_disk.crash(machine);
+        self.mark_disk.crash(machine);
     }
 
     pub fn is_up(&self) -> bool {
