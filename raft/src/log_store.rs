@@ -144,9 +144,11 @@ pub struct AppliedMarker {
 }
 
 impl AppliedMarker {
-    /// Durably records `applied` as the last entry applied, once the log holds it durably
-    /// (a follower may apply an entry before its own flush of it is done): so a mark always
-    /// names an entry this node's durable log holds.
+    /// Durably records `applied` as the last entry applied, once the log holds it durably, so
+    /// a mark always names an entry this node's durable log holds. openraft 0.9 awaits each
+    /// append's flush before it goes on (`append_to_log`), so today the entry is durable
+    /// already; the wait keeps this true for a version that applies what it has only
+    /// accepted (openraft 0.10 no longer waits).
     pub async fn mark(&self, applied: LogId) -> Result<(), String> {
         self.durability.durable(applied.index).await?;
         let mark = self.mark.clone();
@@ -235,12 +237,18 @@ impl LogStore {
         let db = Database::builder()
             .set_cache_size(LOG_CACHE_BYTES)
             .create(path)?;
+        let mark_path = mark_path(path);
+        let created = !mark_path.exists();
         let mark = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(mark_path(path))?;
+            .open(&mark_path)?;
+        if created && let Some(dir) = mark_path.parent() {
+            // The new file's name, durable before any mark is written into it.
+            std::fs::File::open(dir)?.sync_all()?;
+        }
         LogStore::on(db, redb::backends::FileBackend::new(mark)?)
     }
 
