@@ -4,8 +4,8 @@
 //!     submission to the last task's end (its recorded end time);
 //! (b) the same with the `process` executor running `true`, beside the rate of spawning
 //!     `true` in a plain loop, and in a plain loop inside the very sandbox the process
-//!     executor builds (bwrap, started through `shoal __exec-guard`): the executor's real
-//!     limit;
+//!     executor builds (bwrap, made to die with its starter as the node's steps are): the
+//!     executor's real limit;
 //! (c) submit-to-COMPLETE latency of a single `true` task through the `process` executor,
 //!     as a client sees it (p50, p99), and the medians of its stages by the task's own
 //!     timestamps;
@@ -482,8 +482,9 @@ async fn container_latency(runs: usize) -> Result<serde_json::Value> {
     }))
 }
 
-/// `true` spawned one at a time inside the process executor's sandbox (bwrap, through the
-/// `shoal` binary's exec guard, output piped as the executor does): runs per second.
+/// `true` spawned one at a time inside the process executor's sandbox (bwrap, made to die
+/// with this process as the node's steps are, output piped as the executor does): runs per
+/// second.
 async fn sandboxed_spawn_rate(count: usize) -> Result<f64> {
     let sandbox = shoal_worker::ProcessSandbox::default();
     let argv = ["true".to_string()];
@@ -521,7 +522,7 @@ async fn main() -> Result<()> {
     say!("  in a plain loop: {raw:.0}/s");
     let sandboxed = if shoal_worker::bwrap_available() {
         let rate = sandboxed_spawn_rate(args.process_tasks.min(2_000)).await?;
-        say!("  in the process executor's sandbox (bwrap through the exec guard): {rate:.0}/s");
+        say!("  in the process executor's sandbox (bwrap, as the executor starts it): {rate:.0}/s");
         Some(rate)
     } else {
         say!("  bwrap is not installed: no sandboxed loop (and no sandbox for the executor)");
