@@ -144,22 +144,34 @@ pub struct AppliedMarker {
 }
 
 impl AppliedMarker {
-    /// Durably records `applied` as the last entry applied, once the log holds it durably, so
-    /// a mark always names an entry this node's durable log holds. openraft 0.9 awaits each
-    /// append's flush before it goes on (`append_to_log`), so today the entry is durable
-    /// already; the wait keeps this true for a version that applies what it has only
-    /// accepted (openraft 0.10 no longer waits).
-    pub async fn mark(&self, applied: LogId) -> Result<(), String> {
+    /// Waits until the log holds `applied` durably, then gives the write that records it as
+    /// the last entry applied: so a mark always names an entry this node's durable log holds.
+    /// openraft 0.9 awaits each append's flush before it goes on (`append_to_log`), so today
+    /// the entry is durable already; the wait keeps this true for a version that applies
+    /// what it has only accepted (openraft 0.10 no longer waits).
+    pub async fn ready(&self, applied: LogId) -> Result<MarkWrite, String> {
         self.durability.durable(applied.index).await?;
-        let mark = self.mark.clone();
-        crate::runtime::blocking(move || {
-            mark.lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .write(&applied)
+        Ok(MarkWrite {
+            mark: self.mark.clone(),
+            applied,
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot write the applied mark: {e}"))
+    }
+}
+
+/// A mark whose entry the log holds durably, to be written: blocking IO, done with the
+/// caller's own blocking work.
+pub struct MarkWrite {
+    mark: Arc<Mutex<AppliedMark>>,
+    applied: LogId,
+}
+
+impl MarkWrite {
+    /// Writes the mark and `fdatasync`s it.
+    pub fn write(self) -> std::io::Result<()> {
+        self.mark
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .write(&self.applied)
     }
 }
 

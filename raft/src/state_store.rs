@@ -37,6 +37,11 @@ const KEY_RESTORE_PENDING: &str = "restore_pending";
 /// what a node re-applies at start after a crash (the applied mark says how far to go).
 const DURABLE_APPLY_EVERY_ENTRIES: u64 = 1_000;
 
+/// Which run of `DURABLE_APPLY_EVERY_ENTRIES` entries `applied` falls in.
+fn durable_epoch(applied: Option<LogId>) -> u64 {
+    applied.map_or(0, |id| id.index / DURABLE_APPLY_EVERY_ENTRIES)
+}
+
 /// redb's page cache for the state rows (its default is 1 GiB). The live state is in memory
 /// already; the file is read once at start and by snapshots, so the cache only has to hold a
 /// write transaction's pages.
@@ -193,9 +198,7 @@ impl StateStore {
             last_applied: loaded.last_applied,
             membership: loaded.membership,
             marker,
-            durable_epoch: loaded
-                .last_applied
-                .map_or(0, |id| id.index / DURABLE_APPLY_EVERY_ENTRIES),
+            durable_epoch: durable_epoch(loaded.last_applied),
         };
         Ok((
             store,
@@ -252,10 +255,18 @@ impl StateStore {
         let membership =
             codec::encode(&self.membership).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
         let db = self.db.clone();
-        let epoch = self
-            .last_applied
-            .map_or(0, |id| id.index / DURABLE_APPLY_EVERY_ENTRIES);
+        let epoch = durable_epoch(self.last_applied);
         let durable = epoch != self.durable_epoch;
+        let mark = match self.last_applied {
+            Some(applied) => Some(
+                self.marker
+                    .ready(applied)
+                    .await
+                    .map_err(|e| sm_error(ErrorVerb::Write)(&e))?,
+            ),
+            None => None,
+        };
+        // The commit and the mark in one trip to the blocking pool, the mark after the rows.
         crate::runtime::blocking(move || -> Result<(), redb::Error> {
             let mut txn = db.begin_write()?;
             if !durable {
@@ -274,6 +285,9 @@ impl StateStore {
                 meta.insert(KEY_MEMBERSHIP, membership.as_slice())?;
             }
             txn.commit()?;
+            if let Some(mark) = mark {
+                mark.write().map_err(redb::Error::Io)?;
+            }
             Ok(())
         })
         .await
@@ -281,12 +295,6 @@ impl StateStore {
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
         if durable {
             self.durable_epoch = epoch;
-        }
-        if let Some(applied) = self.last_applied {
-            self.marker
-                .mark(applied)
-                .await
-                .map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
         }
         Ok(())
     }

@@ -278,9 +278,6 @@ fn direct(step: &StepRun<'_>) -> Result<Command, ExecutorError> {
     Ok(command)
 }
 
-/// Exit status of a step whose node died before it could start (as if killed with it).
-const NODE_GONE: i32 = 137;
-
 /// Makes `command` join the step's cgroups (their `cgroup.procs` files, `procs`) and die with
 /// this node however the node dies, even while the command is being started — before
 /// bwrap's own `--die-with-parent` takes hold. Done in the child between fork and exec:
@@ -321,7 +318,8 @@ fn die_with_node(command: &mut Command, procs: &[PathBuf]) -> Result<(), Executo
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
         if nix::unistd::getppid() != node {
             // SAFETY: as above.
-            unsafe { nix::libc::_exit(NODE_GONE) };
+            // The node died before the step could start: as if killed with it.
+            unsafe { nix::libc::_exit(KILLED_EXIT_CODE) };
         }
         Ok(())
     };
