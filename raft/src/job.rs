@@ -646,6 +646,14 @@ impl Job {
         self.drained() && (self.spec.kind == JobKind::Task || self.closed)
     }
 
+    /// The job ended for good: finished, and canceled or without a failed datum (failed
+    /// datums are what `RetryFailed` sends back to pending). No command changes a final job
+    /// or its datums, so a node that has applied it final may answer a read of it from its
+    /// own state: a linearizable read would return the same.
+    pub fn is_final(&self) -> bool {
+        self.finished() && (self.canceled || self.counts.failed == 0)
+    }
+
     /// The job's state, derived from its datum counts.
     pub fn state(&self) -> JobState {
         let c = &self.counts;

@@ -101,6 +101,43 @@ async fn a_failing_command_ends_executor_error_with_its_exit_code_and_stderr() -
     Ok(())
 }
 
+/// A node answers a read of a task it holds final (COMPLETE, CANCELED) from its own state, so
+/// that answer needs no leader; a task that may still change (EXECUTOR_ERROR can be retried)
+/// is read only through the leader.
+#[tokio::test]
+async fn a_node_cut_off_from_the_leader_answers_for_finished_tasks_but_not_retryable_ones()
+-> Result<()> {
+    let cluster = TestCluster::formed(3, ClusterOptions::default()).await?;
+    let done = cluster.submit_task(0, &shell("true")).await?;
+    let failed = cluster.submit_task(0, &shell("exit 3")).await?;
+    for id in [&done, &failed] {
+        cluster.wait_task(2, id, TASK_TIMEOUT).await?;
+    }
+
+    phase("with the other two nodes paused there is no leader; node 2 still answers for COMPLETE");
+    cluster.pause(0)?;
+    cluster.pause(1)?;
+    let quick = Duration::from_secs(2);
+    let answered = tokio::time::timeout(quick, cluster.task(2, &done, "BASIC")).await;
+    let retryable = tokio::time::timeout(quick, cluster.task(2, &failed, "MINIMAL")).await;
+    cluster.resume(0)?;
+    cluster.resume(1)?;
+    let task = answered.map_err(|_| anyhow::anyhow!("no answer within {quick:?}"))??;
+    ensure!(
+        task["state"] == "COMPLETE" && task["logs"][0]["logs"][0]["exit_code"] == 0,
+        "{task}"
+    );
+    ensure!(
+        !matches!(retryable, Ok(Ok(_))),
+        "a task that may be retried was answered without a leader: {retryable:?}"
+    );
+
+    phase("once the others are back, the retryable task is answered again");
+    let task = cluster.wait_task(2, &failed, TASK_TIMEOUT).await?;
+    ensure!(task["state"] == "EXECUTOR_ERROR", "{task}");
+    Ok(())
+}
+
 /// Waits until task `id` shows RUNNING on node `node`.
 async fn wait_running(cluster: &TestCluster, node: usize, id: &str) -> Result<()> {
     shoal_tests::wait_for(&format!("task {id} to run"), TASK_TIMEOUT, async || {

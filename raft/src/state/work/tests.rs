@@ -546,6 +546,118 @@ fn cancel_of_a_finished_job_leaves_it_as_it_is() {
     assert_eq!(log.job_state(job), JobState::Done);
 }
 
+/// A job read as final is answered from a node's own state without a leader round: every
+/// command that names it, its datums or their claims must leave it exactly as it is.
+#[test]
+fn no_command_changes_a_final_job() {
+    let mut log = Log::new();
+    let done = log.submit_spec(spec("done", JobKind::Task, 0, 1), 1, true);
+    let grant = log.claim(N1, 1)[0];
+    log.report(N1, grant, AttemptOutcome::Succeeded);
+    let canceled = log.submit_spec(spec("canceled", JobKind::Task, 0, 1), 1, true);
+    let running = log.claim(N2, 1)[0];
+    log.apply(Command::Started {
+        datum: running.datum,
+        fence: running.fence,
+    });
+    log.apply(Command::CancelJob {
+        job_id: "canceled".into(),
+    });
+    log.report(N2, running, AttemptOutcome::Canceled);
+    let failed = log.submit_spec(spec("failed", JobKind::Task, 0, 1), 1, true);
+    let lost = log.claim(N1, 1)[0];
+    log.report(N1, lost, AttemptOutcome::ExecutorError);
+    assert!(log.state.jobs[&done].is_final());
+    assert!(log.state.jobs[&canceled].is_final());
+    assert!(
+        !log.state.jobs[&failed].is_final(),
+        "a failed datum can be retried"
+    );
+
+    for (seq, id, grant) in [(done, "done", grant), (canceled, "canceled", running)] {
+        let before = (
+            log.state.jobs[&seq].clone(),
+            log.state.datums_of(seq).cloned().collect::<Vec<_>>(),
+        );
+        let job_id = id.to_string();
+        let held = vec![(grant.datum, grant.fence)];
+        let mut commands = vec![
+            Command::CancelJob {
+                job_id: job_id.clone(),
+            },
+            Command::RetryFailed {
+                job_id: job_id.clone(),
+            },
+            Command::FailJob {
+                job_id: job_id.clone(),
+                reason: "late".into(),
+            },
+            Command::CloseJob {
+                job_id: job_id.clone(),
+                node_id: N1,
+            },
+            Command::Started {
+                datum: grant.datum,
+                fence: grant.fence,
+            },
+            Command::Begin {
+                node_id: N1,
+                datum: grant.datum,
+                fence: grant.fence,
+            },
+            Command::HandBack {
+                node_id: N1,
+                datums: held.clone(),
+            },
+            Command::Abandon {
+                node_id: N1,
+                datums: held.clone(),
+            },
+            Command::Published {
+                node_id: N1,
+                datums: held,
+            },
+            Command::PublishFailed {
+                node_id: N1,
+                datum: grant.datum,
+                fence: grant.fence,
+                reason: "late".into(),
+            },
+        ];
+        for outcome in [AttemptOutcome::Succeeded, AttemptOutcome::ExecutorError] {
+            commands.push(Command::CompleteBatch {
+                node_id: N1,
+                reports: vec![Completion {
+                    datum: grant.datum,
+                    fence: grant.fence,
+                    report: AttemptReport {
+                        outcome,
+                        start_ms: 0,
+                        end_ms: 0,
+                        executors: Vec::new(),
+                        outputs: Vec::new(),
+                        system_logs: Vec::new(),
+                    },
+                }],
+            });
+        }
+        for command in commands {
+            log.apply(command.clone());
+            log.now_ms += 2 * LEASE_MS;
+            log.apply(Command::ExpireLeases {
+                lease_ms: LEASE_MS,
+                by: N2,
+            });
+            log.claim(N1, 4);
+            let after = (
+                log.state.jobs[&seq].clone(),
+                log.state.datums_of(seq).cloned().collect::<Vec<_>>(),
+            );
+            assert_eq!(after, before, "{command:?} changed the final job {id}");
+        }
+    }
+}
+
 #[test]
 fn retry_puts_failed_datums_back_with_fresh_tries() {
     let mut log = Log::new();
