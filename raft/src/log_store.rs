@@ -1,5 +1,6 @@
-//! The Raft log on redb: `raft-log.redb` holds entries, the vote, the committed id and the
-//! last purged id.
+//! The Raft log on redb: `raft-log.redb` holds entries, the vote, the committed id (written
+//! by the append after openraft reports it, never by a transaction of its own) and the last
+//! purged id.
 //!
 //! Every redb call runs on the blocking pool, never on the async reactor. Appends use group
 //! commit: `append` commits its entries without an fsync (so they are readable at once, as
@@ -53,6 +54,8 @@ pub struct LogStore {
     /// The applied mark found on open, when the log holds its entry: the committed id
     /// openraft reads is at least this.
     marked: Option<LogId>,
+    /// The newest committed id openraft saved and no append has written yet.
+    unsaved_committed: Arc<Mutex<Option<LogId>>>,
 }
 
 /// Which appended entries are durable: every append gets a sequence number, and the flusher
@@ -306,6 +309,7 @@ impl LogStore {
             durability,
             mark,
             marked,
+            unsaved_committed: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -474,13 +478,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Only an optimisation for restart (fewer entries to re-apply); a committed id that is
-        // lost in a crash is recomputed by Raft, so it need not cost an fsync of its own.
-        if let Some(index) = committed.map(|id| id.index) {
-            let index = i64::try_from(index).unwrap_or(i64::MAX);
+        // Only an optimisation for restart (fewer entries to re-apply): a committed id lost
+        // in a crash is recomputed by Raft, and the applied mark covers what this node applied.
+        // So it costs no transaction of its own, which openraft would await before applying:
+        // the next append writes it, and is made durable with it.
+        if let Some(id) = committed {
+            let index = i64::try_from(id.index).unwrap_or(i64::MAX);
             crate::metrics::raft().commit_index.set(index);
+            *self
+                .unsaved_committed
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(id);
         }
-        self.write_meta(KEY_COMMITTED, &committed, false).await
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -488,9 +498,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .read_meta::<Option<LogId>>(KEY_COMMITTED)
             .await?
             .flatten();
-        // Rides on the next durable commit, so it may trail what this node applied; the
-        // applied mark does not (only committed entries are applied).
-        Ok(saved.max(self.marked))
+        // Written by the next append and durable with its flush, so it may trail what this
+        // node applied; the applied mark does not (only committed entries are applied).
+        let unsaved = *self
+            .unsaved_committed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Ok(saved.max(unsaved).max(self.marked))
     }
 
     async fn append<I>(
@@ -512,6 +526,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .inc_by(encoded.len() as u64);
         let inline = matches!(self.flusher, Flusher::Inline);
         let appended = encoded.first().zip(encoded.last()).map(|(f, l)| (f.0, l.0));
+        let committed = self
+            .unsaved_committed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+            .map(|committed| codec::encode(&Some(committed)))
+            .transpose()
+            .map_err(|e| log_error(ErrorVerb::Write)(&e))?;
         let result = self
             .blocking(ErrorVerb::Write, move |db| {
                 let mut txn = db.begin_write().map_err(|e| e.to_string())?;
@@ -527,6 +549,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                             .insert(index, bytes.as_slice())
                             .map_err(|e| e.to_string())?;
                     }
+                }
+                if let Some(committed) = &committed {
+                    let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+                    meta.insert(KEY_COMMITTED, committed.as_slice())
+                        .map_err(|e| e.to_string())?;
                 }
                 txn.commit().map_err(|e| e.to_string())
             })
