@@ -1,7 +1,8 @@
 //! Prints the work queue's figures on local clusters of one and three nodes (`--nodes`):
 //! (a) orchestration throughput — TES tasks through the `noop` executor, submitted over HTTP
 //!     with 64 in flight (`--in-flight`) spread across the nodes, tasks/s from the first
-//!     submission to the last task's end (its recorded end time);
+//!     submission to the last task's end (its recorded end time), and the log entries per
+//!     task (how well writes shared entries: node 0's applied index before and after);
 //! (b) the same with the `process` executor running `true`, beside the rate of spawning
 //!     `true` in a plain loop, and in a plain loop inside the very sandbox the process
 //!     executor builds (bwrap, made to die with its starter as the node's steps are): the
@@ -331,15 +332,19 @@ async fn watched_throughput(count: usize, observed: bool) -> Result<Watched> {
 }
 
 async fn measure(cluster: &TestCluster, executor: &str, count: usize) -> Result<f64> {
+    let first_index = cluster.status(0, true).await?.applied_index.unwrap_or(0);
     let (ids, started) = submit_all(cluster, count).await?;
     let submitted = started.elapsed()?;
     let end = last_end(cluster, &ids).await?;
     let total = end.duration_since(started)?;
+    let entries = cluster.status(0, true).await?.applied_index.unwrap_or(0) - first_index;
     say!(
-        "  {executor:7} {count} tasks: submitted in {:.2} s, all ended after {:.2} s: {:.0} tasks/s",
+        "  {executor:7} {count} tasks: submitted in {:.2} s, all ended after {:.2} s: {:.0} tasks/s \
+         ({:.2} log entries per task)",
         submitted.as_secs_f64(),
         total.as_secs_f64(),
-        count as f64 / total.as_secs_f64()
+        count as f64 / total.as_secs_f64(),
+        entries as f64 / count as f64
     );
     Ok(count as f64 / total.as_secs_f64())
 }
