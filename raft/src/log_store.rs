@@ -2,11 +2,11 @@
 //! by the append after openraft reports it, never by a transaction of its own) and the last
 //! purged id.
 //!
-//! Every redb call runs on the blocking pool, never on the async reactor. Appends use group
-//! commit: `append` commits its entries without an fsync (so they are readable at once, as
-//! openraft requires) and hands the flush callback to the flusher thread, which makes one
-//! durable commit for every append queued meanwhile — redb makes all earlier commits durable
-//! with it — and only then tells openraft those entries are flushed.
+//! Every redb call runs on the blocking pool, never on the async reactor. Each append is one
+//! durable redb commit (one `fdatasync`), and openraft hears it is flushed when that commit
+//! returns. openraft 0.9 awaits every append's flush before it appends again, so a flusher
+//! thread making one durable commit for several appends never found two to group: it only
+//! added a second commit and a thread hop to every append.
 //!
 //! Beside the log lies `applied.mark` ([`AppliedMark`]): the last entry the state machine
 //! applied, written through [`AppliedMarker`] once the log holds that entry durably. On
@@ -35,20 +35,10 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const KEY_VOTE: &str = "vote";
 const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
-/// Counts the flusher's durable commits (a row it changes so each commit writes).
-const KEY_FLUSH_ROUND: &str = "flush_round";
-
-/// Flush callbacks waiting for the flusher; appends wait when it is full.
-const FLUSH_QUEUE_MAX: usize = 4096;
-
-/// An append's flush callback and its sequence number (see [`Durability`]).
-type FlushRequest = (LogFlushed<TypeConfig>, u64);
-
 /// The log store; cheap to clone (the reader openraft asks for is a clone).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    flusher: Flusher,
     durability: Arc<Durability>,
     mark: Arc<Mutex<AppliedMark>>,
     /// The applied mark found on open, when the log holds its entry: the committed id
@@ -58,8 +48,10 @@ pub struct LogStore {
     unsaved_committed: Arc<Mutex<Option<LogId>>>,
 }
 
-/// Which appended entries are durable: every append gets a sequence number, and the flusher
-/// says up to which one its durable commits reached.
+/// Which appended entries are durable: every append gets a sequence number, and says once its
+/// commit is durable. Every append is durable when it returns, so the applied mark never
+/// waits here today; this keeps the mark from outrunning the log should appends ever be made
+/// durable later than they return (openraft 0.10 flushes asynchronously).
 #[derive(Debug)]
 struct Durability {
     unflushed: Mutex<Unflushed>,
@@ -132,7 +124,7 @@ impl Durability {
             flushed
                 .wait_for(|flushed| *flushed >= seq)
                 .await
-                .map_err(|_| "the log flusher has stopped".to_string())?;
+                .map_err(|_| "the log is closed".to_string())?;
         }
         Ok(())
     }
@@ -178,62 +170,9 @@ impl MarkWrite {
     }
 }
 
-/// Who makes appended entries durable.
-#[derive(Clone)]
-enum Flusher {
-    /// The flusher thread, in group commits.
-    Thread(std::sync::mpsc::SyncSender<FlushRequest>),
-    /// The append itself, committing durably: in the simulation, where a thread of its own
-    /// would make the order of events depend on the OS scheduler.
-    Inline,
-}
-
-/// A durable commit that changes a row (so redb surely writes and fsyncs), making every
-/// earlier non-durable commit durable too.
-fn durable_commit(db: &Database) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
-    {
-        let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
-        let round = meta
-            .get(KEY_FLUSH_ROUND)
-            .map_err(|e| e.to_string())?
-            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        meta.insert(KEY_FLUSH_ROUND, (round + 1).to_be_bytes().as_slice())
-            .map_err(|e| e.to_string())?;
-    }
-    txn.commit().map_err(|e| e.to_string())
-}
-
 /// redb's page cache for the log (its default is 1 GiB): entries are read back once, to be
 /// applied and sent to followers, soon after they were written.
 const LOG_CACHE_BYTES: usize = 32 * 1024 * 1024;
-
-/// The flusher thread: one durable commit per round, then every callback of the round.
-fn flush_loop(
-    db: Arc<Database>,
-    durability: Arc<Durability>,
-    queue: std::sync::mpsc::Receiver<FlushRequest>,
-) {
-    while let Ok(first) = queue.recv() {
-        let mut round = vec![first];
-        round.extend(queue.try_iter());
-        let started = std::time::Instant::now();
-        let durable = durable_commit(&db);
-        crate::metrics::observe(&crate::metrics::raft().log_flush_seconds, started.elapsed());
-        if durable.is_ok() {
-            let newest = round.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
-            durability.flushed(newest);
-        }
-        for (callback, _) in round {
-            match &durable {
-                Ok(()) => callback.log_io_completed(Ok(())),
-                Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.clone()))),
-            }
-        }
-    }
-}
 
 fn log_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError {
     move |error| {
@@ -292,20 +231,8 @@ impl LogStore {
         let db = Arc::new(db);
         let durability = Arc::new(Durability::new());
         let mark = Arc::new(Mutex::new(mark));
-        let flusher = if crate::runtime::is_simulated() {
-            Flusher::Inline
-        } else {
-            let (flushes, queue) = std::sync::mpsc::sync_channel(FLUSH_QUEUE_MAX);
-            let (flusher_db, flusher_durability) = (db.clone(), durability.clone());
-            std::thread::Builder::new()
-                .name("raft-log-flush".to_string())
-                .spawn(move || flush_loop(flusher_db, flusher_durability, queue))
-                .map_err(redb::Error::Io)?;
-            Flusher::Thread(flushes)
-        };
         Ok(LogStore {
             db,
-            flusher,
             durability,
             mark,
             marked,
@@ -524,7 +451,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         crate::metrics::raft()
             .entries_appended
             .inc_by(encoded.len() as u64);
-        let inline = matches!(self.flusher, Flusher::Inline);
         let appended = encoded.first().zip(encoded.last()).map(|(f, l)| (f.0, l.0));
         let committed = self
             .unsaved_committed
@@ -536,12 +462,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| log_error(ErrorVerb::Write)(&e))?;
         let result = self
             .blocking(ErrorVerb::Write, move |db| {
-                let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-                if !inline {
-                    // Made durable by the flusher's next commit, before openraft hears of it.
-                    txn.set_durability(redb::Durability::None)
-                        .map_err(|e| e.to_string())?;
-                }
+                let txn = db.begin_write().map_err(|e| e.to_string())?;
                 {
                     let mut table = txn.open_table(ENTRIES).map_err(|e| e.to_string())?;
                     for (index, bytes) in &encoded {
@@ -555,7 +476,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     meta.insert(KEY_COMMITTED, committed.as_slice())
                         .map_err(|e| e.to_string())?;
                 }
-                txn.commit().map_err(|e| e.to_string())
+                let started = std::time::Instant::now();
+                let committed = txn.commit().map_err(|e| e.to_string());
+                crate::metrics::observe(
+                    &crate::metrics::raft().log_flush_seconds,
+                    started.elapsed(),
+                );
+                committed
             })
             .await;
         if let Err(error) = &result {
@@ -563,27 +490,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return result;
         }
         let seq = appended.map_or(0, |(first, last)| self.durability.appended(first, last));
-        let flushes = match &self.flusher {
-            Flusher::Inline => {
-                self.durability.flushed(seq);
-                callback.log_io_completed(Ok(()));
-                return result;
-            }
-            Flusher::Thread(flushes) => flushes,
-        };
-        let stopped = || log_error(ErrorVerb::Write)(&"the log flusher has stopped");
-        match flushes.try_send((callback, seq)) {
-            Ok(()) => {}
-            Err(std::sync::mpsc::TrySendError::Full(request)) => {
-                // The queue is full: wait for room off the reactor.
-                let flushes = flushes.clone();
-                let queued = crate::runtime::blocking(move || flushes.send(request)).await;
-                if !matches!(queued, Ok(Ok(()))) {
-                    return Err(stopped());
-                }
-            }
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return Err(stopped()),
-        }
+        self.durability.flushed(seq);
+        callback.log_io_completed(Ok(()));
         result
     }
 

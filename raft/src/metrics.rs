@@ -35,7 +35,7 @@ pub struct RaftMetrics {
     pub entries_applied: Counter,
     /// One observation per batch of entries applied (state changes and their persisting).
     pub apply_seconds: Histogram,
-    /// One observation per group commit of the log (its fsync).
+    /// One observation per durable commit of appended entries (its fsync).
     pub log_flush_seconds: Histogram,
     pub snapshots_built: Counter,
     pub snapshots_installed: Counter,
@@ -87,7 +87,7 @@ pub fn register(registry: &mut Registry) {
     );
     raft.register(
         "log_flush_duration_seconds",
-        "Time of one group commit (fsync) of appended log entries",
+        "Time of one durable commit (fsync) of appended log entries",
         m.log_flush_seconds.clone(),
     );
     raft.register(
