@@ -647,9 +647,8 @@ impl Job {
     }
 
     /// The job ended for good: finished, and canceled or without a failed datum (failed
-    /// datums are what `RetryFailed` sends back to pending). No command changes a final job
-    /// or its datums, so a node that has applied it final may answer a read of it from its
-    /// own state: a linearizable read would return the same.
+    /// datums are what `RetryFailed` sends back to pending). Its datums may still take a late
+    /// report: see [`crate::state::State::is_final`].
     pub fn is_final(&self) -> bool {
         self.finished() && (self.canceled || self.counts.failed == 0)
     }

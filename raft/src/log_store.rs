@@ -278,21 +278,15 @@ impl LogStore {
         .await
     }
 
-    /// Writes a meta value; `durable: false` lets it ride on the next durable commit (redb
-    /// makes every earlier commit durable with it).
+    /// Writes a meta value in a durable commit of its own.
     async fn write_meta<T: Serialize>(
         &self,
         key: &'static str,
         value: &T,
-        durable: bool,
     ) -> Result<(), StorageError> {
         let bytes = codec::encode(value).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
         self.blocking(ErrorVerb::Write, move |db| {
-            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
-            if !durable {
-                txn.set_durability(redb::Durability::None)
-                    .map_err(|e| e.to_string())?;
-            }
+            let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
                 let mut table = txn.open_table(META).map_err(|e| e.to_string())?;
                 table
@@ -397,7 +391,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         // Raft's safety rests on the vote surviving a crash: always fsynced.
-        self.write_meta(KEY_VOTE, vote, true).await
+        self.write_meta(KEY_VOTE, vote).await
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {

@@ -201,8 +201,10 @@ pub async fn get(
     // A task this node already holds final (COMPLETE, CANCELED) changes no more: its own
     // state answers as a linearizable read would, without the leader's round. What a client
     // polls until the end is answered the moment this node applies that end.
-    let final_here =
-        find_task(&state.cluster.view().read(), &id, &caller).is_ok_and(|(job, _)| job.is_final());
+    let final_here = {
+        let view = state.cluster.view().read();
+        find_task(&view, &id, &caller).is_ok_and(|(job, _)| view.is_final(job.seq))
+    };
     if !final_here {
         state.cluster.linearize().await?;
     }

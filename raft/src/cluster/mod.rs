@@ -340,9 +340,9 @@ async fn count_leader_changes(
 /// election (openraft 0.9 restores a committed vote for itself). Such a leader's read index is
 /// `max(its first entry of the term, its commit index)`, and its commit index after a restart
 /// is only what was persisted: the state machine's applied id and the log's committed id. The
-/// committed id is written without an fsync, so only the apply's fsync keeps that index from
-/// trailing the writes the leader acknowledged; with applies written without one, reads came
-/// back stale (ARCHITECTURE.md, "Why every apply is fsynced"). Reads in that term therefore
+/// committed id is written by the append after it and may trail; with applies written without
+/// an fsync, reads came back stale (ARCHITECTURE.md, "Cheap applies and the applied mark").
+/// Reads in that term therefore
 /// also wait for every entry its log held at start: an acknowledged write was applied, so
 /// committed, so in the leader's durable log (openraft's core awaits the flush of the
 /// leader's own append before it replicates the entries).

@@ -376,6 +376,21 @@ impl State {
         self.job_ids.get(job_id).and_then(|seq| self.jobs.get(seq))
     }
 
+    /// Whether no command changes job `seq` or its datums any more: the job is final and no
+    /// attempt of its datums waits for a late report (one whose lease expired keeps the report
+    /// its node sends when it is back). A node that has applied this may answer a read of the
+    /// job from its own state: a linearizable read would return the same. Goes over every
+    /// datum of the job (a task has one).
+    pub fn is_final(&self, seq: JobSeq) -> bool {
+        let awaits_report = |datum: &Datum| {
+            datum.attempts.iter().any(|attempt| {
+                attempt.outcome == Some(crate::job::AttemptOutcome::LeaseExpired)
+                    && attempt.report.is_none()
+            })
+        };
+        self.jobs.get(&seq).is_some_and(Job::is_final) && !self.datums_of(seq).any(awaits_report)
+    }
+
     /// Datums of job `seq`, in index order.
     pub fn datums_of(&self, seq: JobSeq) -> impl Iterator<Item = &Datum> {
         self.datums_of_from(seq, 0)

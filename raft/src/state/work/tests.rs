@@ -567,14 +567,42 @@ fn no_command_changes_a_final_job() {
     let failed = log.submit_spec(spec("failed", JobKind::Task, 0, 1), 1, true);
     let lost = log.claim(N1, 1)[0];
     log.report(N1, lost, AttemptOutcome::ExecutorError);
-    assert!(log.state.jobs[&done].is_final());
-    assert!(log.state.jobs[&canceled].is_final());
+    // Its first attempt's lease expires while N1 is cut off; the second, on N2, completes.
+    let rerun = log.submit_spec(spec("rerun", JobKind::Task, 0, 1), 1, true);
+    let expired = log.start_then_expire(N1);
+    let second = log.claim(N2, 1)[0];
+    log.report(N2, second, AttemptOutcome::Succeeded);
+    assert!(log.state.is_final(done));
+    assert!(log.state.is_final(canceled));
+    assert!(!log.state.is_final(failed), "a failed datum can be retried");
     assert!(
-        !log.state.jobs[&failed].is_final(),
-        "a failed datum can be retried"
+        log.state.jobs[&rerun].is_final() && !log.state.is_final(rerun),
+        "the expired attempt's late report is still to come"
     );
+    let late = Command::CompleteBatch {
+        node_id: N1,
+        reports: vec![Completion {
+            datum: expired.datum,
+            fence: expired.fence,
+            report: AttemptReport {
+                outcome: AttemptOutcome::Succeeded,
+                start_ms: 0,
+                end_ms: 0,
+                executors: Vec::new(),
+                outputs: Vec::new(),
+                system_logs: Vec::new(),
+            },
+        }],
+    };
+    log.apply(late.clone());
+    assert!(log.datum(rerun, 0).attempts[0].report.is_some());
+    assert!(log.state.is_final(rerun));
 
-    for (seq, id, grant) in [(done, "done", grant), (canceled, "canceled", running)] {
+    for (seq, id, grant) in [
+        (done, "done", grant),
+        (canceled, "canceled", running),
+        (rerun, "rerun", expired),
+    ] {
         let before = (
             log.state.jobs[&seq].clone(),
             log.state.datums_of(seq).cloned().collect::<Vec<_>>(),
@@ -582,6 +610,7 @@ fn no_command_changes_a_final_job() {
         let job_id = id.to_string();
         let held = vec![(grant.datum, grant.fence)];
         let mut commands = vec![
+            late.clone(),
             Command::CancelJob {
                 job_id: job_id.clone(),
             },
