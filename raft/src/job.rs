@@ -434,6 +434,14 @@ pub struct Attempt {
     pub report: Option<AttemptReport>,
 }
 
+impl Attempt {
+    /// Its lease expired before its node reported: the report its node sends once it is back
+    /// is still kept (its logs show how it ended).
+    pub fn awaits_late_report(&self) -> bool {
+        self.outcome == Some(AttemptOutcome::LeaseExpired) && self.report.is_none()
+    }
+}
+
 /// One input of a pipeline datum: a match of one atom's glob.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DatumInput {

@@ -248,6 +248,12 @@ impl LogStore {
         }
     }
 
+    fn unsaved_committed(&self) -> std::sync::MutexGuard<'_, Option<LogId>> {
+        self.unsaved_committed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Runs `work` against the database on the blocking pool.
     async fn blocking<T, F>(&self, verb: ErrorVerb, work: F) -> Result<T, StorageError>
     where
@@ -406,10 +412,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if let Some(id) = committed {
             let index = i64::try_from(id.index).unwrap_or(i64::MAX);
             crate::metrics::raft().commit_index.set(index);
-            *self
-                .unsaved_committed
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(id);
+            *self.unsaved_committed() = Some(id);
         }
         Ok(())
     }
@@ -421,10 +424,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .flatten();
         // Written by the next append and durable with its flush, so it may trail what this
         // node applied; the applied mark does not (only committed entries are applied).
-        let unsaved = *self
-            .unsaved_committed
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let unsaved = *self.unsaved_committed();
         Ok(saved.max(unsaved).max(self.marked))
     }
 
@@ -447,9 +447,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .inc_by(encoded.len() as u64);
         let appended = encoded.first().zip(encoded.last()).map(|(f, l)| (f.0, l.0));
         let committed = self
-            .unsaved_committed
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unsaved_committed()
             .take()
             .map(|committed| codec::encode(&Some(committed)))
             .transpose()

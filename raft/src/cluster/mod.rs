@@ -342,10 +342,9 @@ async fn count_leader_changes(
 /// is only what was persisted: the state machine's applied id and the log's committed id. The
 /// committed id is written by the append after it and may trail; with applies written without
 /// an fsync, reads came back stale (ARCHITECTURE.md, "Cheap applies and the applied mark").
-/// Reads in that term therefore
-/// also wait for every entry its log held at start: an acknowledged write was applied, so
-/// committed, so in the leader's durable log (openraft's core awaits the flush of the
-/// leader's own append before it replicates the entries).
+/// Reads in that term therefore also wait for every entry its log held at start: an
+/// acknowledged write was applied, so committed, so in the leader's durable log (openraft's
+/// core awaits the flush of the leader's own append before it replicates the entries).
 #[derive(Debug, Clone, Copy)]
 struct Resumed {
     term: u64,

@@ -382,12 +382,7 @@ impl State {
     /// job from its own state: a linearizable read would return the same. Goes over every
     /// datum of the job (a task has one).
     pub fn is_final(&self, seq: JobSeq) -> bool {
-        let awaits_report = |datum: &Datum| {
-            datum.attempts.iter().any(|attempt| {
-                attempt.outcome == Some(crate::job::AttemptOutcome::LeaseExpired)
-                    && attempt.report.is_none()
-            })
-        };
+        let awaits_report = |datum: &Datum| datum.attempts.iter().any(|a| a.awaits_late_report());
         self.jobs.get(&seq).is_some_and(Job::is_final) && !self.datums_of(seq).any(awaits_report)
     }
 

@@ -338,15 +338,15 @@ async fn measure(cluster: &TestCluster, executor: &str, count: usize) -> Result<
     let end = last_end(cluster, &ids).await?;
     let total = end.duration_since(started)?;
     let entries = cluster.status(0, true).await?.applied_index.unwrap_or(0) - first_index;
+    let rate = count as f64 / total.as_secs_f64();
     say!(
-        "  {executor:7} {count} tasks: submitted in {:.2} s, all ended after {:.2} s: {:.0} tasks/s \
+        "  {executor:7} {count} tasks: submitted in {:.2} s, all ended after {:.2} s: {rate:.0} tasks/s \
          ({:.2} log entries per task)",
         submitted.as_secs_f64(),
         total.as_secs_f64(),
-        count as f64 / total.as_secs_f64(),
         entries as f64 / count as f64
     );
-    Ok(count as f64 / total.as_secs_f64())
+    Ok(rate)
 }
 
 fn spawn_rate(count: usize) -> Result<f64> {

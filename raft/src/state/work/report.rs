@@ -103,12 +103,9 @@ impl State {
             .get(&key.job)
             .is_some_and(|job| job.spec.kind == JobKind::Pipeline);
         let Some(attempt) = self.datums.get_mut(&key).and_then(|d| {
-            d.attempts.iter_mut().find(|a| {
-                a.fence == completion.fence
-                    && a.node == node
-                    && a.outcome == Some(AttemptOutcome::LeaseExpired)
-                    && a.report.is_none()
-            })
+            d.attempts
+                .iter_mut()
+                .find(|a| a.fence == completion.fence && a.node == node && a.awaits_late_report())
         }) else {
             return;
         };
