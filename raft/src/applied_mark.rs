@@ -1,6 +1,6 @@
 //! `applied.mark`: the id of the last entry this node has applied, made durable with one
-//! small write and `fdatasync` after every applied batch, so that state-machine applies can
-//! be non-durable redb commits (ARCHITECTURE.md, "Cheap applies and the applied mark").
+//! small write and `fdatasync` after every applied batch, so that state-machine applies need
+//! no redb commit of their own (ARCHITECTURE.md, "Cheap applies and the applied mark").
 //!
 //! Two slots in separate sectors take turns, each with a sequence number and a checksum: a
 //! write torn by a power loss spoils at most the slot it was writing, and the other still

@@ -2,14 +2,16 @@
 //! the membership; snapshots are files streamed from and into those rows.
 //!
 //! The live [`State`] is kept in memory on every node (readers share it through
-//! [`StateView`]); each applied batch writes exactly the rows it changed, with the applied log
-//! id, in one redb transaction. A snapshot is the row table written record by record to a file
-//! under `snapshots/`, so building, sending and installing one never holds it whole in memory.
+//! [`StateView`]). The rows it changed go to redb in a durable commit with the applied log id
+//! now and then, not with every applied batch (see [`RowWriter`]); between those commits
+//! each batch's last log id goes to the applied mark. A snapshot is the row table written
+//! record by record to a file under `snapshots/`, so building, sending and installing one
+//! never holds it whole in memory.
 
 use std::fs;
 use std::io::{BufReader, BufWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder, StorageIOError};
@@ -33,13 +35,15 @@ const KEY_SNAPSHOT: &str = "snapshot_meta";
 /// Set by a restore ([`write_restored`]) until the node has made its first snapshot.
 const KEY_RESTORE_PENDING: &str = "restore_pending";
 
-/// Applies are non-durable redb commits but for one every this many entries, which bounds
-/// what a node re-applies at start after a crash (the applied mark says how far to go).
-const DURABLE_APPLY_EVERY_ENTRIES: u64 = 1_000;
+/// The changed rows are written once every this many applied entries, which bounds what a
+/// node re-applies at start (from the rows' applied id up to the applied mark).
+const ROWS_EVERY_ENTRIES: u64 = 1_000;
+/// ... or as soon as this many rows wait, which bounds the work of one write.
+const ROWS_WAITING_MAX: usize = 2_000;
 
-/// Which run of `DURABLE_APPLY_EVERY_ENTRIES` entries `applied` falls in.
-fn durable_epoch(applied: Option<LogId>) -> u64 {
-    applied.map_or(0, |id| id.index / DURABLE_APPLY_EVERY_ENTRIES)
+/// Which run of `ROWS_EVERY_ENTRIES` entries `applied` falls in.
+fn rows_epoch(applied: Option<LogId>) -> u64 {
+    applied.map_or(0, |id| id.index / ROWS_EVERY_ENTRIES)
 }
 
 /// redb's page cache for the state rows (its default is 1 GiB). The live state is in memory
@@ -73,13 +77,88 @@ pub struct StateStore {
     db: Arc<Database>,
     files: SnapshotFiles,
     state: Arc<RwLock<State>>,
+    rows: Arc<RowWriter>,
     applied_tx: watch::Sender<Option<LogId>>,
     last_applied: Option<LogId>,
     membership: StoredMembership,
     /// Records each applied batch's last entry durably (the log's `applied.mark`).
     marker: AppliedMarker,
-    /// `last_applied / DURABLE_APPLY_EVERY_ENTRIES` at the last durable apply commit.
-    durable_epoch: u64,
+    /// `last_applied / ROWS_EVERY_ENTRIES` at the last write of the rows.
+    rows_epoch: u64,
+}
+
+/// Writes the rows the state changed since the last time, with the applied log id and
+/// membership they belong to, in one durable redb commit: every `ROWS_EVERY_ENTRIES` applied
+/// entries or `ROWS_WAITING_MAX` changed rows, before a snapshot and before a backup. Shared
+/// by the state machine and [`StateAdmin`].
+///
+/// Between two writes `state.redb` trails the live state, which costs nothing: a crash loses
+/// even redb's non-durable commits (they live in its memory until a durable one), so the node
+/// re-applied from the last durable commit up to the applied mark anyway. A non-durable commit
+/// with every batch cost each apply about 0.1 ms and wrote a row again for each change.
+struct RowWriter {
+    db: Arc<Database>,
+    state: Arc<RwLock<State>>,
+    /// The applied id and membership of the state as it is now, set under the state's write
+    /// lock, so a writer holding that lock reads rows and id of one moment.
+    applied: Mutex<(Option<LogId>, StoredMembership)>,
+    /// Held from taking the changed rows until their commit, so writes land in order: a
+    /// later write never lands under an earlier one's older rows.
+    writing: Mutex<()>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RowWriter {
+    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records the applied id and membership of the state (call with its write lock held).
+    fn set_applied(&self, applied: Option<LogId>, membership: &StoredMembership) {
+        *lock(&self.applied) = (applied, membership.clone());
+    }
+
+    /// Writes the changed rows with their applied id and membership, durably. Blocking.
+    fn write(&self) -> Result<(), String> {
+        let _writing = lock(&self.writing);
+        let (changes, applied, membership) = {
+            let mut state = self.write_state();
+            let dirty = state.take_dirty();
+            let mut changes = Vec::with_capacity(dirty.len());
+            for key in dirty {
+                changes.push((key.to_bytes(), state.row(key).map_err(|e| e.to_string())?));
+            }
+            let (applied, membership) = lock(&self.applied).clone();
+            (changes, applied, membership)
+        };
+        let applied = codec::encode(&applied).map_err(|e| e.to_string())?;
+        let membership = codec::encode(&membership).map_err(|e| e.to_string())?;
+        let commit = || -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            {
+                let mut rows = txn.open_table(ROWS)?;
+                for (key, value) in &changes {
+                    match value {
+                        Some(value) => rows.insert(key.as_slice(), value.as_slice())?,
+                        None => rows.remove(key.as_slice())?,
+                    };
+                }
+                let mut meta = txn.open_table(META)?;
+                meta.insert(KEY_APPLIED, applied.as_slice())?;
+                meta.insert(KEY_MEMBERSHIP, membership.as_slice())?;
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        commit().map_err(|e| e.to_string())
+    }
 }
 
 fn sm_error(verb: ErrorVerb) -> impl Fn(&dyn std::fmt::Display) -> StorageError {
@@ -190,15 +269,23 @@ impl StateStore {
         codec::set_write_version(loaded.state.format_version());
         let state = Arc::new(RwLock::new(loaded.state));
         let (applied_tx, applied_rx) = watch::channel(loaded.last_applied);
+        let db = Arc::new(db);
+        let rows = Arc::new(RowWriter {
+            db: db.clone(),
+            state: state.clone(),
+            applied: Mutex::new((loaded.last_applied, loaded.membership.clone())),
+            writing: Mutex::new(()),
+        });
         let store = StateStore {
-            db: Arc::new(db),
+            db,
             files,
             state: state.clone(),
+            rows,
             applied_tx,
             last_applied: loaded.last_applied,
             membership: loaded.membership,
             marker,
-            durable_epoch: durable_epoch(loaded.last_applied),
+            rows_epoch: rows_epoch(loaded.last_applied),
         };
         Ok((
             store,
@@ -224,39 +311,18 @@ impl StateStore {
     pub fn admin(&self) -> StateAdmin {
         StateAdmin {
             db: self.db.clone(),
+            rows: self.rows.clone(),
         }
     }
 
-    fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.state
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Persists the rows changed since the last call, with the applied id and membership, in
-    /// a non-durable commit (durable every `DURABLE_APPLY_EVERY_ENTRIES`), then records the
-    /// applied id in the applied mark, durably: after a crash redb rolls back to a durable
-    /// commit and the node re-applies from the log up to the mark before it starts, so it
-    /// never shows less than it showed before (ARCHITECTURE.md, "Cheap applies and the
-    /// applied mark").
-    async fn persist_dirty(&mut self) -> Result<(), StorageError> {
-        let changes = {
-            let mut state = self.write_state();
-            let dirty = state.take_dirty();
-            let mut changes = Vec::with_capacity(dirty.len());
-            for key in dirty {
-                let value = state.row(key).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
-                changes.push((key.to_bytes(), value));
-            }
-            changes
-        };
-        let applied =
-            codec::encode(&self.last_applied).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
-        let membership =
-            codec::encode(&self.membership).map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
-        let db = self.db.clone();
-        let epoch = durable_epoch(self.last_applied);
-        let durable = epoch != self.durable_epoch;
+    /// Makes what was just applied durable before anyone sees it: the applied mark names the
+    /// batch's last entry (after a crash the node re-applies from the rows' applied id up to
+    /// it before it starts, so it never shows less than it showed before; ARCHITECTURE.md,
+    /// "Cheap applies and the applied mark"), and once every `ROWS_EVERY_ENTRIES` entries,
+    /// or when many rows wait, the changed rows go to redb first.
+    async fn persist_applied(&mut self, rows_waiting: usize) -> Result<(), StorageError> {
+        let epoch = rows_epoch(self.last_applied);
+        let write_rows = epoch != self.rows_epoch || rows_waiting > ROWS_WAITING_MAX;
         let mark = match self.last_applied {
             Some(applied) => Some(
                 self.marker
@@ -266,35 +332,25 @@ impl StateStore {
             ),
             None => None,
         };
-        // The commit and the mark in one trip to the blocking pool, the mark after the rows.
-        crate::runtime::blocking(move || -> Result<(), redb::Error> {
-            let mut txn = db.begin_write()?;
-            if !durable {
-                txn.set_durability(redb::Durability::None)?;
+        if !write_rows && mark.is_none() {
+            return Ok(());
+        }
+        let rows = self.rows.clone();
+        // The rows and the mark in one trip to the blocking pool, the mark after the rows.
+        crate::runtime::blocking(move || -> Result<(), String> {
+            if write_rows {
+                rows.write()?;
             }
-            {
-                let mut rows = txn.open_table(ROWS)?;
-                for (key, value) in &changes {
-                    match value {
-                        Some(value) => rows.insert(key.as_slice(), value.as_slice())?,
-                        None => rows.remove(key.as_slice())?,
-                    };
-                }
-                let mut meta = txn.open_table(META)?;
-                meta.insert(KEY_APPLIED, applied.as_slice())?;
-                meta.insert(KEY_MEMBERSHIP, membership.as_slice())?;
-            }
-            txn.commit()?;
             if let Some(mark) = mark {
-                mark.write().map_err(redb::Error::Io)?;
+                mark.write().map_err(|e| e.to_string())?;
             }
             Ok(())
         })
         .await
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))?
         .map_err(|e| sm_error(ErrorVerb::Write)(&e))?;
-        if durable {
-            self.durable_epoch = epoch;
+        if write_rows {
+            self.rows_epoch = epoch;
         }
         Ok(())
     }
@@ -316,6 +372,7 @@ fn warn_if_unreadable(state: &State) {
 #[derive(Clone)]
 pub struct StateAdmin {
     db: Arc<Database>,
+    rows: Arc<RowWriter>,
 }
 
 /// What a backup wrote.
@@ -327,10 +384,12 @@ pub struct BackupWritten {
 }
 
 impl StateAdmin {
-    /// Writes a backup of the applied state as of one redb read (every row with the applied
-    /// log id of the same commit), streaming row by row. Applies go on meanwhile.
+    /// Writes a backup of the applied state: the rows changed so far are written to redb,
+    /// then streamed row by row from one read (every row with the applied log id of the same
+    /// commit). Applies go on meanwhile.
     pub fn write_backup(&self, out: impl Write) -> Result<BackupWritten, BackupError> {
         let store = |e: &dyn std::fmt::Display| BackupError::Store(e.to_string());
+        self.rows.write().map_err(|e| store(&e))?;
         let txn = self.db.begin_read().map_err(|e| store(&e))?;
         let meta = txn.open_table(META).map_err(|e| store(&e))?;
         let applied: Option<LogId> = read_meta(&meta, KEY_APPLIED)
@@ -427,6 +486,7 @@ fn fill_restored(path: &Path, state: &State) -> Result<(), String> {
 pub struct SnapshotBuilder {
     db: Arc<Database>,
     files: SnapshotFiles,
+    rows: Arc<RowWriter>,
 }
 
 /// Streams the row table into `path` (fsynced) and returns the metadata of what was written.
@@ -509,10 +569,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let db = self.db.clone();
         let files = self.files.clone();
-        let (meta, file) = crate::runtime::blocking(move || build_and_publish(&db, &files))
-            .await
-            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
-            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
+        let rows = self.rows.clone();
+        // The rows changed since their last write first, so the snapshot is of the state now.
+        let (meta, file) = crate::runtime::blocking(move || {
+            rows.write()?;
+            build_and_publish(&db, &files)
+        })
+        .await
+        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
         tracing::debug!(snapshot_id = %meta.snapshot_id, "built snapshot");
         crate::metrics::raft().snapshots_built.inc();
         Ok(Snapshot {
@@ -594,7 +659,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     {
         let started = std::time::Instant::now();
         let mut outcomes = Vec::new();
-        {
+        let rows_waiting = {
             let shared = self.state.clone();
             let mut state = shared
                 .write()
@@ -630,8 +695,10 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             }
             codec::set_write_version(state.format_version());
             warn_if_unreadable(&state);
-        }
-        self.persist_dirty().await?;
+            self.rows.set_applied(self.last_applied, &self.membership);
+            state.dirty_rows()
+        };
+        self.persist_applied(rows_waiting).await?;
         self.applied_tx.send_replace(self.last_applied);
         let metrics = crate::metrics::raft();
         metrics.entries_applied.inc_by(outcomes.len() as u64);
@@ -643,6 +710,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         SnapshotBuilder {
             db: self.db.clone(),
             files: self.files.clone(),
+            rows: self.rows.clone(),
         }
     }
 
@@ -673,17 +741,23 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let db = self.db.clone();
         let files = self.files.clone();
         let meta_owned = meta.clone();
-        let state = crate::runtime::blocking(move || install_rows(&db, &files, input, &meta_owned))
-            .await
-            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
-            .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
-        {
-            let mut current = self.write_state();
+        let rows = self.rows.clone();
+        // No write of the old state's rows may land between the snapshot's rows and the new
+        // state taking the old one's place.
+        crate::runtime::blocking(move || -> Result<(), String> {
+            let _writing = lock(&rows.writing);
+            let state = install_rows(&db, &files, input, &meta_owned)?;
+            let mut current = rows.write_state();
             let tally = current.tally;
             *current = state;
             current.tally = tally;
             codec::set_write_version(current.format_version());
-        }
+            rows.set_applied(meta_owned.last_log_id, &meta_owned.last_membership);
+            Ok(())
+        })
+        .await
+        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
+        .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?;
         crate::metrics::raft().snapshots_installed.inc();
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();

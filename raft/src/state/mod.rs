@@ -624,6 +624,11 @@ impl State {
         Outcome::Applied
     }
 
+    /// How many rows changed since the last [`State::take_dirty`].
+    pub fn dirty_rows(&self) -> usize {
+        self.dirty.len()
+    }
+
     /// The rows changed since the last call, in key order.
     pub fn take_dirty(&mut self) -> BTreeSet<RowKey> {
         std::mem::take(&mut self.dirty)
