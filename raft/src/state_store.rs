@@ -120,31 +120,61 @@ impl RowWriter {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The state's write lock, refused when an apply panicked while holding it: its batch
+    /// may be half applied, with the applied id still before it, and such rows must not be
+    /// made durable.
+    fn write_whole_state(&self) -> Result<std::sync::RwLockWriteGuard<'_, State>, String> {
+        self.state
+            .write()
+            .map_err(|_| "an apply failed part way; the state's rows are not written".to_string())
+    }
+
     /// Records the applied id and membership of the state (call with its write lock held).
     fn set_applied(&self, applied: Option<LogId>, membership: &StoredMembership) {
         *lock(&self.applied) = (applied, membership.clone());
     }
 
-    /// Writes the changed rows with their applied id and membership, durably. Blocking.
+    /// Writes the changed rows with their applied id and membership, durably. Blocking. On
+    /// failure the rows stay marked as changed, for the next write.
     fn write(&self) -> Result<(), String> {
         let _writing = lock(&self.writing);
-        let (changes, applied, membership) = {
-            let mut state = self.write_state();
+        let (dirty, changes, applied, membership) = {
+            let mut state = self.write_whole_state()?;
             let dirty = state.take_dirty();
-            let mut changes = Vec::with_capacity(dirty.len());
-            for key in dirty {
-                changes.push((key.to_bytes(), state.row(key).map_err(|e| e.to_string())?));
-            }
+            let changes: Result<Vec<_>, String> = dirty
+                .iter()
+                .map(|key| Ok((key.to_bytes(), state.row(*key).map_err(|e| e.to_string())?)))
+                .collect();
+            let changes = match changes {
+                Ok(changes) => changes,
+                Err(error) => {
+                    state.restore_dirty(dirty);
+                    return Err(error);
+                }
+            };
             let (applied, membership) = lock(&self.applied).clone();
-            (changes, applied, membership)
+            (dirty, changes, applied, membership)
         };
-        let applied = codec::encode(&applied).map_err(|e| e.to_string())?;
-        let membership = codec::encode(&membership).map_err(|e| e.to_string())?;
+        let written = self.commit(&changes, &applied, &membership);
+        if written.is_err() {
+            self.write_state().restore_dirty(dirty);
+        }
+        written
+    }
+
+    fn commit(
+        &self,
+        changes: &[(Vec<u8>, Option<Vec<u8>>)],
+        applied: &Option<LogId>,
+        membership: &StoredMembership,
+    ) -> Result<(), String> {
+        let applied = codec::encode(applied).map_err(|e| e.to_string())?;
+        let membership = codec::encode(membership).map_err(|e| e.to_string())?;
         let commit = || -> Result<(), redb::Error> {
             let txn = self.db.begin_write()?;
             {
                 let mut rows = txn.open_table(ROWS)?;
-                for (key, value) in &changes {
+                for (key, value) in changes {
                     match value {
                         Some(value) => rows.insert(key.as_slice(), value.as_slice())?,
                         None => rows.remove(key.as_slice())?,
@@ -611,6 +641,10 @@ fn install_rows(
     let mut input = BufReader::new(input);
     let mut copy = BufWriter::new(fs::File::create(&copy_path).map_err(|e| e.to_string())?);
     let mut state = State::default();
+    // The files' lock before redb's write transaction, in the order `build_and_publish`
+    // takes them: the other way round, an install and a snapshot being built at the same
+    // time could each wait for the other forever.
+    let _guard = files.lock();
     let txn = db.begin_write().map_err(|e| e.to_string())?;
     {
         let mut rows = txn.open_table(ROWS).map_err(|e| e.to_string())?;
@@ -635,7 +669,6 @@ fn install_rows(
         .map_err(|e| e.to_string())?
         .sync_all()
         .map_err(|e| e.to_string())?;
-    let _guard = files.lock();
     files
         .promote(&copy_path, &meta.snapshot_id)
         .map_err(|e| e.to_string())?;

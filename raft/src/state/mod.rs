@@ -629,6 +629,11 @@ impl State {
         self.dirty.len()
     }
 
+    /// Marks `keys` as changed again (their write failed).
+    pub fn restore_dirty(&mut self, keys: BTreeSet<RowKey>) {
+        self.dirty.extend(keys);
+    }
+
     /// The rows changed since the last call, in key order.
     pub fn take_dirty(&mut self) -> BTreeSet<RowKey> {
         std::mem::take(&mut self.dirty)
