@@ -1,8 +1,10 @@
 //! Prints the work queue's figures on local clusters of one and three nodes (`--nodes`):
 //! (a) orchestration throughput — TES tasks through the `noop` executor, submitted over HTTP
 //!     with 64 in flight (`--in-flight`) spread across the nodes, tasks/s from the first
-//!     submission to the last task's end (its recorded end time), and the log entries per
-//!     task (how well writes shared entries: node 0's applied index before and after);
+//!     submission to the last task's end (its recorded end time), the log entries per task
+//!     (how well writes shared entries: node 0's applied index before and after) and the
+//!     CPU the nodes spent per task (user + system from `/proc`, without the steps they
+//!     started: the figure to compare on a noisy machine);
 //! (b) the same with the `process` executor running `true`, beside the rate of spawning
 //!     `true` in a plain loop, and in a plain loop inside the very sandbox the process
 //!     executor builds (bwrap, made to die with its starter as the node's steps are): the
@@ -204,8 +206,8 @@ async fn ended(cluster: &TestCluster, ids: &std::collections::HashSet<&str>) -> 
     }
 }
 
-/// Waits for every task to end COMPLETE; returns the latest end time they record.
-async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
+/// Waits for every task to end.
+async fn wait_ended(cluster: &TestCluster, ids: &[String]) -> Result<()> {
     let wanted: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
     let deadline = Instant::now() + Duration::from_secs(600);
     while ended(cluster, &wanted).await? < ids.len() {
@@ -214,6 +216,12 @@ async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    Ok(())
+}
+
+/// Checks that every task (all ended) ended COMPLETE; returns the latest end time they
+/// record.
+async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
     let ends: Vec<Result<SystemTime>> = stream::iter(ids.iter().enumerate())
         .map(|(i, id)| async move {
             let task = cluster.task(i % cluster.nodes.len(), id, "BASIC").await?;
@@ -230,7 +238,7 @@ async fn last_end(cluster: &TestCluster, ids: &[String]) -> Result<SystemTime> {
         .try_fold(SystemTime::UNIX_EPOCH, |latest, end| Ok(latest.max(end?)))
 }
 
-async fn throughput(nodes: usize, executor: &str, slots: u32, count: usize) -> Result<f64> {
+async fn throughput(nodes: usize, executor: &str, slots: u32, count: usize) -> Result<Throughput> {
     let cluster = start(nodes, executor, slots).await?;
     measure(&cluster, executor, count).await
 }
@@ -306,47 +314,62 @@ async fn watched_throughput(count: usize, observed: bool) -> Result<Watched> {
         .await?;
         observers = Some((prometheus, driver, page));
     }
-    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
-    let node_ticks = || pids.iter().map(|pid| cpu_ticks(*pid)).sum::<u64>();
-    let (nodes_before, observers_before) = (node_ticks(), observer_ticks());
+    let observers_before = observer_ticks();
     let wall = Instant::now();
     let label = if observed { "noop (watched)" } else { "noop" };
-    let rate = measure(&cluster, label, count).await?;
+    let measured = measure(&cluster, label, count).await?;
     let wall = wall.elapsed().as_secs_f64();
-    let node_cpu_s = node_ticks().saturating_sub(nodes_before) as f64 / 100.0;
     let observer_cpu_s = observer_ticks().saturating_sub(observers_before) as f64 / 100.0;
     if let Some((_, _, page)) = observers {
         let _ = page.close().await;
     }
     let watched = Watched {
-        rate,
-        node_cpu_ms_per_task: 1000.0 * node_cpu_s / count as f64,
+        rate: measured.rate,
+        node_cpu_ms_per_task: measured.node_cpu_ms_per_task,
         observer_cores: observer_cpu_s / wall,
     };
     say!(
-        "    nodes' CPU {:.3} ms per task; Prometheus and the browser took {:.2} cores",
-        watched.node_cpu_ms_per_task,
+        "    Prometheus and the browser took {:.2} cores",
         watched.observer_cores
     );
     Ok(watched)
 }
 
-async fn measure(cluster: &TestCluster, executor: &str, count: usize) -> Result<f64> {
+/// What one throughput run measured.
+struct Throughput {
+    rate: f64,
+    /// CPU the nodes' own processes (not the steps they start) spent per task, in ms, from
+    /// the first submission until every task had ended: less noisy than the rate on a
+    /// shared machine, since another tenant's load slows a run but does not add to it.
+    node_cpu_ms_per_task: f64,
+}
+
+async fn measure(cluster: &TestCluster, executor: &str, count: usize) -> Result<Throughput> {
+    let pids: Vec<u32> = cluster.nodes.iter().filter_map(|n| n.pid()).collect();
+    let node_ticks = || pids.iter().map(|pid| cpu_ticks(*pid)).sum::<u64>();
     let first_index = cluster.status(0, true).await?.applied_index.unwrap_or(0);
+    let ticks_before = node_ticks();
     let (ids, started) = submit_all(cluster, count).await?;
     let submitted = started.elapsed()?;
+    wait_ended(cluster, &ids).await?;
+    // Before the end times are read, one request per task.
+    let node_cpu_s = node_ticks().saturating_sub(ticks_before) as f64 / 100.0;
     let end = last_end(cluster, &ids).await?;
     let total = end.duration_since(started)?;
     let entries = cluster.status(0, true).await?.applied_index.unwrap_or(0) - first_index;
     let rate = count as f64 / total.as_secs_f64();
+    let node_cpu_ms_per_task = 1000.0 * node_cpu_s / count as f64;
     say!(
         "  {executor:7} {count} tasks: submitted in {:.2} s, all ended after {:.2} s: {rate:.0} tasks/s \
-         ({:.2} log entries per task)",
+         ({:.2} log entries per task; the nodes' CPU {node_cpu_ms_per_task:.3} ms per task)",
         submitted.as_secs_f64(),
         total.as_secs_f64(),
         entries as f64 / count as f64
     );
-    Ok(rate)
+    Ok(Throughput {
+        rate,
+        node_cpu_ms_per_task,
+    })
 }
 
 fn spawn_rate(count: usize) -> Result<f64> {
@@ -546,7 +569,8 @@ async fn main() -> Result<()> {
         );
         let noop = throughput(nodes, "noop", 64, args.tasks).await?;
         say!("(b) process executor running `true`:");
-        let process = throughput(nodes, "process", 2, args.process_tasks).await?;
+        let process_run = throughput(nodes, "process", 2, args.process_tasks).await?;
+        let process = process_run.rate;
         say!("  {:.2} of the plain loop", process / raw);
         if let Some(sandboxed) = sandboxed {
             say!("  {:.2} of the sandboxed loop", process / sandboxed);
@@ -570,8 +594,10 @@ async fn main() -> Result<()> {
         by_size.insert(
             nodes.to_string(),
             json!({
-                "noop_tasks_per_s": noop,
+                "noop_tasks_per_s": noop.rate,
+                "noop_node_cpu_ms_per_task": noop.node_cpu_ms_per_task,
                 "process_tasks_per_s": process,
+                "process_node_cpu_ms_per_task": process_run.node_cpu_ms_per_task,
                 "process_of_plain_loop": process / raw,
                 "process_of_sandboxed_loop": sandboxed.map(|rate| process / rate),
                 "latency_p50_ms": p50,
