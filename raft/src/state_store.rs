@@ -74,9 +74,8 @@ impl StateView {
 
 /// The openraft state machine.
 pub struct StateStore {
-    db: Arc<Database>,
     files: SnapshotFiles,
-    state: Arc<RwLock<State>>,
+    /// The database and the live state, shared with snapshot builders and [`StateAdmin`].
     rows: Arc<RowWriter>,
     applied_tx: watch::Sender<Option<LogId>>,
     last_applied: Option<LogId>,
@@ -299,17 +298,14 @@ impl StateStore {
         codec::set_write_version(loaded.state.format_version());
         let state = Arc::new(RwLock::new(loaded.state));
         let (applied_tx, applied_rx) = watch::channel(loaded.last_applied);
-        let db = Arc::new(db);
         let rows = Arc::new(RowWriter {
-            db: db.clone(),
+            db: Arc::new(db),
             state: state.clone(),
             applied: Mutex::new((loaded.last_applied, loaded.membership.clone())),
             writing: Mutex::new(()),
         });
         let store = StateStore {
-            db,
             files,
-            state: state.clone(),
             rows,
             applied_tx,
             last_applied: loaded.last_applied,
@@ -340,7 +336,6 @@ impl StateStore {
     /// A handle for what is done to `state.redb` beside applying: backups, restores.
     pub fn admin(&self) -> StateAdmin {
         StateAdmin {
-            db: self.db.clone(),
             rows: self.rows.clone(),
         }
     }
@@ -401,7 +396,6 @@ fn warn_if_unreadable(state: &State) {
 /// Backups and restores on `state.redb`, beside the state machine. Cheap to clone.
 #[derive(Clone)]
 pub struct StateAdmin {
-    db: Arc<Database>,
     rows: Arc<RowWriter>,
 }
 
@@ -420,7 +414,7 @@ impl StateAdmin {
     pub fn write_backup(&self, out: impl Write) -> Result<BackupWritten, BackupError> {
         let store = |e: &dyn std::fmt::Display| BackupError::Store(e.to_string());
         self.rows.write().map_err(|e| store(&e))?;
-        let txn = self.db.begin_read().map_err(|e| store(&e))?;
+        let txn = self.rows.db.begin_read().map_err(|e| store(&e))?;
         let meta = txn.open_table(META).map_err(|e| store(&e))?;
         let applied: Option<LogId> = read_meta(&meta, KEY_APPLIED)
             .map_err(|e| store(&e))?
@@ -453,7 +447,7 @@ impl StateAdmin {
 
     /// Whether a restore has not yet made its first snapshot.
     pub fn restore_pending(&self) -> Result<bool, String> {
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let txn = self.rows.db.begin_read().map_err(|e| e.to_string())?;
         let meta = txn.open_table(META).map_err(|e| e.to_string())?;
         Ok(read_meta::<bool>(&meta, KEY_RESTORE_PENDING)?.unwrap_or(false))
     }
@@ -461,7 +455,7 @@ impl StateAdmin {
     /// Records that the restore is complete (its rows are in a snapshot, the log before it
     /// purged).
     pub fn finish_restore(&self) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let txn = self.rows.db.begin_write().map_err(|e| e.to_string())?;
         {
             let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
             meta.remove(KEY_RESTORE_PENDING)
@@ -514,7 +508,6 @@ fn fill_restored(path: &Path, state: &State) -> Result<(), String> {
 
 /// Builds snapshots from a consistent read of `state.redb`.
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
     files: SnapshotFiles,
     rows: Arc<RowWriter>,
 }
@@ -597,13 +590,12 @@ fn build_and_publish(
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let db = self.db.clone();
         let files = self.files.clone();
         let rows = self.rows.clone();
         // The rows changed since their last write first, so the snapshot is of the state now.
         let (meta, file) = crate::runtime::blocking(move || {
             rows.write()?;
-            build_and_publish(&db, &files)
+            build_and_publish(&rows.db, &files)
         })
         .await
         .map_err(|e| snapshot_error(ErrorVerb::Write)(&e))?
@@ -693,10 +685,8 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         let started = std::time::Instant::now();
         let mut outcomes = Vec::new();
         let rows_waiting = {
-            let shared = self.state.clone();
-            let mut state = shared
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let shared = self.rows.clone();
+            let mut state = shared.write_state();
             for entry in entries {
                 self.last_applied = Some(entry.log_id);
                 let outcome = match entry.payload {
@@ -741,7 +731,6 @@ impl RaftStateMachine<TypeConfig> for StateStore {
 
     async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
         SnapshotBuilder {
-            db: self.db.clone(),
             files: self.files.clone(),
             rows: self.rows.clone(),
         }
@@ -771,7 +760,6 @@ impl RaftStateMachine<TypeConfig> for StateStore {
             .await
             .map_err(|e| snapshot_error(ErrorVerb::Read)(&e))?;
         let input = snapshot.into_std().await;
-        let db = self.db.clone();
         let files = self.files.clone();
         let meta_owned = meta.clone();
         let rows = self.rows.clone();
@@ -779,7 +767,7 @@ impl RaftStateMachine<TypeConfig> for StateStore {
         // state taking the old one's place.
         crate::runtime::blocking(move || -> Result<(), String> {
             let _writing = lock(&rows.writing);
-            let state = install_rows(&db, &files, input, &meta_owned)?;
+            let state = install_rows(&rows.db, &files, input, &meta_owned)?;
             let mut current = rows.write_state();
             let tally = current.tally;
             *current = state;
@@ -800,12 +788,12 @@ impl RaftStateMachine<TypeConfig> for StateStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let db = self.db.clone();
+        let rows = self.rows.clone();
         let files = self.files.clone();
         let current = crate::runtime::blocking(
             move || -> Result<Option<(SnapshotMeta, fs::File)>, String> {
                 let _guard = files.lock();
-                let Some(meta) = current_snapshot_meta(&db)? else {
+                let Some(meta) = current_snapshot_meta(&rows.db)? else {
                     return Ok(None);
                 };
                 match fs::File::open(files.path_of(&meta.snapshot_id)) {

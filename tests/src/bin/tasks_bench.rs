@@ -281,9 +281,7 @@ fn observer_ticks() -> u64 {
 
 /// One run of the cost-of-watching comparison.
 struct Watched {
-    rate: f64,
-    /// CPU the three nodes spent per task, in ms.
-    node_cpu_ms_per_task: f64,
+    measured: Throughput,
     /// CPU Prometheus and the browser spent during the run, in cores.
     observer_cores: f64,
 }
@@ -324,8 +322,7 @@ async fn watched_throughput(count: usize, observed: bool) -> Result<Watched> {
         let _ = page.close().await;
     }
     let watched = Watched {
-        rate: measured.rate,
-        node_cpu_ms_per_task: measured.node_cpu_ms_per_task,
+        measured,
         observer_cores: observer_cpu_s / wall,
     };
     say!(
@@ -636,8 +633,8 @@ async fn main() -> Result<()> {
             values.sort_by(f64::total_cmp);
             values[values.len() / 2]
         };
-        let rate = |w: &Watched| w.rate;
-        let cpu = |w: &Watched| w.node_cpu_ms_per_task;
+        let rate = |w: &Watched| w.measured.rate;
+        let cpu = |w: &Watched| w.measured.node_cpu_ms_per_task;
         let (alone_rate, watched_rate) = (median(&alone, rate), median(&watched, rate));
         let (alone_cpu, watched_cpu) = (median(&alone, cpu), median(&watched, cpu));
         let observers = median(&watched, |w| w.observer_cores);
