@@ -507,23 +507,20 @@ async fn container_latency(runs: usize) -> Result<serde_json::Value> {
     }))
 }
 
-/// `true` spawned one at a time inside the process executor's sandbox (bwrap, made to die
-/// with this process as the node's steps are, output piped as the executor does): runs per
-/// second.
+/// `true` run one at a time inside the process executor's sandbox, started and captured by
+/// the executor's own code (bwrap, made to die with this process as the node's steps are):
+/// runs per second.
 async fn sandboxed_spawn_rate(count: usize) -> Result<f64> {
     let sandbox = shoal_worker::ProcessSandbox::default();
     let argv = ["true".to_string()];
     let started = Instant::now();
     for _ in 0..count {
-        let mut command = sandbox
-            .bare_step_command(&argv, true)
+        let outcome = sandbox
+            .run_bare_step(&argv)
+            .await
             .map_err(|e| anyhow::anyhow!("the sandbox: {e}"))?;
-        let output = command.output().await?;
-        if !output.status.success() {
-            bail!(
-                "`true` in the sandbox failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+        if outcome.exit_code != 0 {
+            bail!("`true` in the sandbox failed: {}", outcome.stderr_tail);
         }
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())

@@ -9,6 +9,7 @@ mod cgroup;
 mod docker;
 mod noop;
 mod process;
+mod spawn;
 
 use std::path::{Path, PathBuf};
 
