@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::cgroup::StepCgroup;
-use super::spawn::{Launch, SpawnError, spawn};
+use super::spawn::{Launch, SpawnError, Started, spawn};
 use super::{Bind, ExecutorError, KILLED_EXIT_CODE, StepOutcome, StepRun, start_failure_exit_code};
 use crate::tail::Tail;
 
@@ -386,8 +386,12 @@ async fn run_in(
     // Started here, on a runtime worker, never on a blocking thread: the step dies with the
     // thread that started it (see `spawn`).
     let stdin = files.stdin.map(Into::into);
-    let mut child = match spawn(&command, stdin, procs, step.die_with_node) {
-        Ok(child) => child,
+    let Started {
+        mut child,
+        stdout,
+        stderr,
+    } = match spawn(&command, stdin, procs, step.die_with_node) {
+        Ok(started) => started,
         // Started directly, the program is the user's: one that cannot be started is a step
         // that failed (127 or 126), not a failure of the node. bwrap reports the program's
         // on stderr.
@@ -403,14 +407,6 @@ async fn run_in(
         }
         Err(SpawnError::Other(source)) => return Err(ExecutorError::Spawn { program, source }),
     };
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| std::io::Error::other("no stdout pipe"))?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| std::io::Error::other("no stderr pipe"))?;
     let max = step.tail_bytes_max;
     let outputs = async {
         tokio::try_join!(

@@ -34,7 +34,7 @@ use tokio::net::unix::pipe;
 use super::KILLED_EXIT_CODE;
 
 /// A program to start: what `std::process::Command` would hold for a step.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(super) struct Launch {
     /// The program: a path when it holds a slash (relative to `dir`), else looked up in the
     /// `PATH` of `env`.
@@ -92,14 +92,19 @@ const FAILED_CGROUP: i32 = 16;
 /// The child's stack. Its code is a few calls deep; this is many times what it needs.
 const STACK_BYTES: usize = 64 * 1024;
 
+/// A started step: its process and the pipes its output comes through.
+pub(super) struct Started {
+    pub child: Child,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+}
+
 /// A started step's process. It leads its own process group. Dropped before it was waited
 /// for, the group is killed and the process reaped in the background.
 pub(super) struct Child {
     pid: Pid,
     exited: AsyncFd<OwnedFd>,
     exit_code: Option<i32>,
-    pub stdout: Option<pipe::Receiver>,
-    pub stderr: Option<pipe::Receiver>,
 }
 
 impl Child {
@@ -353,7 +358,7 @@ pub(super) fn spawn(
     stdin: Option<OwnedFd>,
     cgroups: &[PathBuf],
     die_with_node: bool,
-) -> Result<Child, SpawnError> {
+) -> Result<Started, SpawnError> {
     // Later variables win, as with `Command::env`.
     let env: std::collections::BTreeMap<&str, &str> = launch
         .env
@@ -376,7 +381,7 @@ pub(super) fn spawn(
         .as_ref()
         .map(|dir| c_string("the working directory", dir.as_os_str().as_bytes()))
         .transpose()?;
-    let cgroups = cgroups
+    let cgroup_paths = cgroups
         .iter()
         .map(|procs| c_string("a cgroup", procs.as_os_str().as_bytes()))
         .collect::<Result<Vec<_>, _>>()?;
@@ -407,7 +412,7 @@ pub(super) fn spawn(
             stdout_write.as_raw_fd(),
             stderr_write.as_raw_fd(),
         ],
-        cgroups: &cgroups,
+        cgroups: &cgroup_paths,
         die_with: die_with_node.then(|| nix::unistd::getpid().as_raw()),
         last_signal: libc::SIGRTMAX(),
         failed: AtomicI32::new(0),
@@ -454,10 +459,7 @@ pub(super) fn spawn(
             FAILED_DIR => SpawnError::Other(context("chdir")),
             cgroup => {
                 let index = usize::try_from(cgroup - FAILED_CGROUP).unwrap_or(usize::MAX);
-                let procs = cgroups
-                    .get(index)
-                    .map(|c| PathBuf::from(OsStr::from_bytes(c.as_bytes())));
-                SpawnError::Cgroup(procs.unwrap_or_default(), error)
+                SpawnError::Cgroup(cgroups.get(index).cloned().unwrap_or_default(), error)
             }
         });
     }
@@ -472,22 +474,22 @@ pub(super) fn spawn(
             return Err(SpawnError::Other(io::Error::from(error)));
         }
     };
-    // From here on, dropping `started` kills and reaps the process.
-    let mut started = Child {
+    // From here on, dropping `child` kills and reaps the process.
+    let child = Child {
         pid,
         exited,
         exit_code: None,
-        stdout: None,
-        stderr: None,
     };
-    started.stdout = Some(pipe::Receiver::from_owned_fd(stdout_read).map_err(SpawnError::Other)?);
-    started.stderr = Some(pipe::Receiver::from_owned_fd(stderr_read).map_err(SpawnError::Other)?);
-    Ok(started)
+    Ok(Started {
+        stdout: pipe::Receiver::from_owned_fd(stdout_read).map_err(SpawnError::Other)?,
+        stderr: pipe::Receiver::from_owned_fd(stderr_read).map_err(SpawnError::Other)?,
+        child,
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Launch, SpawnError, spawn};
+    use super::{Launch, SpawnError, Started, spawn};
     use tokio::io::AsyncReadExt;
 
     fn launch(argv: &[&str]) -> Launch {
@@ -499,13 +501,9 @@ mod tests {
         }
     }
 
-    async fn read_all(stream: Option<tokio::net::unix::pipe::Receiver>) -> String {
+    async fn read_all(mut stream: tokio::net::unix::pipe::Receiver) -> String {
         let mut text = String::new();
-        stream
-            .expect("a pipe")
-            .read_to_string(&mut text)
-            .await
-            .expect("read");
+        stream.read_to_string(&mut text).await.expect("read");
         text
     }
 
@@ -521,9 +519,12 @@ mod tests {
         launch.env.push(("X".into(), "overridden".into()));
         launch.env.push(("X".into(), "x=1".into()));
         launch.dir = Some(dir.path().to_path_buf());
-        let mut child = spawn(&launch, Some(stdin.into()), &[], true)
+        let Started {
+            mut child,
+            stdout,
+            stderr,
+        } = spawn(&launch, Some(stdin.into()), &[], true)
             .unwrap_or_else(|e| panic!("spawn: {e:?}"));
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let (stdout, stderr, code) = tokio::join!(read_all(stdout), read_all(stderr), child.wait());
         assert_eq!(code.expect("wait"), 3);
         assert_eq!(stderr, "oops\n");
@@ -556,7 +557,8 @@ mod tests {
         })
         .join()
         .expect("the starting thread")
-        .expect("spawn");
+        .expect("spawn")
+        .child;
         let code = runtime.block_on(child.wait()).expect("wait");
         assert_eq!(code, 128 + 9);
         assert!(started.elapsed() < std::time::Duration::from_secs(20));
@@ -586,8 +588,9 @@ mod tests {
     async fn a_step_killed_by_any_signal_ends_as_from_a_shell() {
         for (signal, number) in [("KILL", 9), ("RTMIN", nix::libc::SIGRTMIN())] {
             let script = format!("kill -{signal} $$");
-            let mut child =
-                spawn(&launch(&["sh", "-c", &script]), None, &[], false).expect("spawn");
+            let mut child = spawn(&launch(&["sh", "-c", &script]), None, &[], false)
+                .expect("spawn")
+                .child;
             assert_eq!(child.wait().await.expect("wait"), 128 + number, "{signal}");
         }
     }
