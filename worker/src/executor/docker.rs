@@ -461,8 +461,9 @@ impl DockerExecutor {
     }
 }
 
-/// How often, and how far apart, a SIGKILLed container's OOM flag is read: 1 s in all.
-const OOM_ASKS: u32 = 10;
+/// How often, and how far apart, a SIGKILLed container's OOM flag is read: 3 s in all (1 s
+/// was once too short for the engine's event on a loaded two-core machine).
+const OOM_ASKS: u32 = 30;
 const OOM_ASK_INTERVAL: Duration = Duration::from_millis(100);
 
 fn docker_failed(error: DockerError) -> ExecutorError {
