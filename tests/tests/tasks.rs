@@ -621,15 +621,87 @@ async fn a_node_with_a_free_slot_claims_a_task_sent_to_it_in_the_entry_behind_it
 
 /// Node `index`'s `shoal_worker_granted_behind_submissions_total`.
 async fn granted_behind(cluster: &TestCluster, index: usize) -> Result<u64> {
+    node_counter(
+        cluster,
+        index,
+        "shoal_worker_granted_behind_submissions_total",
+    )
+    .await
+}
+
+/// The value of node `index`'s counter `name` (a series without labels) on `/metrics`.
+async fn node_counter(cluster: &TestCluster, index: usize, name: &str) -> Result<u64> {
     let metrics = reqwest::get(format!("{}/metrics", cluster.nodes[index].http_url()))
         .await?
         .text()
         .await?;
     metrics
         .lines()
-        .find_map(|line| line.strip_prefix("shoal_worker_granted_behind_submissions_total "))
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|value| value.trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no granted_behind_submissions in {metrics}"))
+        .ok_or_else(|| anyhow::anyhow!("no {name} in {metrics}"))
+}
+
+#[tokio::test]
+async fn an_ended_attempts_report_begins_the_next_queued_claim_and_refills_the_queue_in_one_entry()
+-> Result<()> {
+    const TASKS: usize = 10;
+    let cluster = TestCluster::formed(
+        1,
+        ClusterOptions {
+            slots: 1,
+            ..single_node()
+        },
+    )
+    .await?;
+    // A node claims only once it has ended its previous life's claims, just after it starts.
+    let first = cluster.submit_task(0, &shell("true")).await?;
+    cluster.wait_task(0, &first, TASK_TIMEOUT).await?;
+    let begun_before = node_counter(&cluster, 0, "shoal_worker_begun_behind_reports_total").await?;
+
+    phase("tasks that run one after another on a one-slot node, the next one queued");
+    // Shorter than the delay before an attempt writes that it started.
+    let task = shell("sleep 0.05");
+    let submissions = (0..TASKS).map(|_| cluster.submit_task(0, &task));
+    let ids: Vec<String> = futures::future::try_join_all(submissions).await?;
+    let applied =
+        async || -> Result<u64> { Ok(cluster.status(0, true).await?.applied_index.unwrap_or(0)) };
+    let mut first_end = None;
+    let mut ended = 0;
+    while ended < TASKS {
+        ended = 0;
+        for id in &ids {
+            let task = cluster.task(0, id, "MINIMAL").await?;
+            match task["state"].as_str() {
+                Some("COMPLETE") => ended += 1,
+                Some("QUEUED" | "INITIALIZING" | "RUNNING") => {}
+                _ => anyhow::bail!("task {id}: {task}"),
+            }
+        }
+        if ended > 0 && first_end.is_none() {
+            first_end = Some((ended, applied().await?));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ended_then, applied_then) = first_end.expect("a first end");
+    let entries = applied().await? - applied_then;
+    let ends = (TASKS - ended_then) as u64;
+
+    phase("each end was one entry: the report, the next claim's Begin and the refill claim");
+    let begun =
+        node_counter(&cluster, 0, "shoal_worker_begun_behind_reports_total").await? - begun_before;
+    ensure!(
+        begun + 1 >= TASKS as u64 - 1,
+        "{begun} of {} queued claims were begun in a report's entry",
+        TASKS - 1
+    );
+    // Three writes an end before (the report, the Begin, the refill claim); one now, with
+    // room for a claim loop that woke between them.
+    ensure!(
+        entries <= ends + 3,
+        "{entries} log entries for the last {ends} attempt ends"
+    );
+    Ok(())
 }
 
 #[tokio::test]

@@ -3,7 +3,10 @@
 //! holds something claimable (or, with a free slot, something to steal), and runs each grant
 //! as an attempt in its own task. A task submitted on this node while a slot is free brings
 //! a claim in the entry behind it (`claim_behind`), which saves the round the loop would
-//! take after applying it. One claim at a time: the claim turn.
+//! take after applying it. Ended attempts do the same (`step_behind_report`): their report
+//! carries the `Begin`s of the queued claims that take their slots and the claim that refills
+//! the queue, so the end of an attempt is one write, not three. One claim at a time: the
+//! claim turn.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,8 +15,9 @@ use std::time::Duration;
 
 use shoal_raft::ClusterError;
 use shoal_raft::cluster::Follow;
-use shoal_raft::command::{Command, Completion, Grant, Outcome};
+use shoal_raft::command::{CLAIM_ENDS_BATCH_FORMAT, Command, Completion, Grant, Outcome};
 use shoal_raft::job::{AttemptOutcome, Capacity, DatumKey};
+use tokio::sync::{OwnedMutexGuard, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::shared::{Running, Shared, lock};
@@ -69,8 +73,21 @@ pub(crate) fn wants_work(shared: &Shared) -> (u32, u32, Capacity) {
 
 /// Begins queued claims while slots are free and their demand fits in the free capacity. A
 /// grant leaves the queue and takes its slot under the same locks, so the claim watch never
-/// sees it in neither place.
+/// sees it in neither place. Each attempt writes its own `Begin`.
 pub(crate) fn start_queued(shared: &Arc<Shared>) {
+    start_queued_with(shared, None);
+}
+
+/// A queued claim begun by a caller that writes its `Begin` (a report's step), and where the
+/// answer goes: true when the log accepted it.
+struct CarriedBegin {
+    grant: Grant,
+    answer: oneshot::Sender<bool>,
+}
+
+/// [`start_queued`]; with `carried`, the `Begin`s of queued claims go there for the caller
+/// to write and their attempts wait for the answer.
+fn start_queued_with(shared: &Arc<Shared>, mut carried: Option<&mut Vec<CarriedBegin>>) {
     while !shared.stop.is_cancelled() {
         let (grant, cancel, live, count) = {
             // Lock order everywhere: finished, running, queue.
@@ -99,7 +116,15 @@ pub(crate) fn start_queued(shared: &Arc<Shared>) {
             (grant, cancel, live, running.len())
         };
         shared.cluster.set_running(count as u32);
-        spawn_attempt(shared, grant, cancel, live);
+        let began = match carried.as_deref_mut() {
+            Some(begins) if grant.queued => {
+                let (answer, began) = oneshot::channel();
+                begins.push(CarriedBegin { grant, answer });
+                Some(began)
+            }
+            _ => None,
+        };
+        spawn_attempt(shared, grant, cancel, live, began);
     }
 }
 
@@ -111,10 +136,22 @@ pub(crate) async fn claim_loop(shared: Arc<Shared>) {
         if claim_once(&shared).await {
             continue;
         }
-        tokio::select! {
-            changed = applied.changed() => if changed.is_err() { return },
-            () = shared.slot_freed.notified() => {}
-            () = shared.stop.cancelled() => return,
+        loop {
+            tokio::select! {
+                changed = applied.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    // While ended attempts are being reported, their report takes the claim
+                    // step (and wakes this loop if it leaves room): waiting for the turn
+                    // here would take the step from under it.
+                    if !shared.reporting.load(Ordering::SeqCst) {
+                        break;
+                    }
+                }
+                () = shared.slot_freed.notified() => break,
+                () = shared.stop.cancelled() => return,
+            }
         }
     }
 }
@@ -170,6 +207,116 @@ pub(crate) fn claim_behind(shared: &Arc<Shared>) -> Option<Follow> {
         drop(turn);
     });
     Some(follow)
+}
+
+/// What a report carries for the claim loop, written behind the completions in the report's
+/// own entry: the `Begin`s of the queued claims that took the slots its attempts freed, and
+/// this node's claim (last, as a claim must be). Holds the claim turn until it is answered.
+pub(crate) struct Step {
+    _turn: OwnedMutexGuard<()>,
+    begins: Vec<CarriedBegin>,
+    claim: Option<Command>,
+}
+
+/// The step a report carries, taken after its attempts' slots were freed. `None` when there
+/// is nothing to begin or claim, or before the previous life's claims are ended. When
+/// another claim holds the turn, or the cluster's format cannot end an entry with a claim,
+/// the loop is woken to take the step (or the claim) itself.
+pub(crate) fn step_behind_report(shared: &Arc<Shared>) -> Option<Step> {
+    if shared.life_start.load(Ordering::SeqCst) == u64::MAX {
+        return None;
+    }
+    let Ok(turn) = shared.claim_turn.clone().try_lock_owned() else {
+        // Another claim is on its way (one behind a submission, most likely): the loop takes
+        // the step once it is answered, rather than this report waiting a round for it.
+        shared.slot_freed.notify_one();
+        return None;
+    };
+    let mut begins = Vec::new();
+    start_queued_with(shared, Some(&mut begins));
+    let claim = if shared.cluster.view().read().format_version() >= CLAIM_ENDS_BATCH_FORMAT {
+        let (max, queue, free) = wants_work(shared);
+        (max + queue > 0).then(|| Command::ClaimBatch {
+            node_id: shared.cluster.node_id(),
+            max,
+            queue,
+            free,
+        })
+    } else {
+        // The loop claims, in an entry of its own, once this step has let go of the turn.
+        shared.slot_freed.notify_one();
+        None
+    };
+    if begins.is_empty() && claim.is_none() {
+        return None;
+    }
+    Some(Step {
+        _turn: turn,
+        begins,
+        claim,
+    })
+}
+
+impl Step {
+    /// How many commands [`Step::commands`] gives.
+    pub(crate) fn len(&self) -> usize {
+        self.begins.len() + usize::from(self.claim.is_some())
+    }
+
+    /// The commands to write behind the report, in order, the claim last.
+    pub(crate) fn commands(&self, node_id: shoal_raft::NodeId) -> Vec<Command> {
+        self.begins
+            .iter()
+            .map(|begun| Command::Begin {
+                node_id,
+                datum: begun.grant.datum,
+                fence: begun.grant.fence,
+            })
+            .chain(self.claim.clone())
+            .collect()
+    }
+
+    /// Hands each `Begin`'s answer to its attempt and starts or queues what the claim
+    /// granted, from the outcomes of [`Step::commands`] (`None` when the write failed: the
+    /// begun claims are left to the claim watch or to lease expiry, as a failed `Begin` of
+    /// an attempt's own is, and the loop is woken to claim again). Then lets go of the turn.
+    pub(crate) fn answer(self, shared: &Arc<Shared>, outcomes: Option<&[Outcome]>) {
+        if outcomes.is_none() {
+            shared.slot_freed.notify_one();
+        }
+        let mut outcomes = outcomes.map(<[Outcome]>::iter);
+        for begun in self.begins {
+            let outcome = outcomes.as_mut().and_then(Iterator::next);
+            let accepted = matches!(outcome, Some(Outcome::Reported { accepted: 1, .. }));
+            if accepted {
+                crate::metrics::worker().begun_behind_reports.inc();
+            }
+            let _ = begun.answer.send(accepted);
+        }
+        if self.claim.is_some() {
+            let answer = match outcomes.as_mut().and_then(Iterator::next) {
+                Some(outcome) => Ok(outcome.clone()),
+                None => Err(shoal_raft::ClusterError::Failed(
+                    "the report carrying the claim was not written".to_string(),
+                )),
+            };
+            if take_grants(shared, answer) > 0 {
+                // There may be more: the loop looks once this turn ends.
+                shared.slot_freed.notify_one();
+            }
+        }
+    }
+}
+
+/// The reporter has nothing more in hand: the claim loop goes back to watching the log, and
+/// is woken now if the node has room for work (what the log applied while the reporter took
+/// the claim steps may be claimable).
+pub(crate) fn reporting_done(shared: &Shared) {
+    shared.reporting.store(false, Ordering::SeqCst);
+    let (slots, room, _) = room_for_work(shared);
+    if slots + room > 0 {
+        shared.slot_freed.notify_one();
+    }
 }
 
 /// Starts or queues what a `ClaimBatch` granted; returns how many it granted.
@@ -245,7 +392,7 @@ pub(crate) fn start_attempt(shared: &Arc<Shared>, grant: Grant) {
         (cancel, live, running.len())
     };
     shared.cluster.set_running(count as u32);
-    spawn_attempt(shared, grant, cancel, live);
+    spawn_attempt(shared, grant, cancel, live, None);
 }
 
 /// Whether `grant` runs or ran here already.
@@ -279,12 +426,15 @@ pub(crate) fn occupy(
     (cancel, live)
 }
 
-/// Runs an attempt that holds its slot already.
+/// Runs an attempt that holds its slot already. A queued claim is begun first: by the
+/// attempt's own write, or by the writer of `began` (a report's step), whose answer it awaits.
+/// Its report goes to the reporter, which frees the slot once it has the report in hand.
 pub(crate) fn spawn_attempt(
     shared: &Arc<Shared>,
     grant: Grant,
     cancel: CancellationToken,
     live: Arc<live::LiveAttempt>,
+    began: Option<oneshot::Receiver<bool>>,
 ) {
     let shared = shared.clone();
     let span = tracing::info_span!(
@@ -294,25 +444,30 @@ pub(crate) fn spawn_attempt(
         attempt = grant.attempt
     );
     let work = async move {
-        if grant.queued && !begin(&shared, &grant).await {
-            release_slot(&shared, &grant);
-            return;
+        if grant.queued {
+            let begun = match began {
+                Some(answer) => answer.await.unwrap_or(false),
+                None => begin(&shared, &grant).await,
+            };
+            if !begun {
+                release_slot(&shared, grant.datum, grant.fence);
+                return;
+            }
         }
         let report = attempt::run(shared.clone(), grant, cancel, live).await;
         let stopped = shared.killed_by_stop.load(Ordering::SeqCst)
             && report.outcome == AttemptOutcome::Canceled;
         lock(&shared.finished).insert((grant.datum, grant.fence));
-        if !stopped {
-            let _ = shared
-                .reports
-                .send(Completion {
-                    datum: grant.datum,
-                    fence: grant.fence,
-                    report,
-                })
-                .await;
+        let completion = Completion {
+            datum: grant.datum,
+            fence: grant.fence,
+            report,
+        };
+        // Sent before the slot frees: a stop that waits for free slots finds every report
+        // queued.
+        if stopped || shared.reports.send(completion).await.is_err() {
+            release_slot(&shared, grant.datum, grant.fence);
         }
-        release_slot(&shared, &grant);
     };
     shoal_raft::runtime::spawn(tracing::Instrument::instrument(work, span));
 }
@@ -339,20 +494,23 @@ pub(crate) async fn begin(shared: &Shared, grant: &Grant) -> bool {
     }
 }
 
-/// Frees the slot `grant` held and wakes the claim loop.
-pub(crate) fn release_slot(shared: &Shared, grant: &Grant) {
+/// Frees the slot the attempt of `datum` under `fence` held and wakes the claim loop.
+pub(crate) fn release_slot(shared: &Shared, datum: DatumKey, fence: u64) {
+    free_slot(shared, datum, fence);
+    shared.slot_freed.notify_one();
+}
+
+/// Frees the slot the attempt of `datum` under `fence` held, and tells a stop waiting for
+/// idle slots; the claim loop is not woken (the reporter takes the claim step itself).
+pub(crate) fn free_slot(shared: &Shared, datum: DatumKey, fence: u64) {
     let count = {
         let mut running = shared.running();
         // A newer attempt of the same datum may have taken the entry: leave it.
-        if running
-            .get(&grant.datum)
-            .is_some_and(|r| r.fence == grant.fence)
-        {
-            running.remove(&grant.datum);
+        if running.get(&datum).is_some_and(|r| r.fence == fence) {
+            running.remove(&datum);
         }
         running.len()
     };
     shared.cluster.set_running(count as u32);
-    shared.slot_freed.notify_waiters();
-    shared.slot_freed.notify_one();
+    shared.slot_ended.notify_waiters();
 }

@@ -173,6 +173,8 @@ impl Worker {
             life_start: std::sync::atomic::AtomicU64::new(u64::MAX),
             claim_turn: Arc::new(tokio::sync::Mutex::new(())),
             slot_freed: Notify::new(),
+            slot_ended: Notify::new(),
+            reporting: AtomicBool::new(false),
             reports,
             stop: CancellationToken::new(),
             killed_by_stop: AtomicBool::new(false),
@@ -254,9 +256,16 @@ impl Worker {
 
     /// Waits until no attempt runs, or `deadline`.
     async fn wait_idle(&self, deadline: tokio::time::Instant) {
-        while !self.shared.running().is_empty() && tokio::time::Instant::now() < deadline {
+        loop {
+            // Listening before looking, so a slot freed in between still wakes this.
+            let ended = self.shared.slot_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if self.shared.running().is_empty() || tokio::time::Instant::now() >= deadline {
+                return;
+            }
             tokio::select! {
-                () = self.shared.slot_freed.notified() => {}
+                () = ended => {}
                 () = tokio::time::sleep_until(deadline) => {}
             }
         }

@@ -42,6 +42,8 @@ pub struct WorkerMetrics {
     pub image_pull_seconds: Histogram,
     /// Datums granted to this node by claims written right behind its own submissions.
     pub granted_behind_submissions: Counter,
+    /// Queued claims this node began in the entry of the report that freed their slots.
+    pub begun_behind_reports: Counter,
 }
 
 static WORKER: LazyLock<WorkerMetrics> = LazyLock::new(|| WorkerMetrics {
@@ -53,6 +55,7 @@ static WORKER: LazyLock<WorkerMetrics> = LazyLock::new(|| WorkerMetrics {
     uploaded_bytes: Counter::default(),
     image_pull_seconds: duration_histogram(),
     granted_behind_submissions: Counter::default(),
+    begun_behind_reports: Counter::default(),
 });
 
 /// This process's worker instruments.
@@ -163,5 +166,10 @@ pub fn register(registry: &mut Registry) {
         "granted_behind_submissions",
         "Datums granted to this node by claims written right behind its own submissions",
         m.granted_behind_submissions.clone(),
+    );
+    worker.register(
+        "begun_behind_reports",
+        "Queued claims this node began in the entry of the report that freed their slots",
+        m.begun_behind_reports.clone(),
     );
 }

@@ -1,15 +1,19 @@
 //! The reporter: sends ended attempts to the log in `CompleteBatch` entries, as many as
-//! queued while the previous batch was committing, bounded in count and bytes.
+//! queued while the previous batch was committing, bounded in count and bytes. It frees the
+//! attempts' slots once it holds their reports, and its entry carries the claim loop's next
+//! step (`claims::step_behind_report`): the `Begin`s of the queued claims that take the
+//! freed slots and the claim that refills the queue. So an attempt's end is one write.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shoal_raft::command::{Command, Completion, Outcome};
 use shoal_raft::job::DatumKey;
 use tokio::sync::mpsc;
 
-use crate::pipeline;
 use crate::shared::Shared;
+use crate::{claims, pipeline};
 
 /// Completions waiting for the reporter; attempts wait when it is full.
 pub(crate) const REPORT_QUEUE_MAX: usize = 4096;
@@ -59,45 +63,100 @@ pub(crate) async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Comp
                 },
             },
         };
-        let mut bytes = report_bytes(&first);
+        shared.reporting.store(true, Ordering::SeqCst);
+        claims::free_slot(&shared, first.datum, first.fence);
         let mut batch = vec![first];
-        while batch.len() < REPORT_BATCH_MAX && bytes < REPORT_BATCH_BYTES_MAX {
-            match queue.try_recv() {
-                Ok(completion) => {
-                    bytes += report_bytes(&completion);
-                    batch.push(completion);
-                }
-                Err(_) => break,
-            }
-        }
-        if bytes > REPORT_BATCH_BYTES_MAX && batch.len() > 1 {
-            carried = batch.pop();
-        }
+        gather(&shared, &mut queue, &mut batch, &mut carried, false);
+        let mut step = claims::step_behind_report(&shared);
         loop {
-            let command = Command::CompleteBatch {
-                node_id: shared.cluster.node_id(),
+            let node_id = shared.cluster.node_id();
+            let report = Command::CompleteBatch {
+                node_id,
                 reports: batch.clone(),
+            };
+            let command = match &step {
+                Some(step) => Command::Batch(
+                    std::iter::once(report)
+                        .chain(step.commands(node_id))
+                        .collect(),
+                ),
+                None => report,
             };
             match shared.cluster.write(command).await {
                 Ok(outcome) => {
+                    let outcome = match (outcome, step.take()) {
+                        (Outcome::Batch(mut outcomes), Some(step))
+                            if outcomes.len() == 1 + step.len() =>
+                        {
+                            step.answer(&shared, Some(&outcomes[1..]));
+                            outcomes.swap_remove(0)
+                        }
+                        (outcome, Some(step)) => {
+                            tracing::warn!(?outcome, "unexpected answer to a report and its claim");
+                            step.answer(&shared, None);
+                            outcome
+                        }
+                        (outcome, None) => outcome,
+                    };
                     tracing::debug!(?outcome, "reported attempts");
                     if let Outcome::Reported { stale, .. } = &outcome {
                         remove_stale_staging(&shared, &batch, stale);
                     }
+                    if carried.is_none() && queue.is_empty() {
+                        claims::reporting_done(&shared);
+                    }
                     break;
                 }
-                Err(error) if shared.flush.is_cancelled() => {
-                    // The node is stopping and the log does not answer: the claims expire
-                    // and the datums run again elsewhere.
-                    tracing::warn!(%error, count = batch.len(), "stopping with attempts unreported");
-                    return;
-                }
                 Err(error) => {
+                    if let Some(step) = step.take() {
+                        step.answer(&shared, None);
+                    }
+                    // The retries carry no claim step: the claim loop watches the log again.
+                    claims::reporting_done(&shared);
+                    if shared.flush.is_cancelled() {
+                        // The node is stopping and the log does not answer: the claims expire
+                        // and the datums run again elsewhere.
+                        tracing::warn!(%error, count = batch.len(), "stopping with attempts unreported");
+                        return;
+                    }
                     tracing::warn!(%error, "reporting attempts failed; retrying");
                     tokio::time::sleep(REPORT_RETRY).await;
+                    // What ended meanwhile goes with the retry, and frees its slot (a stop
+                    // waits for free slots).
+                    if carried.is_none() {
+                        gather(&shared, &mut queue, &mut batch, &mut carried, true);
+                    }
                 }
             }
         }
+    }
+}
+
+/// Adds what is queued to `batch`, within the batch's limits (the completion that would pass
+/// the byte limit goes to `carried`), and frees the slots of what it took. With `wake`, the
+/// claim loop is woken for them; else the caller takes the claim step.
+fn gather(
+    shared: &Shared,
+    queue: &mut mpsc::Receiver<Completion>,
+    batch: &mut Vec<Completion>,
+    carried: &mut Option<Completion>,
+    wake: bool,
+) {
+    let mut bytes: usize = batch.iter().map(report_bytes).sum();
+    while batch.len() < REPORT_BATCH_MAX && bytes < REPORT_BATCH_BYTES_MAX {
+        let Ok(completion) = queue.try_recv() else {
+            break;
+        };
+        if wake {
+            claims::release_slot(shared, completion.datum, completion.fence);
+        } else {
+            claims::free_slot(shared, completion.datum, completion.fence);
+        }
+        bytes += report_bytes(&completion);
+        batch.push(completion);
+    }
+    if bytes > REPORT_BATCH_BYTES_MAX && batch.len() > 1 {
+        *carried = batch.pop();
     }
 }
 

@@ -45,7 +45,13 @@ pub(crate) struct Shared {
     /// until the grants are started, and by the claim watch while it adopts orphans. One at
     /// a time, so no free slot is counted twice and no grant in flight is taken for an orphan.
     pub(crate) claim_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Wakes the claim loop: a slot freed and nobody else took the claim step.
     pub(crate) slot_freed: Notify,
+    /// Set while the reporter holds ended attempts' reports: it takes the claim steps, and the
+    /// claim loop does not wake for applied entries meanwhile.
+    pub(crate) reporting: AtomicBool,
+    /// Wakes a stop waiting for the running attempts to end: a slot freed.
+    pub(crate) slot_ended: Notify,
     pub(crate) reports: mpsc::Sender<Completion>,
     pub(crate) stop: CancellationToken,
     /// Set when shutdown kills what still runs after the grace period: those attempts go
