@@ -495,7 +495,7 @@ pub(crate) async fn begin(shared: &Shared, grant: &Grant) -> bool {
 }
 
 /// Frees the slot the attempt of `datum` under `fence` held and wakes the claim loop.
-pub(crate) fn release_slot(shared: &Shared, datum: DatumKey, fence: u64) {
+fn release_slot(shared: &Shared, datum: DatumKey, fence: u64) {
     free_slot(shared, datum, fence);
     shared.slot_freed.notify_one();
 }

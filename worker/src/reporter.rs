@@ -66,7 +66,7 @@ pub(crate) async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Comp
         shared.reporting.store(true, Ordering::SeqCst);
         claims::free_slot(&shared, first.datum, first.fence);
         let mut batch = vec![first];
-        gather(&shared, &mut queue, &mut batch, &mut carried, false);
+        gather(&shared, &mut queue, &mut batch, &mut carried);
         let mut step = claims::step_behind_report(&shared);
         loop {
             let node_id = shared.cluster.node_id();
@@ -122,9 +122,10 @@ pub(crate) async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Comp
                     tracing::warn!(%error, "reporting attempts failed; retrying");
                     tokio::time::sleep(REPORT_RETRY).await;
                     // What ended meanwhile goes with the retry, and frees its slot (a stop
-                    // waits for free slots).
+                    // waits for free slots). The claim loop, watching the log again, or the
+                    // next report's step begins what fits in it.
                     if carried.is_none() {
-                        gather(&shared, &mut queue, &mut batch, &mut carried, true);
+                        gather(&shared, &mut queue, &mut batch, &mut carried);
                     }
                 }
             }
@@ -133,25 +134,20 @@ pub(crate) async fn reporter(shared: Arc<Shared>, mut queue: mpsc::Receiver<Comp
 }
 
 /// Adds what is queued to `batch`, within the batch's limits (the completion that would pass
-/// the byte limit goes to `carried`), and frees the slots of what it took. With `wake`, the
-/// claim loop is woken for them; else the caller takes the claim step.
+/// the byte limit goes to `carried`), and frees the slots of what it took without waking the
+/// claim loop.
 fn gather(
     shared: &Shared,
     queue: &mut mpsc::Receiver<Completion>,
     batch: &mut Vec<Completion>,
     carried: &mut Option<Completion>,
-    wake: bool,
 ) {
     let mut bytes: usize = batch.iter().map(report_bytes).sum();
     while batch.len() < REPORT_BATCH_MAX && bytes < REPORT_BATCH_BYTES_MAX {
         let Ok(completion) = queue.try_recv() else {
             break;
         };
-        if wake {
-            claims::release_slot(shared, completion.datum, completion.fence);
-        } else {
-            claims::free_slot(shared, completion.datum, completion.fence);
-        }
+        claims::free_slot(shared, completion.datum, completion.fence);
         bytes += report_bytes(&completion);
         batch.push(completion);
     }
