@@ -4,7 +4,10 @@
 //!
 //! Every redb call runs on the blocking pool, never on the async reactor. Each append is one
 //! durable redb commit (one `fdatasync`), and openraft hears it is flushed when that commit
-//! returns. openraft 0.9 awaits every append's flush before it appends again, so a flusher
+//! returns. The newest entries stay in memory as well ([`Tail`]): every node reads each entry
+//! back to apply it (openraft's core task awaits that read) and a leader once more for each
+//! follower, all soon after the append, and those reads are served without redb or a thread
+//! hop. openraft 0.9 awaits every append's flush before it appends again, so a flusher
 //! thread making one durable commit for several appends never found two to group: it only
 //! added a second commit and a thread hop to every append.
 //!
@@ -46,6 +49,112 @@ pub struct LogStore {
     marked: Option<LogId>,
     /// The newest committed id openraft saved and no append has written yet.
     unsaved_committed: Arc<Mutex<Option<LogId>>>,
+    /// The newest entries, as flushed.
+    tail: Arc<Mutex<Tail>>,
+}
+
+/// Entries kept in memory at most, and their encoded bytes at most (the newest are kept).
+const TAIL_ENTRIES_MAX: usize = 1024;
+const TAIL_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// The last entries of the log, copied in memory: a run of consecutive indexes that always
+/// ends at the log's last entry (or is empty). An append extends it (or starts it afresh
+/// after a gap), a truncation cuts its end, a purge its start, and the oldest entries go
+/// past [`TAIL_ENTRIES_MAX`] or [`TAIL_BYTES_MAX`]. A read it covers wholly is answered
+/// from here; any other goes to redb.
+#[derive(Debug, Default)]
+struct Tail {
+    /// Each entry with its encoded size, oldest first.
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Tail {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(entry, _)| entry.log_id.index)
+    }
+
+    fn next_index(&self) -> Option<u64> {
+        self.entries.back().map(|(entry, _)| entry.log_id.index + 1)
+    }
+
+    /// `entries` (consecutive, each with its encoded size) were flushed at the log's end.
+    fn appended(&mut self, entries: Vec<(Entry, usize)>) {
+        let Some((first, _)) = entries.first() else {
+            return;
+        };
+        let first = first.log_id.index;
+        // An append replaces what the log held from `first` on; one past a gap (after a
+        // snapshot was installed) leaves nothing of the old run at the log's end.
+        self.truncated(first);
+        if self.next_index().is_some_and(|next| next != first) {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for (entry, size) in entries {
+            self.bytes += size;
+            self.entries.push_back((entry, size));
+        }
+        while self.entries.len() > TAIL_ENTRIES_MAX || self.bytes > TAIL_BYTES_MAX {
+            self.pop_front();
+        }
+    }
+
+    /// Entries from `since` on are gone.
+    fn truncated(&mut self, since: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(entry, _)| entry.log_id.index >= since)
+        {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Entries up to `upto` are gone.
+    fn purged(&mut self, upto: u64) {
+        while self.first_index().is_some_and(|first| first <= upto) {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((_, size)) = self.entries.pop_front() {
+            self.bytes -= size;
+        }
+    }
+
+    /// The entries in `start..end`, when this holds every entry the log holds there.
+    fn read(&self, start: Bound<u64>, end: Bound<u64>) -> Option<Vec<Entry>> {
+        let (first, next) = self.first_index().zip(self.next_index())?;
+        let start = match start {
+            Bound::Included(start) => start,
+            Bound::Excluded(start) => start.checked_add(1)?,
+            Bound::Unbounded => 0,
+        };
+        let end = match end {
+            Bound::Included(end) => end.saturating_add(1),
+            Bound::Excluded(end) => end,
+            Bound::Unbounded => next,
+        };
+        // The run ends where the log does, so a range past it asks for what the log does not
+        // hold either: redb answers that, as it did before entries were kept here.
+        if start < first || end > next {
+            return None;
+        }
+        let skip = usize::try_from(start - first).ok()?;
+        let take = usize::try_from(end.saturating_sub(start)).ok()?;
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .take(take)
+                .map(|(entry, _)| entry.clone())
+                .collect(),
+        )
+    }
 }
 
 /// Which appended entries are durable: every append gets a sequence number, and says once its
@@ -237,6 +346,7 @@ impl LogStore {
             mark,
             marked,
             unsaved_committed: Arc::new(Mutex::new(None)),
+            tail: Arc::new(Mutex::new(Tail::default())),
         })
     }
 
@@ -250,6 +360,12 @@ impl LogStore {
 
     fn unsaved_committed(&self) -> std::sync::MutexGuard<'_, Option<LogId>> {
         self.unsaved_committed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tail(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -352,6 +468,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let start = range.start_bound().cloned();
         let end = range.end_bound().cloned();
+        if let Some(entries) = self.tail().read(start, end) {
+            return Ok(entries);
+        }
         self.blocking(ErrorVerb::Read, move |db| read_range(db, start, end))
             .await
     }
@@ -438,9 +557,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut flushed = Vec::new();
         for entry in entries {
             let bytes = codec::encode(&entry).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
+            let size = bytes.len();
             encoded.push((entry.log_id.index, bytes));
+            flushed.push((entry, size));
         }
         crate::metrics::raft()
             .entries_appended
@@ -481,6 +603,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
             return result;
         }
+        self.tail().appended(flushed);
         let seq = appended.map_or(0, |(first, last)| self.durability.appended(first, last));
         self.durability.flushed(seq);
         callback.log_io_completed(Ok(()));
@@ -489,6 +612,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.durability.truncated(log_id.index);
+        self.tail().truncated(log_id.index);
         self.blocking(ErrorVerb::Delete, move |db| {
             let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
@@ -504,6 +628,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let purged = codec::encode(&log_id).map_err(|e| log_error(ErrorVerb::Write)(&e))?;
+        self.tail().purged(log_id.index);
         self.blocking(ErrorVerb::Delete, move |db| {
             let txn = db.begin_write().map_err(|e| e.to_string())?;
             {
@@ -549,6 +674,88 @@ mod tests {
         assert!(!ready(4));
         durability.flushed(third);
         assert!(ready(4));
+    }
+
+    fn entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<(Entry, usize)> {
+        indexes
+            .map(|index| {
+                let entry = Entry {
+                    log_id: id(term, index),
+                    payload: EntryPayload::Blank,
+                };
+                (entry, 100)
+            })
+            .collect()
+    }
+
+    /// The indexes and terms of what `tail` answers for `start..end`.
+    fn read(tail: &Tail, start: Bound<u64>, end: Bound<u64>) -> Option<Vec<(u64, u64)>> {
+        let found = tail.read(start, end)?;
+        Some(
+            found
+                .iter()
+                .map(|entry| (entry.log_id.index, entry.log_id.leader_id.term))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_tail_answers_only_reads_it_holds_wholly_as_the_log_holds_them() {
+        use Bound::{Excluded, Included, Unbounded};
+        let mut tail = Tail::default();
+        assert_eq!(read(&tail, Included(1), Unbounded), None);
+        tail.appended(entries(1, 5..=9));
+        assert_eq!(
+            read(&tail, Included(6), Excluded(8)),
+            Some(vec![(6, 1), (7, 1)])
+        );
+        assert_eq!(read(&tail, Excluded(8), Unbounded), Some(vec![(9, 1)]));
+        assert_eq!(read(&tail, Included(10), Unbounded), Some(vec![]));
+        // Before the run, or past the log's end: left to redb.
+        assert_eq!(read(&tail, Included(4), Included(6)), None);
+        assert_eq!(read(&tail, Included(8), Included(10)), None);
+
+        // A new leader overwrites 8 and 9 (openraft truncates first; an append alone does too).
+        tail.truncated(8);
+        assert_eq!(read(&tail, Included(7), Unbounded), Some(vec![(7, 1)]));
+        tail.appended(entries(2, 7..=8));
+        assert_eq!(
+            read(&tail, Included(5), Unbounded),
+            Some(vec![(5, 1), (6, 1), (7, 2), (8, 2)])
+        );
+        tail.purged(6);
+        assert_eq!(read(&tail, Included(6), Unbounded), None);
+        assert_eq!(
+            read(&tail, Included(7), Unbounded),
+            Some(vec![(7, 2), (8, 2)])
+        );
+
+        // A snapshot installed past the log's end: the next append starts a new run.
+        tail.appended(entries(3, 20..=21));
+        assert_eq!(read(&tail, Included(8), Unbounded), None);
+        assert_eq!(
+            read(&tail, Included(20), Unbounded),
+            Some(vec![(20, 3), (21, 3)])
+        );
+    }
+
+    #[test]
+    fn the_tail_keeps_the_newest_entries_within_its_bounds() {
+        let mut tail = Tail::default();
+        let count = TAIL_ENTRIES_MAX as u64 + 10;
+        tail.appended(entries(1, 1..=count));
+        assert_eq!(tail.entries.len(), TAIL_ENTRIES_MAX);
+        assert_eq!(tail.first_index(), Some(11));
+        assert_eq!(tail.next_index(), Some(count + 1));
+        // Big entries: as many as fit in the byte bound.
+        let big = TAIL_BYTES_MAX / 4;
+        let mut large = entries(1, count + 1..=count + 8);
+        large.iter_mut().for_each(|(_, size)| *size = big);
+        tail.appended(large);
+        assert_eq!(tail.entries.len(), 4);
+        assert_eq!(tail.bytes, 4 * big);
+        tail.truncated(0);
+        assert_eq!((tail.entries.len(), tail.bytes), (0, 0));
     }
 
     #[test]
