@@ -144,13 +144,14 @@ impl Tail {
         if start < first || end > next {
             return None;
         }
-        let skip = usize::try_from(start - first).ok()?;
-        let take = usize::try_from(end.saturating_sub(start)).ok()?;
+        if start >= end {
+            return Some(Vec::new());
+        }
+        let from = usize::try_from(start - first).ok()?;
+        let to = usize::try_from(end - first).ok()?;
         Some(
             self.entries
-                .iter()
-                .skip(skip)
-                .take(take)
+                .range(from..to)
                 .map(|(entry, _)| entry.clone())
                 .collect(),
         )
@@ -711,6 +712,8 @@ mod tests {
         );
         assert_eq!(read(&tail, Excluded(8), Unbounded), Some(vec![(9, 1)]));
         assert_eq!(read(&tail, Included(10), Unbounded), Some(vec![]));
+        assert_eq!(read(&tail, Included(15), Unbounded), Some(vec![]));
+        assert_eq!(read(&tail, Included(7), Excluded(6)), Some(vec![]));
         // Before the run, or past the log's end: left to redb.
         assert_eq!(read(&tail, Included(4), Included(6)), None);
         assert_eq!(read(&tail, Included(8), Included(10)), None);
