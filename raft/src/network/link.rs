@@ -109,7 +109,7 @@ impl Links {
     pub(super) fn send(
         &self,
         peer: PeerId,
-        addrs: &[Multiaddr],
+        addrs: Vec<Multiaddr>,
         request: Request,
     ) -> Result<Route, NetError> {
         let (reply, answer) = oneshot::channel();
@@ -117,7 +117,7 @@ impl Links {
         // Twice at most: a link that closed between the lookup and the send is looked up
         // again (it may have found the peer speaks only the old way, or a new one opens).
         for _ in 0..2 {
-            let queue = match self.queue(peer, addrs) {
+            let queue = match self.queue(peer, &addrs) {
                 Some(queue) => queue,
                 None => return Ok(Route::Legacy(outgoing.request)),
             };

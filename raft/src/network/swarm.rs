@@ -34,8 +34,7 @@ use super::{Inbound, NetError, NetHandle};
 
 /// Commands queued for the swarm task before callers wait.
 const COMMAND_QUEUE_MAX: usize = 1024;
-/// Inbound requests queued for the dispatcher; beyond this a peer's request is dropped (on a
-/// stream the peer hears so at once, on a substream it times out).
+/// Inbound requests queued for the dispatcher; beyond this a peer's request times out.
 const INBOUND_QUEUE_MAX: usize = 1024;
 /// How long a request may wait for its answer at the protocol level; callers use less.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -391,7 +390,7 @@ impl super::Transport for SwarmTransport {
         let resolver = self.resolver.clone();
         Box::pin(async move {
             let addrs = resolver.resolve(addrs).await;
-            let request = match links.send(peer, &addrs, request)? {
+            let request = match links.send(peer, addrs.clone(), request)? {
                 Route::Stream(answer) => {
                     return answer.await.unwrap_or_else(|_| {
                         Err(NetError::Request {
