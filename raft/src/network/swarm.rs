@@ -1,13 +1,10 @@
 //! The libp2p swarm and the one task that owns it.
 //!
 //! Transport: TCP, then the pre-shared-key handshake (pnet) when a cluster key is set, then
-//! noise and yamux. Behaviours: `stream` for everything shoal says between nodes, on one
-//! long-lived stream per peer and direction (see `link`); `request_response` with
-//! [`FrameCodec`] for the same with peers of older builds, a substream per request;
-//! `identify` to learn peers' listen addresses; `ping` to find dead connections. Other code
-//! talks to the task through [`NetHandle`]: a bounded command channel with oneshot replies.
-//! Inbound requests come out of the receiver returned by [`start`], each with the channel to
-//! answer on.
+//! noise and yamux. Behaviours: `request_response` with [`FrameCodec`] for everything shoal
+//! says between nodes, `identify` to learn peers' listen addresses. Other code talks to the
+//! task through [`NetHandle`]: a bounded command channel with oneshot replies. Inbound
+//! requests come out of the receiver returned by [`start`], each with the channel to answer on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,7 +17,7 @@ use libp2p::core::transport::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, ping, tcp};
 use tokio::sync::{mpsc, oneshot};
@@ -28,7 +25,6 @@ use tokio::sync::{mpsc, oneshot};
 use futures::future::BoxFuture;
 
 use super::coalesce::CoalescedYamux;
-use super::link::{self, Links, Route};
 use super::protocol::{FrameCodec, PROTOCOL, Request, Response};
 use super::{Inbound, NetError, NetHandle};
 
@@ -37,7 +33,7 @@ const COMMAND_QUEUE_MAX: usize = 1024;
 /// Inbound requests queued for the dispatcher; beyond this a peer's request times out.
 const INBOUND_QUEUE_MAX: usize = 1024;
 /// How long a request may wait for its answer at the protocol level; callers use less.
-pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests one peer may have open on one connection at once. Raft RPCs and forwarded
 /// operations share this; a node keeps at most `FORWARDS_IN_FLIGHT_MAX` (in `cluster`)
 /// forwarded operations open, far below it, so Raft RPCs always find room.
@@ -59,15 +55,13 @@ const CONNECTION_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    stream: libp2p_stream::Behaviour,
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     /// Finds connections a partition left dead (the peer's packets dropped, nothing closed).
     ping: ping::Behaviour,
 }
 
-pub(super) enum NetCommand {
-    /// A request the old way: a request/response substream of its own.
+enum NetCommand {
     Request {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
@@ -80,13 +74,6 @@ pub(super) enum NetCommand {
     },
     Dial {
         addrs: Vec<Multiaddr>,
-    },
-    /// Dial `peer` at `addrs` (and the addresses known for it) unless connected or dialling
-    /// already; `done` once the dial is under way.
-    Connect {
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        done: oneshot::Sender<()>,
     },
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
@@ -102,7 +89,6 @@ pub(super) enum NetCommand {
 #[derive(Clone)]
 struct SwarmTransport {
     commands: mpsc::Sender<NetCommand>,
-    links: Links,
     listen_addrs: Vec<Multiaddr>,
     resolver: Resolver,
 }
@@ -150,7 +136,6 @@ fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
             .with_request_timeout(REQUEST_TIMEOUT)
             .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
         Behaviour {
-            stream: libp2p_stream::Behaviour::new(),
             rpc: request_response::Behaviour::with_codec(FrameCodec, protocols, rpc_config),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/shoal/id/1".to_string(),
@@ -205,9 +190,6 @@ pub async fn start(
     }
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
-    let mut control = swarm.behaviour().stream.new_control();
-    link::accept(&mut control, inbound_tx.clone());
-    let links = Links::new(control, commands_tx.clone());
     let task = SwarmTask {
         swarm,
         commands: commands_rx,
@@ -223,7 +205,6 @@ pub async fn start(
     crate::runtime::spawn(task.run());
     let transport = SwarmTransport {
         commands: commands_tx,
-        links,
         listen_addrs,
         resolver: Resolver::default(),
     };
@@ -386,21 +367,9 @@ impl super::Transport for SwarmTransport {
         request: Request,
     ) -> BoxFuture<'static, Result<Response, NetError>> {
         let commands = self.commands.clone();
-        let links = self.links.clone();
         let resolver = self.resolver.clone();
         Box::pin(async move {
             let addrs = resolver.resolve(addrs).await;
-            let request = match links.send(peer, addrs.clone(), request)? {
-                Route::Stream(answer) => {
-                    return answer.await.unwrap_or_else(|_| {
-                        Err(NetError::Request {
-                            peer,
-                            reason: "the stream to the peer closed".to_string(),
-                        })
-                    });
-                }
-                Route::Legacy(request) => request,
-            };
             let (reply, answer) = oneshot::channel();
             commands
                 .send(NetCommand::Request {
@@ -540,22 +509,6 @@ impl SwarmTask {
                 }
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
                 self.pending.insert(id, reply);
-            }
-            NetCommand::Connect { peer, addrs, done } => {
-                for addr in &addrs {
-                    self.swarm.add_peer_address(peer, addr.clone());
-                }
-                if !self.swarm.is_connected(&peer) {
-                    let options = DialOpts::peer_id(peer)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .addresses(addrs)
-                        .extend_addresses_through_behaviour()
-                        .build();
-                    if let Err(error) = self.swarm.dial(options) {
-                        tracing::debug!(%peer, %error, "dial failed");
-                    }
-                }
-                let _ = done.send(());
             }
             NetCommand::Respond { channel, response } => {
                 if self
