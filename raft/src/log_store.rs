@@ -718,7 +718,7 @@ mod tests {
         assert_eq!(read(&tail, Included(4), Included(6)), None);
         assert_eq!(read(&tail, Included(8), Included(10)), None);
 
-        // A new leader overwrites 8 and 9 (openraft truncates first; an append alone does too).
+        // A new leader overwrites 8 and 9: openraft truncates, then appends.
         tail.truncated(8);
         assert_eq!(read(&tail, Included(7), Unbounded), Some(vec![(7, 1)]));
         tail.appended(entries(2, 7..=8));
