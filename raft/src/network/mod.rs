@@ -6,6 +6,7 @@
 //! - [`raft_network`]: openraft's network traits implemented over [`NetHandle`].
 
 mod coalesce;
+mod link;
 pub mod protocol;
 pub mod raft_network;
 pub mod swarm;
@@ -32,8 +33,8 @@ pub enum NetError {
     Stopped,
 }
 
-/// A request received from a peer; the answer goes back through `reply` (dropping it leaves
-/// the peer to time out).
+/// A request received from a peer; the answer goes back through `reply` (dropping it fails
+/// the peer's request: at once on a stream, by its timeout on a substream).
 pub struct Inbound {
     pub peer: PeerId,
     pub request: Request,

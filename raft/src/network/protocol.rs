@@ -20,8 +20,15 @@ use crate::codec;
 use crate::job::{DatumKey, ExecutorLog};
 use crate::types::{NodeAddr, NodeId, TypeConfig};
 
-/// The libp2p protocol name; the version changes with incompatible message changes.
+/// The libp2p protocol name; the version changes with incompatible message changes. One
+/// request and its answer per substream: what nodes of builds before [`STREAM_PROTOCOL`]
+/// speak, and still answered for them.
 pub const PROTOCOL: &str = "/shoal/raft/2";
+
+/// The same requests and answers on one long-lived stream per peer and direction, each
+/// message a tagged frame ([`push_tagged`]): no substream to negotiate, and no timers to
+/// arm, per message.
+pub const STREAM_PROTOCOL: &str = "/shoal/raft-stream/1";
 
 /// Largest frame either side reads. AppendEntries bigger than this are split by openraft
 /// (the network answers `PayloadTooLarge`), snapshot chunks are kept well below it.
@@ -98,6 +105,12 @@ where
     T: AsyncRead + Unpin + Send,
     M: DeserializeOwned,
 {
+    let len = read_len(io).await?;
+    decode_body(&read_body(io, len).await?)
+}
+
+/// A frame's length, refused over [`FRAME_BYTES_MAX`].
+async fn read_len<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> {
     let mut len = [0_u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
@@ -107,6 +120,10 @@ where
             format!("frame of {len} bytes exceeds the limit of {FRAME_BYTES_MAX}"),
         ));
     }
+    Ok(len)
+}
+
+async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, len: usize) -> io::Result<Vec<u8>> {
     // The buffer grows with what actually arrives, so a peer announcing a large frame and
     // sending nothing costs nothing.
     let mut body = Vec::new();
@@ -117,7 +134,11 @@ where
             "frame ended early",
         ));
     }
-    codec::decode(&body).map_err(|error| {
+    Ok(body)
+}
+
+fn decode_body<M: DeserializeOwned>(body: &[u8]) -> io::Result<M> {
+    codec::decode(body).map_err(|error| {
         // A peer of a newer build whose cluster moved on: say so where an operator looks.
         if let codec::CodecError::Version { found } = error {
             tracing::warn!(
@@ -161,11 +182,90 @@ where
     let mut frame = vec![0_u8; 4];
     let len = codec::encode_into(version, message, &mut frame)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    check_frame_len(len)?;
-    let len = u32::try_from(len).map_err(io::Error::other)?;
-    frame[..4].copy_from_slice(&len.to_be_bytes());
+    set_len(&mut frame, 0, len)?;
     io.write_all(&frame).await?;
     io.close().await
+}
+
+/// Writes `len`, checked against the limit, as the 4-byte length at `frame[at..]`.
+fn set_len(frame: &mut [u8], at: usize, len: usize) -> io::Result<()> {
+    check_frame_len(len)?;
+    let len = u32::try_from(len).map_err(io::Error::other)?;
+    frame[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+/// The format an answer is written in: what a node of an older build asks before it is a
+/// member (who leads, may I join) is answered in the oldest format read. These answers have
+/// one shape in every format, so such a node learns it must be upgraded instead of hearing
+/// nothing it can read.
+pub fn response_version(response: &Response) -> u8 {
+    match response {
+        Response::Hello(_) | Response::Formats { .. } | Response::Forward(Err(_)) => {
+            codec::FORMAT_VERSION_MIN
+        }
+        _ => codec::write_version(),
+    }
+}
+
+/// On a long-lived stream ([`STREAM_PROTOCOL`]) every message is a tagged frame: the 8-byte
+/// big-endian id of the request it is or answers, then a frame as on a substream (a 4-byte
+/// length, the body), bound by the same limit. An answer with no body (length 0) says the
+/// request was dropped unanswered: the asker hears so at once instead of timing out.
+const TAG_BYTES: usize = 8;
+
+/// What a tagged frame carries.
+#[derive(Debug)]
+pub enum Body<M> {
+    Message(M),
+    /// No body: the request was dropped unanswered.
+    Empty,
+    /// A body this build cannot decode (a newer format, say): only its request fails, the
+    /// stream goes on.
+    Unreadable(io::Error),
+}
+
+/// Appends `message` (or no body) as a tagged frame to `buffer`, so several frames go out in
+/// one write. On an error `buffer` is as it was.
+pub fn push_tagged<M: Serialize>(
+    buffer: &mut Vec<u8>,
+    id: u64,
+    message: Option<(u8, &M)>,
+) -> io::Result<()> {
+    let at = buffer.len();
+    buffer.extend_from_slice(&id.to_be_bytes());
+    buffer.extend_from_slice(&[0; 4]);
+    let framed = match message {
+        Some((version, message)) => codec::encode_into(version, message, buffer)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        None => Ok(0),
+    }
+    .and_then(|body| set_len(buffer, at + TAG_BYTES, body));
+    if framed.is_err() {
+        buffer.truncate(at);
+    }
+    framed
+}
+
+/// Reads one tagged frame: its id, and what it carries. An error is the stream's (it cannot
+/// be read on); a body that does not decode is not.
+pub async fn read_tagged<T, M>(io: &mut T) -> io::Result<(u64, Body<M>)>
+where
+    T: AsyncRead + Unpin + Send,
+    M: DeserializeOwned,
+{
+    let mut id = [0_u8; TAG_BYTES];
+    io.read_exact(&mut id).await?;
+    let id = u64::from_be_bytes(id);
+    let len = read_len(io).await?;
+    if len == 0 {
+        return Ok((id, Body::Empty));
+    }
+    let body = read_body(io, len).await?;
+    match decode_body(&body) {
+        Ok(message) => Ok((id, Body::Message(message))),
+        Err(error) => Ok((id, Body::Unreadable(error))),
+    }
 }
 
 impl libp2p::request_response::Codec for FrameCodec {
@@ -208,15 +308,55 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        // What a node of an older build asks before it is a member (who leads, may I join),
-        // answered in the oldest format read: these answers have one shape in every format,
-        // so such a node learns it must be upgraded instead of hearing nothing it can read.
-        let version = match res {
-            Response::Hello(_) | Response::Formats { .. } | Response::Forward(Err(_)) => {
-                codec::FORMAT_VERSION_MIN
-            }
-            _ => codec::write_version(),
-        };
+        let version = response_version(&res);
         write_frame(io, version, &res).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_frames_carry_their_id_and_a_bad_body_fails_only_its_own() -> io::Result<()> {
+        let mut wire = Vec::new();
+        push_tagged(
+            &mut wire,
+            7,
+            Some((codec::write_version(), &Request::Hello)),
+        )?;
+        push_tagged::<Request>(&mut wire, 8, None)?;
+        // A body in a format this build does not read, between two good frames.
+        push_tagged(&mut wire, 9, Some((u8::MAX, &Request::Hello)))?;
+        push_tagged(
+            &mut wire,
+            10,
+            Some((codec::write_version(), &Request::Probe)),
+        )?;
+        let mut io = futures::io::Cursor::new(wire);
+        let mut read = || {
+            futures::executor::block_on(read_tagged::<_, Request>(&mut io)).map(|(id, body)| {
+                let body = match body {
+                    Body::Message(request) => format!("{request:?}"),
+                    Body::Empty => "empty".to_string(),
+                    Body::Unreadable(_) => "unreadable".to_string(),
+                };
+                (id, body)
+            })
+        };
+        assert_eq!(read()?, (7, "Hello".to_string()));
+        assert_eq!(read()?, (8, "empty".to_string()));
+        assert_eq!(read()?, (9, "unreadable".to_string()));
+        assert_eq!(read()?, (10, "Probe".to_string()));
+        assert!(read().is_err(), "the stream ended");
+        Ok(())
+    }
+
+    #[test]
+    fn a_tagged_frame_over_the_limit_is_refused_and_leaves_the_buffer_as_it_was() {
+        let mut buffer = vec![1, 2, 3];
+        let big = vec![0_u8; FRAME_BYTES_MAX + 1];
+        assert!(push_tagged(&mut buffer, 1, Some((codec::write_version(), &big))).is_err());
+        assert_eq!(buffer, vec![1, 2, 3]);
     }
 }

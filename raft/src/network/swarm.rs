@@ -1,10 +1,14 @@
 //! The libp2p swarm and the one task that owns it.
 //!
 //! Transport: TCP, then the pre-shared-key handshake (pnet) when a cluster key is set, then
-//! noise and yamux. Behaviours: `request_response` with [`FrameCodec`] for everything shoal
-//! says between nodes, `identify` to learn peers' listen addresses. Other code talks to the
-//! task through [`NetHandle`]: a bounded command channel with oneshot replies. Inbound
-//! requests come out of the receiver returned by [`start`], each with the channel to answer on.
+//! noise and yamux. Behaviours: `stream` for what shoal says between nodes, on one
+//! long-lived stream per peer and direction (see `link`); `request_response` with
+//! [`FrameCodec`] for the same, a substream per request, whenever that stream is not open,
+//! for big requests and with peers of older builds;
+//! `identify` to learn peers' listen addresses; `ping` to find dead connections. Other code
+//! talks to the task through [`NetHandle`]: a bounded command channel with oneshot replies.
+//! Inbound requests come out of the receiver returned by [`start`], each with the channel to
+//! answer on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,7 +21,7 @@ use libp2p::core::transport::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, noise, ping, tcp};
 use tokio::sync::{mpsc, oneshot};
@@ -25,15 +29,18 @@ use tokio::sync::{mpsc, oneshot};
 use futures::future::BoxFuture;
 
 use super::coalesce::CoalescedYamux;
+use super::link::{self, Closings, Links, Route};
 use super::protocol::{FrameCodec, PROTOCOL, Request, Response};
 use super::{Inbound, NetError, NetHandle};
 
 /// Commands queued for the swarm task before callers wait.
 const COMMAND_QUEUE_MAX: usize = 1024;
-/// Inbound requests queued for the dispatcher; beyond this a peer's request times out.
+/// Inbound requests queued for the dispatcher; beyond this a peer's request is dropped (on a
+/// stream the peer hears so at once, on a substream it times out).
 const INBOUND_QUEUE_MAX: usize = 1024;
-/// How long a request may wait for its answer at the protocol level; callers use less.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a request on a substream may wait for its answer, and an inbound request on a
+/// stream for this node's; callers use less.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests one peer may have open on one connection at once. Raft RPCs and forwarded
 /// operations share this; a node keeps at most `FORWARDS_IN_FLIGHT_MAX` (in `cluster`)
 /// forwarded operations open, far below it, so Raft RPCs always find room.
@@ -55,13 +62,15 @@ const CONNECTION_SETUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    stream: libp2p_stream::Behaviour,
     rpc: request_response::Behaviour<FrameCodec>,
     identify: identify::Behaviour,
     /// Finds connections a partition left dead (the peer's packets dropped, nothing closed).
     ping: ping::Behaviour,
 }
 
-enum NetCommand {
+pub(super) enum NetCommand {
+    /// A request the old way: a request/response substream of its own.
     Request {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
@@ -74,6 +83,13 @@ enum NetCommand {
     },
     Dial {
         addrs: Vec<Multiaddr>,
+    },
+    /// Dial `peer` at `addrs` (and the addresses known for it) unless connected or dialling
+    /// already; `done` once the dial is under way.
+    Connect {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        done: oneshot::Sender<()>,
     },
     ConnectedPeers {
         reply: oneshot::Sender<Vec<PeerId>>,
@@ -89,6 +105,7 @@ enum NetCommand {
 #[derive(Clone)]
 struct SwarmTransport {
     commands: mpsc::Sender<NetCommand>,
+    links: Links,
     listen_addrs: Vec<Multiaddr>,
     resolver: Resolver,
 }
@@ -136,6 +153,7 @@ fn build_swarm(config: &NetworkConfig) -> Result<Swarm<Behaviour>, NetError> {
             .with_request_timeout(REQUEST_TIMEOUT)
             .with_max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
         Behaviour {
+            stream: libp2p_stream::Behaviour::new(),
             rpc: request_response::Behaviour::with_codec(FrameCodec, protocols, rpc_config),
             identify: identify::Behaviour::new(identify::Config::new(
                 "/shoal/id/1".to_string(),
@@ -190,6 +208,10 @@ pub async fn start(
     }
     let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let mut control = swarm.behaviour().stream.new_control();
+    let closings = Closings::default();
+    link::accept(&mut control, inbound_tx.clone(), closings.clone());
+    let links = Links::new(control, commands_tx.clone(), closings.clone());
     let task = SwarmTask {
         swarm,
         commands: commands_rx,
@@ -197,6 +219,7 @@ pub async fn start(
         inbound: inbound_tx,
         pending: HashMap::new(),
         heard: HashMap::new(),
+        closings,
         own_addrs: listen_addrs.iter().cloned().collect(),
         dialled: HashMap::new(),
         dialing: HashMap::new(),
@@ -205,6 +228,7 @@ pub async fn start(
     crate::runtime::spawn(task.run());
     let transport = SwarmTransport {
         commands: commands_tx,
+        links,
         listen_addrs,
         resolver: Resolver::default(),
     };
@@ -367,9 +391,21 @@ impl super::Transport for SwarmTransport {
         request: Request,
     ) -> BoxFuture<'static, Result<Response, NetError>> {
         let commands = self.commands.clone();
+        let links = self.links.clone();
         let resolver = self.resolver.clone();
         Box::pin(async move {
             let addrs = resolver.resolve(addrs).await;
+            let request = match links.send(peer, &addrs, request)? {
+                Route::Stream(answer) => {
+                    return answer.await.unwrap_or_else(|_| {
+                        Err(NetError::Request {
+                            peer,
+                            reason: "the stream to the peer closed".to_string(),
+                        })
+                    });
+                }
+                Route::Legacy(request) => request,
+            };
             let (reply, answer) = oneshot::channel();
             commands
                 .send(NetCommand::Request {
@@ -432,7 +468,9 @@ struct SwarmTask {
     inbound: mpsc::Sender<Inbound>,
     pending: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, NetError>>>,
     /// When something last arrived on each open connection (a ping's answer, a message).
-    heard: HashMap<ConnectionId, Instant>,
+    heard: HashMap<ConnectionId, (PeerId, Instant)>,
+    /// Told of every connection this node closes or loses, to end the streams on it.
+    closings: Closings,
     /// When `close_dead_connections` last ran.
     last_check: Instant,
     own_addrs: HashSet<Multiaddr>,
@@ -474,24 +512,31 @@ impl SwarmTask {
         let since_last = now.duration_since(std::mem::replace(&mut self.last_check, now));
         if since_last > DEAD_CHECK_PERIOD + STALL {
             tracing::debug!(?since_last, "this node stalled: no connection judged dead");
-            self.heard.values_mut().for_each(|heard| *heard = now);
+            self.heard.values_mut().for_each(|(_, heard)| *heard = now);
             return;
         }
-        let dead: Vec<ConnectionId> = self
+        let dead: Vec<(ConnectionId, PeerId)> = self
             .heard
             .iter()
-            .filter(|(_, heard)| now.duration_since(**heard) > DEAD_AFTER)
-            .map(|(connection, _)| *connection)
+            .filter(|(_, (_, heard))| now.duration_since(*heard) > DEAD_AFTER)
+            .map(|(connection, (peer, _))| (*connection, *peer))
             .collect();
-        for connection in dead {
-            tracing::debug!(?connection, "closing a connection that went silent");
-            self.heard.remove(&connection);
-            self.swarm.close_connection(connection);
+        for (connection, peer) in dead {
+            tracing::debug!(?connection, %peer, "closing a connection that went silent");
+            self.close(connection, peer);
         }
     }
 
+    /// Closes `connection` and ends the streams to `peer` at once: yamux leaves the streams
+    /// of a connection closed from this side neither readable nor failed.
+    fn close(&mut self, connection: ConnectionId, peer: PeerId) {
+        self.heard.remove(&connection);
+        self.closings.closed(peer);
+        self.swarm.close_connection(connection);
+    }
+
     fn heard_on(&mut self, connection: ConnectionId) {
-        if let Some(heard) = self.heard.get_mut(&connection) {
+        if let Some((_, heard)) = self.heard.get_mut(&connection) {
             *heard = Instant::now();
         }
     }
@@ -509,6 +554,22 @@ impl SwarmTask {
                 }
                 let id = self.swarm.behaviour_mut().rpc.send_request(&peer, request);
                 self.pending.insert(id, reply);
+            }
+            NetCommand::Connect { peer, addrs, done } => {
+                for addr in &addrs {
+                    self.swarm.add_peer_address(peer, addr.clone());
+                }
+                if !self.swarm.is_connected(&peer) {
+                    let options = DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .addresses(addrs)
+                        .extend_addresses_through_behaviour()
+                        .build();
+                    if let Err(error) = self.swarm.dial(options) {
+                        tracing::debug!(%peer, %error, "dial failed");
+                    }
+                }
+                let _ = done.send(());
             }
             NetCommand::Respond { channel, response } => {
                 if self
@@ -572,8 +633,7 @@ impl SwarmTask {
                 result: Err(error),
             })) => {
                 tracing::debug!(%peer, %error, "closing a connection that stopped answering");
-                self.heard.remove(&connection);
-                self.swarm.close_connection(connection);
+                self.close(connection, peer);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -582,7 +642,7 @@ impl SwarmTask {
                 ..
             } => {
                 tracing::debug!(%peer_id, ?connection_id, "connected");
-                self.heard.insert(connection_id, Instant::now());
+                self.heard.insert(connection_id, (peer_id, Instant::now()));
                 self.dialing.remove(&connection_id);
                 if endpoint.is_dialer() {
                     self.dialled
@@ -597,6 +657,7 @@ impl SwarmTask {
             } => {
                 self.heard.remove(&connection_id);
                 self.dialing.remove(&connection_id);
+                self.closings.closed(peer_id);
                 if num_established == 0 {
                     self.dialled.retain(|_, peer| *peer != peer_id);
                 }
