@@ -17,7 +17,8 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, RemoveContainerOptionsBuilder,
+    EventsOptions, KillContainerOptionsBuilder, ListContainersOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -327,6 +328,7 @@ impl DockerExecutor {
                 ..Default::default()
             });
         }
+        let started = shoal_raft::runtime::now_ms();
         if let Err(error) = self.client.start_container(name, None).await {
             // As `docker run`: a command that cannot be started is a step that failed with
             // 127 (not found) or 126 (not runnable), not a failure of the node.
@@ -425,7 +427,8 @@ impl DockerExecutor {
         let ((), (stdout_tail, stderr_tail), (code, killed)) =
             tokio::try_join!(feed, capture, waited)?;
         let mut note = killed.then(|| "step killed: the attempt was canceled".to_string());
-        if !killed && code != 0 && self.oom_killed(name, code == KILLED_EXIT_CODE).await {
+        let sigkilled = code == KILLED_EXIT_CODE;
+        if !killed && code != 0 && self.oom_killed(name, sigkilled, started).await {
             note = Some(format!(
                 "step killed for memory: it exceeded its limit of {} bytes",
                 step.resources.ram_bytes
@@ -439,13 +442,22 @@ impl DockerExecutor {
         })
     }
 
-    /// Whether the engine says the kernel killed something in the container for memory. The
-    /// engine learns of an OOM kill from an event that may come after the exit the wait
-    /// returned, so a container whose main process was SIGKILLed (`sigkilled`) is asked again
-    /// for a short while before the answer is "no"; any other exit is asked once.
-    async fn oom_killed(&self, name: &str, sigkilled: bool) -> bool {
+    /// Whether the engine says the kernel killed something in the container (started at
+    /// `started`) for memory. The engine learns of an OOM kill from an event that may come
+    /// after the exit the wait returned, so a container whose main process was SIGKILLed
+    /// (`sigkilled`) is asked again for a short while before the answer is "no"; any other
+    /// exit is asked once.
+    ///
+    /// The container's `OOMKilled` flag is not enough: Docker 20.10 (Debian 12's) sets it only
+    /// when the kernel's OOM event reaches it before the exit, and a loaded machine sometimes
+    /// delivers them the other way round. The engine logs an `oom` event for the container
+    /// either way, so that is looked for too.
+    async fn oom_killed(&self, name: &str, sigkilled: bool, started: u64) -> bool {
         let asks = if sigkilled { OOM_ASKS } else { 1 };
-        for _ in 0..asks {
+        for ask in 0..asks {
+            if ask > 0 {
+                tokio::time::sleep(OOM_ASK_INTERVAL).await;
+            }
             let inspect = self.client.inspect_container(name, None).await;
             match inspect
                 .ok()
@@ -453,11 +465,37 @@ impl DockerExecutor {
                 .and_then(|s| s.oom_killed)
             {
                 Some(true) => return true,
-                Some(false) => tokio::time::sleep(OOM_ASK_INTERVAL).await,
+                Some(false) => {}
                 None => return false,
+            }
+            if self.oom_event(name, started).await {
+                return true;
             }
         }
         false
+    }
+
+    /// Whether the engine logged an `oom` event for container `name` since `since` (ms since
+    /// the epoch): the events so far, not a wait for more.
+    async fn oom_event(&self, name: &str, since: u64) -> bool {
+        // As the engine reads a time: seconds since the epoch, with a fraction.
+        let stamp = |ms: u64| format!("{}.{:03}", ms / 1000, ms % 1000);
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            ("container".to_string(), vec![name.to_string()]),
+            ("event".to_string(), vec!["oom".to_string()]),
+        ]);
+        let options = EventsOptions {
+            // A second of slack, for the engine's clock against ours.
+            since: Some(stamp(since.saturating_sub(1000))),
+            until: Some(stamp(shoal_raft::runtime::now_ms())),
+            filters: Some(filters),
+        };
+        let mut events = self.client.events(Some(options));
+        matches!(
+            tokio::time::timeout(OOM_ASK_TIMEOUT, events.next()).await,
+            Ok(Some(Ok(_)))
+        )
     }
 }
 
@@ -465,6 +503,8 @@ impl DockerExecutor {
 /// was once too short for the engine's event on a loaded two-core machine).
 const OOM_ASKS: u32 = 30;
 const OOM_ASK_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest one question about the OOM kill may take the engine.
+const OOM_ASK_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn docker_failed(error: DockerError) -> ExecutorError {
     ExecutorError::Engine(engine_error(&error))
@@ -508,7 +548,54 @@ pub fn container_name(parts: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::pull_reference;
+    use super::*;
+
+    /// Against the real engine, in the test image `scripts/test.sh` builds
+    /// (`SHOAL_TEST_IMAGE`); without it the test says so and passes, as the docker tests do.
+    #[tokio::test]
+    async fn the_engine_logs_an_oom_event_for_a_container_killed_for_memory_only() {
+        let Ok(image) = std::env::var("SHOAL_TEST_IMAGE") else {
+            eprintln!("SHOAL_TEST_IMAGE is not set (no Docker engine): skipping");
+            return;
+        };
+        let docker = DockerExecutor::connect(None).await.expect("an engine");
+        let hog = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
+        for (what, script, oom) in [("hog", hog, true), ("quiet", "true", false)] {
+            let name = format!("shoal-oom-event-test-{what}-{}", std::process::id());
+            let remove = || {
+                let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                docker.client.remove_container(&name, Some(options))
+            };
+            let _ = remove().await;
+            let started = shoal_raft::runtime::now_ms();
+            let body = ContainerCreateBody {
+                image: Some(image.clone()),
+                cmd: Some(vec!["sh".to_string(), "-c".to_string(), script.to_string()]),
+                host_config: Some(HostConfig {
+                    memory: Some(32 << 20),
+                    memory_swap: Some(32 << 20),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let options = CreateContainerOptionsBuilder::default().name(&name).build();
+            docker
+                .client
+                .create_container(Some(options), body)
+                .await
+                .expect("created");
+            docker
+                .client
+                .start_container(&name, None)
+                .await
+                .expect("started");
+            // A non-zero exit comes as an error: either way the container has ended.
+            let _ = docker.client.wait_container(&name, None).next().await;
+            let found = docker.oom_event(&name, started).await;
+            let _ = remove().await;
+            assert_eq!(found, oom, "{what}: an oom event found?");
+        }
+    }
 
     #[test]
     fn an_image_without_a_tag_is_pulled_as_latest() {
