@@ -14,7 +14,7 @@
 //! [`LEGACY_RECHECK`] when the peer does not speak the stream protocol (a node of an older
 //! build, during a rolling upgrade). A stream ends when it fails or when a connection to
 //! its peer closes (the swarm task tells [`Closings`]: yamux does not end the streams of a
-//! connection this node closes itself, as it does a connection found silent). Requests the
+//! connection this node closes itself, such as one found silent). Requests the
 //! stream had not sent then go the old way too; those it had sent fail at once, as a
 //! substream's do when its connection closes. So a request never waits for a stream to
 //! open, nor on a dead one, longer than a substream would. A request whose frame is over
@@ -444,7 +444,8 @@ fn push_request(
         return Pushed::Framed;
     }
     buffer.truncate(at);
-    // Taken back from the awaited answers (where only this task puts or finds it).
+    // Taken back from the awaited answers: nothing else takes it before it is sent, so it is
+    // there (and if not, its asker is answered already and nothing is left to do).
     let Some(reply) = awaited.take(id) else {
         return Pushed::Framed;
     };

@@ -4,11 +4,10 @@
 //! noise and yamux. Behaviours: `stream` for what shoal says between nodes, on one
 //! long-lived stream per peer and direction (see `link`); `request_response` with
 //! [`FrameCodec`] for the same, a substream per request, whenever that stream is not open,
-//! for big requests and with peers of older builds;
-//! `identify` to learn peers' listen addresses; `ping` to find dead connections. Other code
-//! talks to the task through [`NetHandle`]: a bounded command channel with oneshot replies.
-//! Inbound requests come out of the receiver returned by [`start`], each with the channel to
-//! answer on.
+//! for big requests and with peers of older builds; `identify` to learn peers' listen
+//! addresses; `ping` to find dead connections. Other code talks to the task through
+//! [`NetHandle`]: a bounded command channel with oneshot replies. Inbound requests come out
+//! of the receiver returned by [`start`], each with the channel to answer on.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
